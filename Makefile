@@ -1,0 +1,47 @@
+# Developer entry points. Every target bootstraps first (quietly when nothing is to do),
+# so a fresh Debian checkout needs only `make run` or `make test`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BOOTSTRAP := scripts/bootstrap.sh
+CONFIG ?=
+PYTEST_ARGS ?= -n 2 tests
+LINT_PATHS := src tests bench
+
+.PHONY: help venv run test lint bench clean
+
+help:
+	@echo "ecluse - make targets:"
+	@echo "  make venv     install system packages if missing, create .venv, install ecluse"
+	@echo "  make run      start a throwaway PostgreSQL and ecluse on 127.0.0.1:6432"
+	@echo "                (make run CONFIG=path/to/ecluse.ini uses a PgBouncer-format config)"
+	@echo "  make test     ruff, then the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
+	@echo "  make lint     ruff only"
+	@echo "  make bench    compare ecluse with PgBouncer and a direct connection"
+	@echo "  make clean    remove .venv, .ecluse-dev and caches"
+
+venv:
+	@bash $(BOOTSTRAP)
+
+run: venv
+ifeq ($(strip $(CONFIG)),)
+	exec $(VENV)/bin/ecluse --dev
+else
+	exec $(VENV)/bin/ecluse $(CONFIG)
+endif
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+test: lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench:
+	@bash $(BOOTSTRAP) bench
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .ecluse-dev .pytest_cache .ruff_cache .hypothesis build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

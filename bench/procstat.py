@@ -1,0 +1,64 @@
+"""CPU time of a process tree, read from /proc (Linux only).
+
+A pooler may fork workers and PostgreSQL forks a backend per connection, so the
+CPU we charge to a process is the sum over the process and all its living
+descendants of utime + stime + cutime + cstime. Counting the reaped-children
+fields too keeps the sum steady when a child exits between two readings: its
+time moves from its own utime/stime into its parent's cutime/cstime.
+
+Rules:
+1. Standard library only; nothing here imports ecluse.
+2. A process that vanishes while we read is skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _read_stat(pid: int) -> tuple[int, int] | None:
+    """Return (ppid, cpu ticks) for ``pid``, or None if it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Field 2 (comm) is in parentheses and may itself contain spaces or ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    # rest[0] is field 3 (state); field n is rest[n - 3]: ppid 4, utime 14 .. cstime 17.
+    ppid = int(rest[1])
+    ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    return ppid, ticks
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the pids of all living descendants of ``pid`` (children first)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        stat = _read_stat(int(name))
+        if stat is not None:
+            children.setdefault(stat[0], []).append(int(name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """Return the CPU seconds used so far by ``pid`` and its descendants, None if it has gone."""
+    own = _read_stat(pid)
+    if own is None:
+        return None
+    ticks = own[1]
+    for child in descendants(pid):
+        stat = _read_stat(child)
+        if stat is not None:
+            ticks += stat[1]
+    return ticks / CLK_TCK

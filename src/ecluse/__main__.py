@@ -1,0 +1,5 @@
+"""`python -m ecluse` runs the command line."""
+
+from ecluse.cli import main
+
+raise SystemExit(main())

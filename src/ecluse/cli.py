@@ -1,0 +1,183 @@
+"""The `ecluse` command line: PgBouncer's flags, logging, daemonizing, dev mode.
+
+Wiring only: parse arguments, load the config, set up logging, start a Worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import pwd
+import sys
+
+import uvloop
+
+from ecluse import __version__
+from ecluse.config import Config, config_from_string, load_config
+from ecluse.errors import ConfigError
+from ecluse.worker import Worker, listen_sockets
+
+log = logging.getLogger("ecluse")
+
+DEV_DIR = ".ecluse-dev"
+DEV_PORT = 6432
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ecluse",
+        description="ecluse, a PostgreSQL connection pooler (PgBouncer-compatible config).",
+        add_help=False,
+    )
+    p.add_argument("config", nargs="?", help="path to the ini config (PgBouncer format)")
+    p.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+    p.add_argument("-R", "--reboot", action="store_true",
+                   help="online restart (not supported: use a rolling restart)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("-u", "--user", help="switch to this system user after binding")
+    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("-h", "--help", action="help", help="show this help and exit")
+    p.add_argument("--dev", action="store_true",
+                   help=f"start a throwaway PostgreSQL in ./{DEV_DIR} and serve it on "
+                        f"127.0.0.1:{DEV_PORT}")
+    return p
+
+
+def setup_logging(verbose: int, quiet: bool, logfile: str | None, daemon: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handlers: list[logging.Handler] = []
+    if logfile:
+        handlers.append(logging.FileHandler(logfile))
+    if not daemon or not logfile:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def daemonize() -> None:
+    """Detach from the terminal with the classic double fork."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def drop_privileges(user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.setgid(entry.pw_gid)
+    os.initgroups(user, entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"ecluse {__version__}")
+        return 0
+    if args.reboot:
+        print("ecluse: -R/--reboot (online restart by socket hand-over) is not supported; "
+              "stop and start ecluse instead", file=sys.stderr)
+        return 1
+    if args.dev:
+        return run_dev(args)
+    if not args.config:
+        print("ecluse: a config file is required (or --dev); see ecluse --help",
+              file=sys.stderr)
+        return 1
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ecluse: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ecluse: cannot read config: {exc}", file=sys.stderr)
+        return 1
+    return serve(config, args)
+
+
+def serve(config: Config, args: argparse.Namespace) -> int:
+    s = config.settings
+    setup_logging(args.verbose or s.verbose, args.quiet, s.logfile, args.daemon)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    try:
+        sockets = listen_sockets(config)
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    if not sockets:
+        log.error("nothing to listen on: set listen_addr or unix_socket_dir")
+        return 1
+    user = args.user or s.user
+    if user and os.getuid() == 0:
+        drop_privileges(user)
+    if args.daemon:
+        daemonize()
+    if s.pidfile:
+        with open(s.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    try:
+        uvloop.run(Worker(config, sockets).run())
+    finally:
+        if s.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(s.pidfile)
+    return 0
+
+
+def dev_config(pg_port: int, port: int = DEV_PORT) -> Config:
+    """The config `make run` uses: every database of the throwaway cluster."""
+    return config_from_string(
+        f"""
+[databases]
+* = host=127.0.0.1 port={pg_port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = 1000
+""",
+        path="<dev>",
+    )
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    from ecluse.devcluster import PgCluster, ensure_postgres_installed
+
+    setup_logging(args.verbose, args.quiet, None, False)
+    ensure_postgres_installed()
+    datadir = os.path.abspath(os.path.join(DEV_DIR, "pgdata"))
+    cluster = PgCluster(datadir)
+    if not os.path.exists(os.path.join(datadir, "PG_VERSION")):
+        log.info("creating a throwaway PostgreSQL cluster in %s", datadir)
+        cluster.init()
+    cluster.start()
+    try:
+        config = dev_config(cluster.port)
+        sockets = listen_sockets(config)
+        print(f"\n  ecluse is ready. Connect with:\n\n"
+              f"    psql -h 127.0.0.1 -p {DEV_PORT} -U postgres postgres\n\n"
+              f"  (PostgreSQL itself listens on 127.0.0.1:{cluster.port}; Ctrl-C stops both)\n",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(Worker(config, sockets).run())
+    finally:
+        cluster.stop()
+    return 0
+

@@ -1,0 +1,65 @@
+"""Compare two Configs: what a reload changes.
+
+Reload builds a new Config and asks this module what differs, so that only the
+pools of changed databases are drained and only changed settings are applied.
+Pure functions over frozen objects; no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ecluse.config.model import Config, Settings
+
+_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "extra")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    """The differences between an old and a new Config.
+
+    ``settings`` names changed [pgbouncer] settings, including the raw keys of
+    Settings.extra. ``users`` names [users] entries added, removed or changed;
+    ``auth`` names users whose auth_file secret was added, removed or changed.
+    """
+
+    added: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+    changed: frozenset[str] = frozenset()
+    settings: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    auth: frozenset[str] = frozenset()
+
+    def is_empty(self) -> bool:
+        """Say whether the two configs are equivalent."""
+        return not (
+            self.added or self.removed or self.changed or self.settings or self.users or self.auth
+        )
+
+
+def diff_configs(old: Config, new: Config) -> ConfigDiff:
+    """Return what changes when ``new`` replaces ``old``."""
+    old_dbs, new_dbs = old.databases, new.databases
+    settings = {
+        name
+        for name in _SETTING_FIELDS
+        if getattr(old.settings, name) != getattr(new.settings, name)
+    }
+    settings |= _changed_keys(old.settings.extra, new.settings.extra)
+    return ConfigDiff(
+        added=frozenset(new_dbs.keys() - old_dbs.keys()),
+        removed=frozenset(old_dbs.keys() - new_dbs.keys()),
+        changed=frozenset(
+            name for name in old_dbs.keys() & new_dbs.keys() if old_dbs[name] != new_dbs[name]
+        ),
+        settings=frozenset(settings),
+        users=frozenset(_changed_keys(old.users, new.users)),
+        auth=frozenset(_changed_keys(old.auth, new.auth)),
+    )
+
+
+def _changed_keys(old: Mapping[str, object], new: Mapping[str, object]) -> set[str]:
+    """Return the keys added, removed or given another value between two mappings."""
+    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}

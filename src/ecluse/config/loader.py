@@ -1,0 +1,230 @@
+"""Build a Config from a PgBouncer-format ini file, its includes and its auth_file.
+
+Rules:
+1. Every error is a ConfigError naming the file and line it concerns; a
+   problem that does not stop ecluse from running is a warning string in
+   Config.warnings instead, in the same "file:line: message" form.
+2. Checks that need line numbers live here, not in model.py, because the
+   frozen objects no longer know where their values came from.
+3. The only I/O is reading the ini files (ini.py) and the auth_file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ecluse.config.connstr import BadConnStr, parse_connstr
+from ecluse.config.ini import IniDocument, IniEntry, parse_ini, read_ini
+from ecluse.config.model import Config, DatabaseConfig, Settings, UserConfig
+from ecluse.config.schema import (
+    DATABASE_OPTIONS,
+    KNOWN_UNIMPLEMENTED,
+    SETTINGS,
+    USER_OPTIONS,
+    Parser,
+)
+from ecluse.config.userlist import read_userlist
+from ecluse.config.values import BadValue
+from ecluse.errors import ConfigError
+
+_KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer"})
+
+
+def load_config(path: str) -> Config:
+    """Load the ini file at ``path`` (with %include) and the auth_file it names.
+
+    Raises ConfigError naming the file and line of the first problem found.
+    """
+    return _build(read_ini(path), path)
+
+
+def config_from_string(text: str, path: str = "<string>") -> Config:
+    """Build a Config from ini ``text``, as if it had been read from ``path``.
+
+    Relative %include and auth_file paths are taken from the directory of
+    ``path`` if it is a real file, else from the current directory.
+    """
+    return _build(parse_ini(text, path), path)
+
+
+def _build(doc: IniDocument, path: str) -> Config:
+    warnings: list[str] = []
+    _warn_unknown_sections(doc, warnings)
+    settings, setting_entries = _build_settings(doc.section("pgbouncer"), warnings)
+    databases, database_entries = _build_databases(doc.section("databases"), warnings)
+    users = _build_users(doc.section("users"), warnings)
+    settings, auth = _load_auth(settings, setting_entries.get("auth_file"), path)
+    _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
+    _check_listeners(settings, setting_entries, warnings)
+    return Config(
+        settings=settings,
+        databases=MappingProxyType(databases),
+        users=MappingProxyType(users),
+        auth=MappingProxyType(auth),
+        path=path if os.path.isfile(path) else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _where(entry: IniEntry) -> str:
+    return f"{entry.path}:{entry.line}: "
+
+
+def _parse_value(entry: IniEntry, key: str, text: str, parser: Parser, context: str = "") -> Any:
+    """Run ``parser`` on ``text``; turn BadValue into a ConfigError at ``entry``'s line."""
+    try:
+        return parser(text)
+    except BadValue as exc:
+        raise ConfigError(
+            f"{context}{key}: expected {exc.expected}, got {text!r}",
+            path=entry.path,
+            line=entry.line,
+        ) from None
+
+
+def _warn_unknown_sections(doc: IniDocument, warnings: list[str]) -> None:
+    for section in doc.sections:
+        if section.name not in _KNOWN_SECTIONS:
+            warnings.append(
+                f"{section.path}:{section.line}: unknown section [{section.name}] ignored"
+            )
+
+
+def _build_settings(
+    entries: Iterable[IniEntry], warnings: list[str]
+) -> tuple[Settings, dict[str, IniEntry]]:
+    """Return the Settings of [pgbouncer] and, per key, the entry that set it last."""
+    values: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    seen: dict[str, IniEntry] = {}
+    for entry in entries:
+        parser = SETTINGS.get(entry.key)
+        if parser is not None:
+            values[entry.key] = _parse_value(entry, entry.key, entry.value, parser)
+        elif entry.key in KNOWN_UNIMPLEMENTED:
+            extra[entry.key] = entry.value
+        else:
+            warnings.append(f"{_where(entry)}unknown setting {entry.key!r} ignored")
+            continue
+        seen[entry.key] = entry
+    return Settings(**values, extra=MappingProxyType(extra)), seen
+
+
+def _parse_options(
+    entry: IniEntry,
+    kind: str,
+    options: Mapping[str, tuple[str, Parser]],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Parse the connection-string value of a [databases] or [users] entry into fields."""
+    context = f"{kind} {entry.key!r}: "
+    try:
+        pairs = parse_connstr(entry.value)
+    except BadConnStr as exc:
+        raise ConfigError(f"{context}{exc}", path=entry.path, line=entry.line) from None
+    fields: dict[str, Any] = {}
+    for key, text in pairs.items():
+        spec = options.get(key)
+        if spec is None:
+            warnings.append(f"{_where(entry)}{context}unknown option {key!r} ignored")
+            continue
+        field_name, parser = spec
+        fields[field_name] = _parse_value(entry, key, text, parser, context)
+    return fields
+
+
+def _warn_redefined(entry: IniEntry, earlier: IniEntry, kind: str, warnings: list[str]) -> None:
+    warnings.append(
+        f"{_where(entry)}{kind} {entry.key!r} is defined again; the definition at "
+        f"{earlier.path}:{earlier.line} is replaced"
+    )
+
+
+def _build_databases(
+    entries: Iterable[IniEntry], warnings: list[str]
+) -> tuple[dict[str, DatabaseConfig], dict[str, IniEntry]]:
+    """Return the [databases] entries by name and, per name, the line that defined it."""
+    databases: dict[str, DatabaseConfig] = {}
+    seen: dict[str, IniEntry] = {}
+    for entry in entries:
+        fields = _parse_options(entry, "database", DATABASE_OPTIONS, warnings)
+        if entry.key in seen:
+            _warn_redefined(entry, seen[entry.key], "database", warnings)
+        databases[entry.key] = DatabaseConfig(name=entry.key, **fields)
+        seen[entry.key] = entry
+    return databases, seen
+
+
+def _build_users(entries: Iterable[IniEntry], warnings: list[str]) -> dict[str, UserConfig]:
+    users: dict[str, UserConfig] = {}
+    seen: dict[str, IniEntry] = {}
+    for entry in entries:
+        fields = _parse_options(entry, "user", USER_OPTIONS, warnings)
+        if entry.key in seen:
+            _warn_redefined(entry, seen[entry.key], "user", warnings)
+        users[entry.key] = UserConfig(name=entry.key, **fields)
+        seen[entry.key] = entry
+    return users
+
+
+def _load_auth(
+    settings: Settings, entry: IniEntry | None, config_path: str
+) -> tuple[Settings, dict[str, str]]:
+    """Read the auth_file, if any; return the settings with its path made absolute.
+
+    The path is resolved against the main ini file's directory (not the
+    current directory) so that a reload from elsewhere reads the same file.
+    """
+    if settings.auth_file is None or entry is None:
+        return settings, {}
+    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
+    resolved = os.path.abspath(os.path.join(base, settings.auth_file))
+    try:
+        auth = read_userlist(resolved)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"auth_file: cannot read {resolved!r}: {reason}", path=entry.path, line=entry.line
+        ) from None
+    return dataclasses.replace(settings, auth_file=resolved), auth
+
+
+def _check_pool_sizes(
+    settings: Settings,
+    setting_entries: Mapping[str, IniEntry],
+    databases: Mapping[str, DatabaseConfig],
+    database_entries: Mapping[str, IniEntry],
+    warnings: list[str],
+) -> None:
+    """Warn where min_pool_size exceeds the pool size it is meant to pre-fill."""
+    if settings.min_pool_size > settings.default_pool_size:
+        entry = setting_entries.get("min_pool_size") or setting_entries["default_pool_size"]
+        warnings.append(
+            f"{_where(entry)}min_pool_size ({settings.min_pool_size}) is larger than "
+            f"default_pool_size ({settings.default_pool_size})"
+        )
+    for name, db in databases.items():
+        if db.min_pool_size is None and db.pool_size is None:
+            continue  # the global check above covers it
+        minimum = db.min_pool_size if db.min_pool_size is not None else settings.min_pool_size
+        size = db.pool_size if db.pool_size is not None else settings.default_pool_size
+        if minimum > size:
+            warnings.append(
+                f"{_where(database_entries[name])}database {name!r}: min_pool_size "
+                f"({minimum}) is larger than its pool size ({size})"
+            )
+
+
+def _check_listeners(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], warnings: list[str]
+) -> None:
+    """Warn when both listeners are disabled: ecluse would accept no connection."""
+    if settings.listen_addr or settings.unix_socket_dir:
+        return
+    entry = setting_entries.get("unix_socket_dir") or setting_entries.get("listen_addr")
+    where = _where(entry) if entry is not None else ""
+    warnings.append(f"{where}listen_addr and unix_socket_dir are both empty: no client can connect")

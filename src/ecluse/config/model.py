@@ -1,0 +1,212 @@
+"""The immutable configuration objects: Settings, DatabaseConfig, UserConfig and Config.
+
+Rules:
+1. Every object here is frozen; mappings are read-only views. Reload builds a
+   new Config and diffs it (diff.py), it never mutates one in place.
+2. Defaults are PgBouncer's, so a pgbouncer.ini that relies on them behaves
+   the same under ecluse. Durations are float seconds.
+3. No parsing and no I/O here: loader.py turns files into these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# The name of the [databases] entry used for any database not listed.
+FALLBACK_DATABASE = "*"
+
+
+def _empty_mapping() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+class PoolMode(enum.Enum):
+    """When a server connection goes back to the pool."""
+
+    SESSION = "session"
+    TRANSACTION = "transaction"
+    STATEMENT = "statement"
+
+
+class AuthType(enum.Enum):
+    """How clients authenticate (PgBouncer's auth_type values)."""
+
+    TRUST = "trust"
+    PLAIN = "plain"
+    MD5 = "md5"
+    SCRAM_SHA_256 = "scram-sha-256"
+    ANY = "any"
+    CERT = "cert"
+    HBA = "hba"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """One [databases] entry: where the server is and per-database pool overrides.
+
+    None for an override means "use the global setting". A host of None or one
+    starting with "/" means a unix socket (None: the default socket directory).
+    """
+
+    name: str
+    host: str | None = None
+    port: int = 5432
+    dbname: str | None = None
+    user: str | None = None
+    password: str | None = None
+    pool_size: int | None = None
+    min_pool_size: int | None = None
+    reserve_pool: int | None = None
+    pool_mode: PoolMode | None = None
+    max_db_connections: int | None = None
+    connect_query: str | None = None
+    client_encoding: str | None = None
+    datestyle: str | None = None
+    timezone: str | None = None
+    application_name: str | None = None
+    auth_user: str | None = None
+    auth_dbname: str | None = None
+
+    def server_dbname(self) -> str:
+        """Return the database name to ask the server for."""
+        return self.dbname if self.dbname is not None else self.name
+
+    def is_unix_socket(self) -> bool:
+        """Say whether this database is reached over a unix socket."""
+        return self.host is None or self.host.startswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    """One [users] entry: per-user overrides (PgBouncer's keys)."""
+
+    name: str
+    pool_mode: PoolMode | None = None
+    max_user_connections: int | None = None
+    pool_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The [pgbouncer] section, with PgBouncer's defaults.
+
+    ``extra`` holds PgBouncer settings that ecluse knows by name but does not
+    implement yet, as raw strings, so a full pgbouncer.ini loads without noise.
+    """
+
+    listen_addr: str = ""  # empty: no TCP listener, as in PgBouncer
+    listen_port: int = 6432
+    unix_socket_dir: str = "/tmp"  # empty: no unix socket
+    unix_socket_mode: int = 0o777
+    auth_type: AuthType = AuthType.MD5
+    auth_file: str | None = None
+    admin_users: tuple[str, ...] = ()
+    stats_users: tuple[str, ...] = ()
+    pool_mode: PoolMode = PoolMode.SESSION
+    max_client_conn: int = 100
+    default_pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    max_db_connections: int = 0  # 0: unlimited
+    max_user_connections: int = 0  # 0: unlimited
+    server_reset_query: str = "DISCARD ALL"
+    server_reset_query_always: bool = False
+    server_check_query: str = "select 1"
+    server_check_delay: float = 30.0
+    server_lifetime: float = 3600.0
+    server_idle_timeout: float = 600.0
+    server_connect_timeout: float = 15.0
+    server_login_retry: float = 15.0
+    query_timeout: float = 0.0
+    query_wait_timeout: float = 120.0
+    client_idle_timeout: float = 0.0
+    client_login_timeout: float = 60.0
+    idle_transaction_timeout: float = 0.0
+    ignore_startup_parameters: tuple[str, ...] = ()
+    application_name_add_host: bool = False
+    logfile: str | None = None
+    pidfile: str | None = None
+    max_packet_size: int = 2147483647  # limit on one protocol message
+    max_startup_packet_size: int = 10000
+    shutdown_timeout: float = 30.0  # ecluse: how long SIGINT/SIGTERM waits for transactions
+    workers: int = 1
+    verbose: int = 0
+    user: str | None = None
+    server_round_robin: bool = False
+    log_connections: bool = True
+    log_disconnections: bool = True
+    log_pooler_errors: bool = True
+    stats_period: float = 60.0
+    tcp_keepalive: bool = True
+    extra: Mapping[str, str] = field(default_factory=_empty_mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole loaded configuration, and the precedence rules between its parts."""
+
+    settings: Settings = field(default_factory=Settings)
+    databases: Mapping[str, DatabaseConfig] = field(default_factory=_empty_mapping)
+    users: Mapping[str, UserConfig] = field(default_factory=_empty_mapping)
+    auth: Mapping[str, str] = field(default_factory=_empty_mapping)  # user -> secret
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        """Return the entry for database ``name``.
+
+        Falls back to the "*" entry, renamed to ``name`` so that it connects to
+        the database of the same name; returns None if neither exists.
+        """
+        db = self.databases.get(name)
+        if db is not None:
+            return db
+        fallback = self.databases.get(FALLBACK_DATABASE)
+        if fallback is None:
+            return None
+        return dataclasses.replace(fallback, name=name)
+
+    def pool_mode_for(self, db: DatabaseConfig, user: str) -> PoolMode:
+        """Return the pool mode: the user's, else the database's, else the global one."""
+        user_cfg = self.users.get(user)
+        if user_cfg is not None and user_cfg.pool_mode is not None:
+            return user_cfg.pool_mode
+        if db.pool_mode is not None:
+            return db.pool_mode
+        return self.settings.pool_mode
+
+    def pool_size_for(self, db: DatabaseConfig, user: str) -> int:
+        """Return the pool size: the user's, else the database's, else default_pool_size."""
+        user_cfg = self.users.get(user)
+        if user_cfg is not None and user_cfg.pool_size is not None:
+            return user_cfg.pool_size
+        if db.pool_size is not None:
+            return db.pool_size
+        return self.settings.default_pool_size
+
+    def min_pool_size_for(self, db: DatabaseConfig) -> int:
+        """Return the database's min_pool_size, else the global one."""
+        return _first(db.min_pool_size, self.settings.min_pool_size)
+
+    def reserve_pool_for(self, db: DatabaseConfig) -> int:
+        """Return the database's reserve_pool, else the global reserve_pool_size."""
+        return _first(db.reserve_pool, self.settings.reserve_pool_size)
+
+    def max_db_connections_for(self, db: DatabaseConfig) -> int:
+        """Return the database's max_db_connections, else the global one (0: unlimited)."""
+        return _first(db.max_db_connections, self.settings.max_db_connections)
+
+    def max_user_connections_for(self, user: str) -> int:
+        """Return the user's max_user_connections, else the global one (0: unlimited)."""
+        user_cfg = self.users.get(user)
+        override = user_cfg.max_user_connections if user_cfg is not None else None
+        return _first(override, self.settings.max_user_connections)
+
+
+def _first(override: int | None, default: int) -> int:
+    return default if override is None else override

@@ -1,0 +1,180 @@
+"""What each configuration key means: its field name and value parser.
+
+Three tables, one per section: [pgbouncer] settings, options of a [databases]
+entry and options of a [users] entry. Plus the PgBouncer settings that ecluse
+knows by name but does not implement, which load into Settings.extra without a
+warning so that an existing pgbouncer.ini loads cleanly. A test checks that
+SETTINGS covers every field of Settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+from ecluse.config.model import AuthType, PoolMode
+from ecluse.config.values import (
+    enum_parser,
+    int_parser,
+    parse_bool,
+    parse_list,
+    parse_octal_mode,
+    parse_optional_str,
+    parse_seconds,
+    parse_str,
+)
+
+Parser = Callable[[str], Any]
+
+_count = int_parser(minimum=0)
+_positive = int_parser(minimum=1)
+_port = int_parser(minimum=1, maximum=65535)
+_pool_mode = enum_parser(PoolMode)
+
+SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
+    {
+        "listen_addr": parse_str,
+        "listen_port": _port,
+        "unix_socket_dir": parse_str,
+        "unix_socket_mode": parse_octal_mode,
+        "auth_type": enum_parser(AuthType),
+        "auth_file": parse_optional_str,
+        "admin_users": parse_list,
+        "stats_users": parse_list,
+        "pool_mode": _pool_mode,
+        "max_client_conn": _count,
+        "default_pool_size": _count,
+        "min_pool_size": _count,
+        "reserve_pool_size": _count,
+        "reserve_pool_timeout": parse_seconds,
+        "max_db_connections": _count,
+        "max_user_connections": _count,
+        "server_reset_query": parse_str,
+        "server_reset_query_always": parse_bool,
+        "server_check_query": parse_str,
+        "server_check_delay": parse_seconds,
+        "server_lifetime": parse_seconds,
+        "server_idle_timeout": parse_seconds,
+        "server_connect_timeout": parse_seconds,
+        "server_login_retry": parse_seconds,
+        "query_timeout": parse_seconds,
+        "query_wait_timeout": parse_seconds,
+        "client_idle_timeout": parse_seconds,
+        "client_login_timeout": parse_seconds,
+        "idle_transaction_timeout": parse_seconds,
+        "ignore_startup_parameters": parse_list,
+        "application_name_add_host": parse_bool,
+        "logfile": parse_optional_str,
+        "pidfile": parse_optional_str,
+        "max_packet_size": _positive,
+        "max_startup_packet_size": _positive,
+        "shutdown_timeout": parse_seconds,
+        "workers": _positive,
+        "verbose": _count,
+        "user": parse_optional_str,
+        "server_round_robin": parse_bool,
+        "log_connections": parse_bool,
+        "log_disconnections": parse_bool,
+        "log_pooler_errors": parse_bool,
+        "stats_period": parse_seconds,
+        "tcp_keepalive": parse_bool,
+    }
+)
+
+# PgBouncer settings accepted and kept as text in Settings.extra. Moving one
+# into SETTINGS (and a field of Settings) is how it becomes implemented.
+KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
+    {
+        "auth_dbname",
+        "auth_hba_file",
+        "auth_ident_file",
+        "auth_ldap_options",
+        "auth_query",
+        "auth_user",
+        "autodb_idle_timeout",
+        "cancel_wait_timeout",
+        "client_tls13_ciphers",
+        "client_tls_ca_file",
+        "client_tls_cert_file",
+        "client_tls_ciphers",
+        "client_tls_dheparams",
+        "client_tls_ecdhcurve",
+        "client_tls_key_file",
+        "client_tls_protocols",
+        "client_tls_sslmode",
+        "conffile",
+        "disable_pqexec",
+        "dns_max_ttl",
+        "dns_nxdomain_ttl",
+        "dns_zone_check_period",
+        "job_name",
+        "listen_backlog",
+        "log_stats",
+        "max_db_client_connections",
+        "max_prepared_statements",
+        "max_user_client_connections",
+        "peer_id",
+        "pkt_buf",
+        "query_wait_notify",
+        "resolv_conf",
+        "sbuf_loopcnt",
+        "server_fast_close",
+        "server_tls13_ciphers",
+        "server_tls_ca_file",
+        "server_tls_cert_file",
+        "server_tls_ciphers",
+        "server_tls_key_file",
+        "server_tls_protocols",
+        "server_tls_sslmode",
+        "service_name",
+        "so_reuseport",
+        "suspend_timeout",
+        "syslog",
+        "syslog_facility",
+        "syslog_ident",
+        "tcp_defer_accept",
+        "tcp_keepcnt",
+        "tcp_keepidle",
+        "tcp_keepintvl",
+        "tcp_socket_buffer",
+        "tcp_user_timeout",
+        "track_extra_parameters",
+        "transaction_timeout",
+        "unix_socket_group",
+    }
+)
+
+# Options of a [databases] entry. Both spellings of the reserve pool are
+# PgBouncer's: "reserve_pool" is the older one, still accepted there.
+DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
+    {
+        "host": ("host", parse_optional_str),
+        "port": ("port", _port),
+        "dbname": ("dbname", parse_optional_str),
+        "user": ("user", parse_optional_str),
+        "password": ("password", parse_str),
+        "pool_size": ("pool_size", _count),
+        "min_pool_size": ("min_pool_size", _count),
+        "reserve_pool": ("reserve_pool", _count),
+        "reserve_pool_size": ("reserve_pool", _count),
+        "pool_mode": ("pool_mode", _pool_mode),
+        "max_db_connections": ("max_db_connections", _count),
+        "connect_query": ("connect_query", parse_str),
+        "client_encoding": ("client_encoding", parse_str),
+        "datestyle": ("datestyle", parse_str),
+        "timezone": ("timezone", parse_str),
+        "application_name": ("application_name", parse_str),
+        "auth_user": ("auth_user", parse_optional_str),
+        "auth_dbname": ("auth_dbname", parse_optional_str),
+    }
+)
+
+# Options of a [users] entry.
+USER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
+    {
+        "pool_mode": ("pool_mode", _pool_mode),
+        "max_user_connections": ("max_user_connections", _count),
+        "pool_size": ("pool_size", _count),
+    }
+)

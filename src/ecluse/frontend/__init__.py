@@ -1,0 +1,1 @@
+"""One client session: startup, authentication and the per-mode relay."""

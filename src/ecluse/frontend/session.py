@@ -1,0 +1,547 @@
+"""FrontendSession: one client connection, from startup to goodbye.
+
+States (``ClientState``) and the only transitions allowed:
+
+    LOGIN   -> AUTH (StartupMessage accepted) | CLOSED
+    AUTH    -> WELCOME (authenticated) | CLOSED
+    WELCOME -> IDLE (ParameterStatus/BackendKeyData/ReadyForQuery sent) | CLOSED
+    IDLE    -> WAITING (a request needs a server) | LINKED | CLOSED
+    WAITING -> LINKED (pool assigned a server) | IDLE (cancelled) | CLOSED
+    LINKED  -> IDLE (server released per pool mode) | CLOSED
+
+Rules:
+1. Only this module changes a session's state, through ``_set_state``.
+2. Client bytes are forwarded as they arrive, in the batch they arrived in;
+   only Terminate and the message types the tracker counts are looked at.
+3. A protocol error from this client closes this client only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import logging
+import time
+
+from ecluse.auth.methods import authenticate_client
+from ecluse.errors import AuthFailed, ClientRefused, EcluseError, RemoteProtocolError
+from ecluse.frontend.context import ClientContext
+from ecluse.frontend.startup import resolve_startup
+from ecluse.pool.pool import Pool
+from ecluse.protocol import backend as be
+from ecluse.protocol import codes
+from ecluse.protocol.framing import Framer
+from ecluse.protocol.messages import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
+from ecluse.protocol.startup import (
+    decode_startup_packet,
+    startup_packet_length,
+    unsupported_protocol_options,
+    validate_startup_params,
+)
+from ecluse.server.cancel import send_cancel
+from ecluse.server.connection import ServerConnection
+from ecluse.server.params import TRACKED_PARAMETERS, build_sync_query
+
+log = logging.getLogger("ecluse.client")
+
+_X = codes.FE_TERMINATE
+_STRAY_WHEN_IDLE = frozenset({codes.FE_COPY_DATA, codes.FE_COPY_DONE, codes.FE_COPY_FAIL,
+                              codes.FE_FLUSH})
+_RELAY_INSPECT = frozenset({_X})
+_PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
+_DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
+
+
+class ClientState(enum.Enum):
+    LOGIN = "login"
+    AUTH = "auth"
+    WELCOME = "welcome"
+    IDLE = "idle"
+    WAITING = "waiting"
+    LINKED = "active"
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    ClientState.LOGIN: {ClientState.AUTH, ClientState.CLOSED},
+    ClientState.AUTH: {ClientState.WELCOME, ClientState.CLOSED},
+    ClientState.WELCOME: {ClientState.IDLE, ClientState.CLOSED},
+    ClientState.IDLE: {ClientState.WAITING, ClientState.LINKED, ClientState.CLOSED},
+    ClientState.WAITING: {ClientState.LINKED, ClientState.IDLE, ClientState.CLOSED},
+    ClientState.LINKED: {ClientState.IDLE, ClientState.CLOSED},
+    ClientState.CLOSED: set(),
+}
+
+
+class FrontendSession(asyncio.Protocol):
+    """The asyncio Protocol of one client connection."""
+
+    def __init__(self, ctx: ClientContext):
+        self.ctx = ctx
+        self.state = ClientState.LOGIN
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.user = ""
+        self.database = ""
+        self.params: dict[str, str] = {}
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.cancel_pid = 0
+        self.cancel_secret = b""
+        self.connected_at = time.monotonic()
+        self.last_activity = self.connected_at
+        self.request_started = 0.0
+        settings = ctx.config.settings
+        self._inbuf = bytearray()  # startup phase only
+        self._framer = Framer(codes.FRONTEND_TYPES, codes.FRONTEND_TYPES,
+                              settings.max_packet_size,
+                              inspect_max=settings.max_startup_packet_size, side="client")
+        self._auth = None
+        self._pending: list = []  # pieces received while no server is linked
+        self._pending_bytes = 0
+        self._write_paused = False
+        self._reading_paused = False
+        self._login_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<client {self.peer} {self.database}/{self.user} {self.state.value}>"
+
+    def _set_state(self, state: ClientState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"client state {self.state} -> {state} not allowed")
+        self.state = state
+
+    def _describe(self) -> str:
+        return f"client {self.peer} {self.database or '-'}/{self.user or '-'}"
+
+    # --- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.ctx.clients.add(self)
+        timeout = self.ctx.config.settings.client_login_timeout
+        if timeout > 0:
+            self._login_timer = asyncio.get_running_loop().call_later(
+                timeout, self._on_login_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            if self.state is ClientState.LOGIN:
+                self._on_startup_data(data)
+                return
+            pieces = self._framer.feed(data)
+            if self.state is ClientState.AUTH:
+                self._on_auth_pieces(pieces)
+            elif self.server is not None and self.state is ClientState.LINKED:
+                self._forward(pieces)
+            else:
+                self._queue_pieces(pieces)
+        except RemoteProtocolError as exc:
+            log.warning("%s protocol error: %s", self._describe(), exc.message)
+            self.fatal(exc)
+        except (AuthFailed, ClientRefused) as exc:
+            self.ctx.login_failures += isinstance(exc, AuthFailed)
+            log.warning("%s login failed: %s", self._describe(), exc.message)
+            self.fatal(exc)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is not ClientState.CLOSED:
+            if self.state in (ClientState.IDLE, ClientState.WAITING, ClientState.LINKED) and \
+                    self.ctx.config.settings.log_disconnections:
+                log.info("%s closed the connection", self._describe())
+            self._cleanup()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.resume_reading()
+
+    # --- startup -------------------------------------------------------------
+    def _on_startup_data(self, data: bytes) -> None:
+        buf = self._inbuf
+        buf += data
+        limit = self.ctx.config.settings.max_startup_packet_size
+        while self.state is ClientState.LOGIN:
+            length = startup_packet_length(buf, limit)
+            if length is None or len(buf) < length:
+                return
+            packet = bytes(buf[:length])
+            del buf[:length]
+            msg = decode_startup_packet(packet)
+            if isinstance(msg, (SSLRequest, GSSENCRequest)):
+                if buf:
+                    # Data pipelined behind an encryption request is refused
+                    # (CVE-2021-3935 class), whatever we answer.
+                    raise RemoteProtocolError("received unencrypted data after SSL request")
+                self.transport.write(b"N")
+            elif isinstance(msg, CancelRequest):
+                self._on_cancel_request(msg)
+                return
+            else:
+                self._on_startup_message(msg)
+        if buf:  # bytes after StartupMessage: the client's first password reply
+            rest = bytes(buf)
+            buf.clear()
+            self._on_auth_pieces(self._framer.feed(rest))
+
+    def _on_startup_message(self, msg: StartupMessage) -> None:
+        settings = self.ctx.config.settings
+        validate_startup_params(msg.params)
+        startup = resolve_startup(msg.params, settings.ignore_startup_parameters)
+        self.user, self.database = startup.user, startup.database
+        self.params = startup.params
+        if settings.log_connections:
+            log.info("%s login attempt", self._describe())
+        if self.ctx.shutting_down:
+            raise ClientRefused("pooler is shutting down", sqlstate="57P01")
+        if len(self.ctx.clients) > settings.max_client_conn:
+            raise ClientRefused("no more connections allowed (max_client_conn)",
+                                sqlstate="53300")
+        db = self.ctx.config.database(self.database)
+        if db is None:
+            raise ClientRefused(f'database "{self.database}" does not exist', sqlstate="3D000")
+        if "application_name" in self.params and settings.application_name_add_host:
+            self.params["application_name"] += f" - {self.peer}"
+        self._set_state(ClientState.AUTH)
+        if msg.minor > 0 or unsupported_protocol_options(msg.params):
+            self.transport.write(be.encode_negotiate_protocol_version(
+                codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
+        self.pool = self.ctx.registry.get_pool(db, self.user)
+        method = settings.auth_type.value
+        secret = self.ctx.config.auth.get(self.user)
+        self._auth = authenticate_client(method, self.user, secret)
+        self._step_auth(None)
+
+    def _step_auth(self, body: bytes | None) -> None:
+        try:
+            out = next(self._auth) if body is None else self._auth.send(body)
+        except StopIteration:
+            self._auth = None
+            self.transport.write(be.encode_authentication_ok())
+            self._set_state(ClientState.WELCOME)
+            self._start_welcome()
+            return
+        self.transport.write(out)
+
+    def _on_auth_pieces(self, pieces) -> None:
+        for i, (msg_type, raw, _start, _end) in enumerate(pieces):
+            if self.state is not ClientState.AUTH:
+                self._queue_pieces(pieces[i:])
+                return
+            if msg_type != codes.FE_PASSWORD:
+                raise RemoteProtocolError(
+                    f"expected password response, got message type {chr(msg_type)!r}")
+            self._step_auth(bytes(raw[5:]))
+
+    def _start_welcome(self) -> None:
+        """Send the server's parameters; fetch them with one server first if needed."""
+        self._framer._inspect = _RELAY_INSPECT
+        self._framer._inspect_max = 1 << 20
+        assert self.pool is not None
+        if self.pool.default_params is not None:
+            self._finish_welcome()
+            return
+        server = self.pool.acquire(self)
+        if server is not None:
+            self.on_server_assigned(server)
+
+    def _finish_welcome(self) -> None:
+        assert self.pool is not None and self.pool.default_params is not None
+        defaults = self.pool.default_params
+        for name in TRACKED_PARAMETERS:
+            if name not in self.params and name in defaults:
+                self.params[name] = defaults[name]
+        shown = dict(defaults)
+        shown.update(self.params)
+        shown.pop("search_path", None)
+        out = [be.encode_parameter_status(k, v) for k, v in shown.items()]
+        self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
+        out.append(be.encode_backend_key_data(self.cancel_pid, self.cancel_secret))
+        out.append(be.encode_ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self._set_state(ClientState.IDLE)
+        if self.ctx.config.settings.log_connections:
+            log.info("%s login ok (pool_mode=%s)", self._describe(), self.pool.settings.mode)
+        if self._pending:
+            pieces, self._pending = self._pending, []
+            self._pending_bytes = 0
+            self._queue_pieces(pieces)
+
+    def _on_login_timeout(self) -> None:
+        self._login_timer = None
+        if self.state in (ClientState.LOGIN, ClientState.AUTH, ClientState.WELCOME):
+            self.fatal(ClientRefused("client_login_timeout (server down or wrong password?)",
+                                     sqlstate="08P01"))
+
+    # --- requests while no server is linked ------------------------------------
+    def _queue_pieces(self, pieces) -> None:
+        if self.state in (ClientState.WAITING, ClientState.WELCOME) or \
+                (self.state is ClientState.LINKED and self.server is None):
+            self._buffer(pieces)
+            return
+        # IDLE: drop what needs no server; Terminate ends the session.
+        start = 0
+        while start < len(pieces):
+            msg_type, _raw, is_start, _end = pieces[start]
+            if is_start and msg_type == _X:
+                self.close()
+                return
+            if msg_type in _STRAY_WHEN_IDLE and is_start:
+                start += 1
+                continue
+            if not is_start and not self._pending:
+                start += 1  # tail of a dropped stray message
+                continue
+            break
+        if start == len(pieces):
+            return
+        self._buffer(pieces[start:])
+        self._acquire()
+
+    def _buffer(self, pieces) -> None:
+        self._pending.extend(pieces)
+        self._pending_bytes += sum(len(p[1]) for p in pieces)
+        if self._pending_bytes > _PENDING_LIMIT and not self._reading_paused:
+            self.pause_client_reading()
+
+    def _acquire(self) -> None:
+        assert self.pool is not None
+        if self.ctx.shutting_down:
+            self.fatal(ClientRefused("pooler is shutting down", sqlstate="57P01"))
+            return
+        self._set_state(ClientState.WAITING)
+        server = self.pool.acquire(self)
+        if server is not None:
+            self.on_server_assigned(server)
+
+    # --- WaitingClient interface (called by the pool) ------------------------
+    def on_server_assigned(self, server: ServerConnection) -> None:
+        assert self.pool is not None
+        if self.state is ClientState.WELCOME:
+            self.pool.release(server, reset=False)
+            self._finish_welcome()
+            return
+        if self.state is ClientState.CLOSED:
+            self.pool.release(server, reset=False)
+            return
+        self.server = server
+        server.link(self)
+        if self._write_paused and server.transport is not None:
+            server.transport.pause_reading()
+        sync = build_sync_query(self.params, server.params)
+        if sync is None:
+            self._set_state(ClientState.LINKED)
+            self._flush_pending()
+        else:
+            # Stay WAITING (client bytes keep queueing) until the SETs are done.
+            server.run_internal(sync, lambda err: self._on_params_synced(server, err))
+
+    def _on_params_synced(self, server: ServerConnection, error) -> None:
+        if self.server is not server or self.state is not ClientState.WAITING:
+            return
+        if error is not None:
+            self.fatal(ClientRefused(error.message, sqlstate=error.sqlstate))
+            return
+        if "search_path" in self.params:
+            server.params["search_path"] = self.params["search_path"]
+        else:
+            server.params.pop("search_path", None)
+        self._set_state(ClientState.LINKED)
+        self._flush_pending()
+
+    def on_wait_failed(self, error: Exception) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        log.warning("%s gave up waiting for a server: %s", self._describe(), error)
+        self.fatal(error)
+
+    def _flush_pending(self) -> None:
+        pieces, self._pending = self._pending, []
+        self._pending_bytes = 0
+        if self._reading_paused:
+            self.resume_client_reading()
+        if pieces:
+            self._forward(pieces)
+
+    # --- relaying ----------------------------------------------------------------
+    def _forward(self, pieces) -> None:
+        server = self.server
+        assert server is not None
+        tracker = server.tracker
+        if tracker.is_done():
+            self.request_started = time.monotonic()
+        out = []
+        for msg_type, raw, start, _end in pieces:
+            if start:
+                if msg_type == _X:
+                    if out:
+                        server.send(b"".join(out))
+                    self.close()
+                    return
+                tracker.on_client_message(msg_type)
+            out.append(raw)
+        server.send(b"".join(out) if len(out) > 1 else out[0])
+
+    # --- ServerLink interface (called by the server) -------------------------
+    def write_from_server(self, data) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def on_server_params(self, name: str, value: str) -> None:
+        if name in TRACKED_PARAMETERS:
+            self.params[name] = value
+
+    def on_server_ready(self, server: ServerConnection) -> None:
+        """The server answered every request; release it if the mode says so."""
+        pool = self.pool
+        assert pool is not None
+        mode = pool.settings.mode
+        tracker = server.tracker
+        self.request_started = 0.0
+        if mode == "session":
+            if self.ctx.shutting_down and tracker.can_release():
+                self.close()
+            return
+        if tracker.status == codes.STATUS_IDLE:
+            self._unlink()
+            pool.release(server, reset=pool.settings.server_reset_query_always)
+            if self.ctx.shutting_down:
+                self.close()
+        elif mode == "statement":
+            self.fatal(ClientRefused("transaction blocks not allowed in statement pooling mode",
+                                     sqlstate="25001"))
+
+    def on_server_lost(self, server: ServerConnection, error: Exception) -> None:
+        if self.server is not server:
+            return
+        self.server = None
+        if self.state is ClientState.LINKED:
+            self.state = ClientState.IDLE
+        msg = error.message if isinstance(error, EcluseError) else str(error)
+        log.warning("%s lost its server %s: %s", self._describe(), server, msg)
+        self.fatal(EcluseError(f"server conn crashed? {msg}", sqlstate="08006"))
+
+    def pause_client_reading(self) -> None:
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self.transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _unlink(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.unlink()
+        self._set_state(ClientState.IDLE)
+
+    # --- cancel ----------------------------------------------------------------
+    def _on_cancel_request(self, msg: CancelRequest) -> None:
+        """A CancelRequest arrived on this new connection: route it, then close."""
+        target = self.ctx.cancel_keys.get(msg.process_id)
+        if target is not None and hmac.compare_digest(target.cancel_secret, msg.secret):
+            target.cancel()
+        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
+        self.state = ClientState.CLOSED
+        self.ctx.clients.discard(self)
+        self.transport.close()
+
+    def cancel(self) -> None:
+        """Cancel this session's current request, wherever it is."""
+        server = self.server
+        if server is not None and server.key is not None:
+            self.ctx.spawn(send_cancel(server.host, server.port, server.key))
+        elif self.state is ClientState.WAITING and self.pool is not None \
+                and self.pool.cancel_wait(self):
+            self._fail_pending("canceling statement due to user request", "57014")
+
+    def _fail_pending(self, message: str, sqlstate: str) -> None:
+        """Answer the buffered requests with one error per sync point, as a server would."""
+        pieces, self._pending = self._pending, []
+        self._pending_bytes = 0
+        syncs = sum(1 for t, _r, start, _e in pieces
+                    if start and t in (codes.FE_QUERY, codes.FE_SYNC, codes.FE_FUNCTION_CALL))
+        err = be.encode_error_response(message, sqlstate)
+        ready = be.encode_ready_for_query(b"I")
+        self._set_state(ClientState.IDLE)
+        if self._reading_paused:
+            self.resume_client_reading()
+        if syncs:
+            self.transport.write((err + ready) * syncs)
+
+    # --- closing -------------------------------------------------------------------
+    def fatal(self, error: Exception) -> None:
+        """Send a FATAL ErrorResponse and close this client."""
+        if self.state is ClientState.CLOSED or self.transport is None:
+            return
+        if isinstance(error, EcluseError):
+            msg, sqlstate = error.message, error.sqlstate
+        else:
+            msg, sqlstate = str(error), "08P01"
+        self.transport.write(be.encode_error_response(msg, sqlstate, severity="FATAL"))
+        self.close()
+
+    def close(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        self._cleanup()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _cleanup(self) -> None:
+        """Give back whatever this session held; idempotent."""
+        was = self.state
+        self.state = ClientState.CLOSED
+        self.ctx.clients.discard(self)
+        if self.cancel_pid and self.ctx.cancel_keys.get(self.cancel_pid) is self:
+            del self.ctx.cancel_keys[self.cancel_pid]
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if was is ClientState.WAITING and self.pool is not None:
+            self.pool.cancel_wait(self)
+        server, self.server = self.server, None
+        if server is not None and self.pool is not None:
+            self._abandon(server, self.pool)
+
+    def _abandon(self, server: ServerConnection, pool: Pool) -> None:
+        """Return a server whose client left, rolling back whatever it left open."""
+        server.unlink()
+        reset = pool.settings.mode == "session" or pool.settings.server_reset_query_always
+        if server.tracker.can_release():
+            pool.release(server, reset=reset)
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(_DRAIN_TIMEOUT, server.close)
+
+        def after_drain() -> None:
+            timer.cancel()
+            if server.is_closed():
+                return
+            if server.tracker.status == codes.STATUS_IDLE:
+                pool.release(server, reset=reset)
+                return
+            server.run_internal("ROLLBACK", lambda err: (
+                server.close() if err is not None else pool.release(server, reset=reset)))
+
+        if not server.tracker.is_done() and server.key is not None:
+            # The client will never read the answer: stop the work now.
+            self.ctx.spawn(send_cancel(server.host, server.port, server.key))
+        server.drain(after_drain)

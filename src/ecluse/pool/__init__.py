@@ -1,0 +1,1 @@
+"""Pools of server connections keyed by (database, user): acquire, release, queueing."""

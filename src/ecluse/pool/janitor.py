@@ -1,0 +1,88 @@
+"""Periodic maintenance: pool sizes, server lifetimes, client and query timeouts.
+
+One timer per worker wakes once a second; nothing per client or per server
+wakes while idle (DESIGN.md hot-path rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ecluse.config import Settings
+from ecluse.errors import EcluseError
+from ecluse.pool.registry import PoolRegistry
+
+log = logging.getLogger("ecluse.janitor")
+
+PERIOD = 1.0
+
+
+class TimedClient(Protocol):
+    """The fields of a client session the janitor reads."""
+
+    state: object
+    server: object
+    last_activity: float
+    request_started: float
+
+    def fatal(self, error: Exception) -> None: ...
+
+
+def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
+                          now: float) -> None:
+    """Close clients past client_idle_timeout, idle_transaction_timeout or query_timeout."""
+    idle_t = settings.client_idle_timeout
+    txn_t = settings.idle_transaction_timeout
+    query_t = settings.query_timeout
+    if not (idle_t or txn_t or query_t):
+        return
+    for client in list(clients):
+        server = client.server
+        if server is None:
+            if idle_t and client.state.value == "idle" and now - client.last_activity > idle_t:
+                client.fatal(EcluseError("client_idle_timeout", sqlstate="57P05"))
+            continue
+        tracker = server.tracker
+        if query_t and client.request_started and not tracker.is_done() \
+                and now - client.request_started > query_t:
+            server.close_when_released = True
+            client.fatal(EcluseError("query_timeout", sqlstate="57014"))
+        elif txn_t and tracker.is_done() and tracker.status != ord("I") \
+                and now - client.last_activity > txn_t:
+            client.fatal(EcluseError("idle transaction timeout", sqlstate="25P03"))
+
+
+class Janitor:
+    """Runs maintenance every PERIOD seconds until stopped."""
+
+    def __init__(self, registry: PoolRegistry, settings: Callable[[], Settings],
+                 clients: Callable[[], Iterable[TimedClient]]):
+        self._registry = registry
+        self._settings = settings
+        self._clients = clients
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(PERIOD)
+            try:
+                self.run_once()
+            except Exception:  # maintenance must never stop for one bad pool
+                log.exception("janitor pass failed")
+
+    def run_once(self) -> None:
+        for pool in self._registry:
+            pool.maintain()
+        check_client_timeouts(self._clients(), self._settings(), time.monotonic())

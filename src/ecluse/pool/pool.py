@@ -1,0 +1,371 @@
+"""Pool: the server connections of one (database, user) pair.
+
+Rules:
+1. Servers move between the collections idle / active / used / login only
+   through ``_set_state``; counts and SHOW POOLS follow from the collections.
+2. A pool never holds more than pool_size (+ reserve_pool after
+   reserve_pool_timeout) servers, and asks the registry before each launch
+   so max_db_connections and max_user_connections hold across pools.
+3. A server goes back to idle only in transaction status 'I' with nothing
+   outstanding; anything else is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
+from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
+from ecluse.protocol.codes import STATUS_IDLE
+from ecluse.server.connection import ServerConnection, ServerState
+from ecluse.server.login import login
+
+if TYPE_CHECKING:
+    from ecluse.pool.registry import PoolRegistry
+
+log = logging.getLogger("ecluse.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Everything a pool needs to know, resolved from the config."""
+
+    database: str  # the name clients use
+    user: str  # the user the pool logs into the server as
+    host: str | None
+    port: int
+    server_dbname: str
+    password: str | None
+    mode: str  # "session" | "transaction" | "statement"
+    pool_size: int
+    min_pool_size: int
+    reserve_pool: int
+    reserve_pool_timeout: float
+    server_params: Mapping[str, str]
+    connect_query: str | None
+    server_reset_query: str
+    server_reset_query_always: bool
+    server_check_query: str
+    server_check_delay: float
+    server_lifetime: float
+    server_idle_timeout: float
+    server_connect_timeout: float
+    server_login_retry: float
+    query_wait_timeout: float
+
+
+class Pool:
+    """Acquire/release of servers for one (database, user), with a FIFO queue."""
+
+    def __init__(self, registry: PoolRegistry, settings: PoolSettings):
+        self.registry = registry
+        self.settings = settings
+        self.idle: list[ServerConnection] = []
+        self.active: set[ServerConnection] = set()
+        self.used: set[ServerConnection] = set()  # resetting or being checked
+        self.login: set[ServerConnection] = set()
+        self.launching = 0  # connects not yet at connection_made
+        self.waiters = WaiterQueue()
+        self.default_params: dict[str, str] | None = None
+        self.last_failure: float = 0.0
+        self.last_error: Exception | None = None
+        self.paused = False
+        self.closed = False
+
+    # --- sizes -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.settings.database}/{self.settings.user}"
+
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + len(self.used) + len(self.login) + \
+            self.launching
+
+    def _limit(self) -> int:
+        s = self.settings
+        limit = s.pool_size
+        if s.reserve_pool and self.waiters.oldest_wait() >= s.reserve_pool_timeout:
+            limit += s.reserve_pool
+        return limit
+
+    def can_launch(self) -> bool:
+        return (not self.closed and not self._backing_off() and self.total() < self._limit()
+                and self.registry.may_launch(self))
+
+    def _backing_off(self) -> bool:
+        """True while the last launch failed less than server_login_retry ago."""
+        return self.last_error is not None and \
+            time.monotonic() - self.last_failure < self.settings.server_login_retry
+
+    def login_failing(self) -> bool:
+        """True while server logins fail and server_login_retry has not passed."""
+        return (self.last_error is not None and self.total() == 0
+                and time.monotonic() - self.last_failure < self.settings.server_login_retry)
+
+    # --- state changes -----------------------------------------------------
+    def _set_state(self, server: ServerConnection, state: ServerState) -> None:
+        old = server.state
+        if old is ServerState.IDLE:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(server)
+        elif old is ServerState.ACTIVE:
+            self.active.discard(server)
+        elif old in (ServerState.USED, ServerState.TESTED):
+            self.used.discard(server)
+        elif old is ServerState.LOGIN:
+            self.login.discard(server)
+        server.state = state
+        if state is ServerState.IDLE:
+            self.idle.append(server)
+        elif state is ServerState.ACTIVE:
+            self.active.add(server)
+        elif state in (ServerState.USED, ServerState.TESTED):
+            self.used.add(server)
+        elif state is ServerState.LOGIN:
+            self.login.add(server)
+
+    # --- acquire -----------------------------------------------------------
+    def acquire(self, client: WaitingClient) -> ServerConnection | None:
+        """Return an idle server at once, or queue the client and return None.
+
+        A queued client later gets on_server_assigned() or on_wait_failed().
+        """
+        if not self.paused and not self.waiters:
+            server = self._take_idle()
+            if server is not None:
+                self._set_state(server, ServerState.ACTIVE)
+                return server
+        if self.login_failing():
+            client.on_wait_failed(self._login_error())
+            return None
+        waiter = Waiter(client)
+        timeout = self.settings.query_wait_timeout
+        if timeout > 0:
+            waiter.timer = asyncio.get_running_loop().call_later(
+                timeout, self._wait_timed_out, waiter)
+        self.waiters.push(waiter)
+        self._dispatch()
+        return None
+
+    def cancel_wait(self, client: WaitingClient) -> bool:
+        """Remove a client from the queue; True if it was waiting."""
+        for w in self.waiters:
+            if w.client is client:
+                w.cancel()
+                return True
+        return False
+
+    def _wait_timed_out(self, waiter: Waiter) -> None:
+        waiter.timer = None
+        waiter.fail(PoolTimeout("query_wait_timeout"))
+
+    def _take_idle(self) -> ServerConnection | None:
+        """Pop a usable idle server (most recently used first), closing stale ones."""
+        s = self.settings
+        while self.idle:
+            server = self.idle[-1]
+            if server.is_closed() or (s.server_lifetime > 0 and server.age() > s.server_lifetime):
+                self._set_state(server, ServerState.USED)
+                server.close()
+                continue
+            if s.server_check_delay == 0 or server.idle_for() < s.server_check_delay \
+                    or not s.server_check_query:
+                return server
+            # Idle too long: prove it alive with server_check_query first.
+            self._set_state(server, ServerState.TESTED)
+            server.run_internal(s.server_check_query,
+                                lambda err, srv=server: self._on_checked(srv, err))
+        return None
+
+    def _on_checked(self, server: ServerConnection, error) -> None:
+        if error is not None or server.tracker.status != STATUS_IDLE or server.is_closed():
+            server.close()
+            return
+        server.last_used = time.monotonic()
+        self._set_state(server, ServerState.IDLE)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give idle servers to waiters; launch new servers if waiters remain."""
+        if self.paused:
+            return
+        while self.waiters:
+            server = self._take_idle()
+            if server is None:
+                break
+            waiter = self.waiters.pop()
+            if waiter is None:
+                break
+            self._set_state(server, ServerState.ACTIVE)
+            if not waiter.assign(server):  # pragma: no cover - pop skips done waiters
+                self._set_state(server, ServerState.IDLE)
+        needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
+        while needed > 0 and self.can_launch():
+            self.launch()
+            needed -= 1
+        if self.waiters and self.total() == 0 and not self.can_launch():
+            self.registry.make_room(self)
+
+    # --- release -----------------------------------------------------------
+    def release(self, server: ServerConnection, reset: bool) -> None:
+        """Take a server back from its client (already unlinked).
+
+        With ``reset`` the server_reset_query runs first. A server that is not
+        idle with nothing outstanding is closed (RELIABILITY §3.10 test 6).
+        """
+        if server.state is ServerState.CLOSED:
+            return
+        s = self.settings
+        if server.tracker.status != STATUS_IDLE or not server.tracker.is_done() \
+                or server.in_internal() or server.close_when_released or self.closed \
+                or (s.server_lifetime > 0 and server.age() > s.server_lifetime):
+            self._set_state(server, ServerState.USED)
+            server.close()
+            return
+        if reset and s.server_reset_query:
+            self._set_state(server, ServerState.USED)
+            server.run_internal(s.server_reset_query,
+                                lambda err, srv=server: self._on_reset(srv, err))
+            return
+        self._set_state(server, ServerState.IDLE)
+        self._dispatch()
+
+    def _on_reset(self, server: ServerConnection, error) -> None:
+        if error is not None:
+            # pgbouncer #1358: a failed reset must never be reused unreset.
+            log.warning("server_reset_query failed on %s: %s", server, error.message)
+            server.close()
+            return
+        if server.state is ServerState.CLOSED:
+            return
+        server.last_used = time.monotonic()
+        self._set_state(server, ServerState.IDLE)
+        self._dispatch()
+
+    def on_server_closed(self, server: ServerConnection) -> None:
+        """Called by the server when its connection is gone."""
+        failed_login = server in self.login
+        for coll in (self.active, self.used, self.login):
+            coll.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+        self._forget(server)
+        # A failed login is handled by _connect; relaunching here would hammer the server.
+        if self.waiters and not failed_login:
+            self._dispatch()
+
+    def _forget(self, server: ServerConnection) -> None:
+        """Give back the server's slot in the cross-pool limits, once."""
+        if server.slot_held:
+            server.slot_held = False
+            self.registry.on_server_closed(self)
+
+    # --- launching servers -------------------------------------------------
+    def launch(self) -> None:
+        """Start one new server connection in the background."""
+        self.launching += 1
+        self.registry.note_launch(self)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        params = {"user": s.user, "database": s.server_dbname, **s.server_params}
+        gen = login(params, s.password)
+        host = s.host or "/tmp"
+        server = ServerConnection(self, gen, host, s.port, done)
+        server.slot_held = True
+        counted = True
+        try:
+            async with asyncio.timeout(s.server_connect_timeout or None):
+                if host.startswith("/"):
+                    await loop.create_unix_connection(lambda: server,
+                                                      f"{host}/.s.PGSQL.{s.port}")
+                else:
+                    await loop.create_connection(lambda: server, host, s.port)
+                self.launching -= 1
+                counted = False
+                self._set_state(server, ServerState.LOGIN)
+                await done
+            if s.connect_query:
+                await self._run_connect_query(server)
+        except (OSError, EcluseError, TimeoutError) as exc:
+            if counted:
+                self.launching -= 1
+            if isinstance(exc, TimeoutError):
+                exc = ServerGone("server connect timeout (server_connect_timeout)")
+            server.close(exc)
+            self._on_launch_failed(server, exc)
+            return
+        self.last_error = None
+        if self.default_params is None:
+            self.default_params = dict(server.params)
+        server.last_used = time.monotonic()
+        log.debug("new server connection %s for %s", server, self.name)
+        self._set_state(server, ServerState.IDLE)
+        self._dispatch()
+
+    async def _run_connect_query(self, server: ServerConnection) -> None:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        server.run_internal(self.settings.connect_query or "", fut.set_result)
+        err = await fut
+        if err is not None:
+            raise ServerLoginFailed(f"connect_query failed: {err.message}",
+                                    sqlstate=err.sqlstate)
+
+    def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
+        self.login.discard(server)
+        server.state = ServerState.CLOSED
+        self.last_failure = time.monotonic()
+        self.last_error = exc
+        self._forget(server)
+        log.warning("server connection for %s failed: %s", self.name, exc)
+        if self.total() == 0:
+            error = self._login_error()
+            while self.waiters:
+                w = self.waiters.pop()
+                if w is None:
+                    break
+                w.fail(error)
+
+    def _login_error(self) -> EcluseError:
+        exc = self.last_error
+        if isinstance(exc, ServerLoginFailed):
+            return ServerLoginFailed(exc.message, sqlstate=exc.sqlstate, fields=exc.fields)
+        reason = exc.message if isinstance(exc, EcluseError) else str(exc)
+        return ServerGone(f"server login has been failing, try again later "
+                          f"(server_login_retry): {reason}", sqlstate="08006")
+
+    # --- maintenance (called by the janitor) ---------------------------------
+    def maintain(self) -> None:
+        """Close expired idle servers and keep min_pool_size warm."""
+        s = self.settings
+        now = time.monotonic()
+        keep = s.min_pool_size
+        for server in list(self.idle):
+            expired = s.server_lifetime > 0 and now - server.created_at > s.server_lifetime
+            too_idle = s.server_idle_timeout > 0 and now - server.last_used > s.server_idle_timeout
+            if (expired or too_idle) and (expired or self.total() > keep):
+                self._set_state(server, ServerState.USED)
+                server.close()
+        while self.total() < min(keep, s.pool_size) and self.can_launch():
+            self.launch()
+        if self.waiters:
+            self._dispatch()
+
+    def close_all(self, predicate: Callable[[ServerConnection], bool] | None = None) -> None:
+        """Close idle servers now and mark busy ones to close on release."""
+        for server in list(self.idle):
+            if predicate is None or predicate(server):
+                self._set_state(server, ServerState.USED)
+                server.close()
+        for server in list(self.active) + list(self.used):
+            if predicate is None or predicate(server):
+                server.close_when_released = True

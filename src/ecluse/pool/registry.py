@@ -1,0 +1,114 @@
+"""PoolRegistry: all pools of a worker, keyed by (database, user).
+
+It creates pools on demand from the configuration and enforces the limits that
+span pools: max_db_connections and max_user_connections.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from ecluse.config import Config, DatabaseConfig
+from ecluse.pool.pool import Pool, PoolSettings
+
+
+class PoolRegistry:
+    """Pools by (database name, server user)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self._db_servers: Counter[str] = Counter()
+        self._user_servers: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[Pool]:
+        return iter(list(self.pools.values()))
+
+    def get_pool(self, db: DatabaseConfig, client_user: str) -> Pool:
+        """Return the pool for a client of ``db``; create it on first use."""
+        server_user = db.user or client_user
+        key = (db.name, server_user)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(self, self._pool_settings(db, client_user, server_user))
+            self.pools[key] = pool
+        return pool
+
+    def _pool_settings(self, db: DatabaseConfig, client_user: str,
+                       server_user: str) -> PoolSettings:
+        cfg = self.config
+        s = cfg.settings
+        password = db.password
+        if password is None:
+            password = cfg.auth.get(server_user)
+        server_params: dict[str, str] = {}
+        for key, value in (("client_encoding", db.client_encoding),
+                           ("datestyle", db.datestyle), ("timezone", db.timezone),
+                           ("application_name", db.application_name)):
+            if value:
+                server_params[key] = value
+        return PoolSettings(
+            database=db.name,
+            user=server_user,
+            host=db.host,
+            port=db.port,
+            server_dbname=db.server_dbname(),
+            password=password,
+            mode=cfg.pool_mode_for(db, client_user).value,
+            pool_size=cfg.pool_size_for(db, client_user),
+            min_pool_size=cfg.min_pool_size_for(db),
+            reserve_pool=cfg.reserve_pool_for(db),
+            reserve_pool_timeout=s.reserve_pool_timeout,
+            server_params=server_params,
+            connect_query=db.connect_query,
+            server_reset_query=s.server_reset_query,
+            server_reset_query_always=s.server_reset_query_always,
+            server_check_query=s.server_check_query,
+            server_check_delay=s.server_check_delay,
+            server_lifetime=s.server_lifetime,
+            server_idle_timeout=s.server_idle_timeout,
+            server_connect_timeout=s.server_connect_timeout,
+            server_login_retry=s.server_login_retry,
+            query_wait_timeout=s.query_wait_timeout,
+        )
+
+    # --- cross-pool limits ---------------------------------------------------
+    def may_launch(self, pool: Pool) -> bool:
+        cfg = self.config
+        db = cfg.database(pool.settings.database)
+        max_db = cfg.max_db_connections_for(db) if db is not None else 0
+        if max_db and self._db_servers[pool.settings.database] >= max_db:
+            return False
+        max_user = cfg.max_user_connections_for(pool.settings.user)
+        return not (max_user and self._user_servers[pool.settings.user] >= max_user)
+
+    def note_launch(self, pool: Pool) -> None:
+        self._db_servers[pool.settings.database] += 1
+        self._user_servers[pool.settings.user] += 1
+
+    def on_server_closed(self, pool: Pool) -> None:
+        self._db_servers[pool.settings.database] -= 1
+        self._user_servers[pool.settings.user] -= 1
+        # Capacity freed: another pool of the same database or user may launch.
+        for other in self:
+            if other is not pool and other.waiters and (
+                    other.settings.database == pool.settings.database
+                    or other.settings.user == pool.settings.user):
+                other.maintain()
+
+    def make_room(self, pool: Pool) -> None:
+        """Close one idle server of a sibling pool so a starving pool can launch."""
+        for other in self:
+            if other is pool or not other.idle:
+                continue
+            if other.settings.database == pool.settings.database or \
+                    other.settings.user == pool.settings.user:
+                other.close_all(lambda srv, victim=other.idle[0]: srv is victim)
+                return
+
+    def db_server_count(self, database: str) -> int:
+        return self._db_servers[database]
+
+    def user_server_count(self, user: str) -> int:
+        return self._user_servers[user]

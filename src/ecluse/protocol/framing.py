@@ -1,0 +1,99 @@
+"""Message framing over a byte stream: header scan, length limits, streaming.
+
+A Framer turns arriving chunks into a list of pieces, in order:
+``(type, raw, start, end)`` where ``raw`` is a memoryview of wire bytes,
+``start`` says raw begins with the 5-byte header and ``end`` says the message
+is complete. Messages whose type is in ``inspect`` are always delivered whole
+(``start`` and ``end`` true), bounded by ``inspect_max``; every other message
+is streamed in fragments as it arrives, so a 100 MB DataRow or CopyData never
+has to sit whole in memory.
+
+Rules:
+1. No I/O here. Bad input raises RemoteProtocolError and leaves the framer
+   unusable: the caller closes that one connection.
+2. A length below 4, above the limit for its type, or a type byte outside
+   ``valid`` is rejected from the header alone, before any body is buffered.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ecluse.errors import RemoteProtocolError
+
+_HEADER = struct.Struct("!BI")
+# The length word is a signed Int32 on the wire: 0x80000000 and above are negative.
+MAX_WIRE_LENGTH = 0x7FFFFFFF
+Piece = tuple[int, memoryview, bool, bool]
+
+
+class Framer:
+    """Split a stream of typed protocol messages into forwardable pieces."""
+
+    __slots__ = ("_inspect", "_inspect_max", "_max_len", "_pending", "_skip", "_skip_type",
+                 "_valid", "side")
+
+    def __init__(self, valid: frozenset[int], inspect: frozenset[int], max_len: int,
+                 inspect_max: int = 1 << 20, side: str = "peer"):
+        self._valid = valid
+        self._inspect = inspect
+        self._max_len = min(max_len, MAX_WIRE_LENGTH)
+        self._inspect_max = min(inspect_max, self._max_len)
+        self._pending = b""  # a partial header or a partial inspected message
+        self._skip = 0  # bytes of a streamed message still to come
+        self._skip_type = 0
+        self.side = side
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no message is partly received."""
+        return not self._pending and not self._skip
+
+    def feed(self, data: bytes) -> list[Piece]:
+        """Consume a chunk; return the pieces it completes or continues."""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        mv = memoryview(data)
+        n = len(data)
+        pos = 0
+        out: list[Piece] = []
+        if self._skip and n:
+            take = min(self._skip, n)
+            self._skip -= take
+            out.append((self._skip_type, mv[:take], False, self._skip == 0))
+            pos = take
+        unpack = _HEADER.unpack_from
+        while pos < n:
+            if n - pos < 5:
+                self._pending = bytes(mv[pos:])
+                break
+            msg_type, length = unpack(data, pos)
+            if msg_type not in self._valid:
+                raise RemoteProtocolError(
+                    f"invalid message type {chr(msg_type)!r} from {self.side}")
+            if length < 4:
+                raise RemoteProtocolError(f"invalid message length {length} from {self.side}")
+            total = length + 1
+            if msg_type in self._inspect:
+                if length > self._inspect_max:
+                    raise RemoteProtocolError(
+                        f"message of type {chr(msg_type)!r} too long ({length} bytes)")
+                if n - pos < total:
+                    self._pending = bytes(mv[pos:])
+                    break
+                out.append((msg_type, mv[pos:pos + total], True, True))
+                pos += total
+                continue
+            if length > self._max_len:
+                raise RemoteProtocolError(
+                    f"message too long ({length} bytes, limit {self._max_len})")
+            if n - pos >= total:
+                out.append((msg_type, mv[pos:pos + total], True, True))
+                pos += total
+            else:
+                out.append((msg_type, mv[pos:], True, False))
+                self._skip = total - (n - pos)
+                self._skip_type = msg_type
+                pos = n
+        return out

@@ -1,0 +1,169 @@
+"""RequestTracker: when is a server connection free in transaction mode?
+
+The tracker watches the message types a client sends and the replies the
+server gives, and answers one question: has every request been answered, with
+the server outside any transaction? Only then may a transaction pooler hand the
+server to another client.
+
+Rules (from the protocol's message-flow chapter):
+1. Each Query, FunctionCall and Sync earns exactly one ReadyForQuery, except a
+   Sync the server reads while in COPY IN mode (from a Query or an Execute):
+   the server ignores it, and an Execute's COPY then waits for a later Sync.
+2. After an error in the extended protocol the server skips messages up to the
+   next Sync, so a ReadyForQuery settles every request before it.
+3. Extended-protocol messages not yet followed by Sync keep the server busy
+   (a Flush does not end the batch).
+No I/O here; the relay calls the ``on_*`` methods in stream order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ecluse.protocol.codes import (
+    BE_COMMAND_COMPLETE,
+    BE_COPY_BOTH_RESPONSE,
+    BE_COPY_IN_RESPONSE,
+    BE_COPY_OUT_RESPONSE,
+    BE_EMPTY_QUERY_RESPONSE,
+    BE_PORTAL_SUSPENDED,
+    BE_READY_FOR_QUERY,
+    FE_BIND,
+    FE_CLOSE,
+    FE_COPY_DONE,
+    FE_COPY_FAIL,
+    FE_DESCRIBE,
+    FE_EXECUTE,
+    FE_FUNCTION_CALL,
+    FE_PARSE,
+    FE_QUERY,
+    FE_SYNC,
+    STATUS_IDLE,
+)
+
+# Queue entries: what the client sent that the server will answer, in order.
+_Q = 0  # Query or FunctionCall: ends with ReadyForQuery
+_E = 1  # Execute: ends with CommandComplete/EmptyQuery/PortalSuspended/error
+_S = 2  # Sync: ends with ReadyForQuery
+_COPY_END = 3  # CopyDone or CopyFail from the client
+
+_EXTENDED = frozenset({FE_PARSE, FE_BIND, FE_DESCRIBE, FE_CLOSE, FE_EXECUTE})
+_SIMPLE = frozenset({FE_QUERY, FE_FUNCTION_CALL})
+_COPY_ENDS = frozenset({FE_COPY_DONE, FE_COPY_FAIL})
+_COPY_IN_STARTS = frozenset({BE_COPY_IN_RESPONSE, BE_COPY_BOTH_RESPONSE})
+_EARNS_READY = frozenset({_Q, _S})
+
+
+class RequestTracker:
+    """Count outstanding requests on one server link."""
+
+    __slots__ = ("_client_copying", "_ignore_syncs", "_open_batch", "_queue", "copy_in",
+                 "copy_out", "status")
+
+    def __init__(self) -> None:
+        self._queue: deque[int] = deque()
+        self._open_batch = False  # extended messages sent since the last Sync
+        self._client_copying = False  # server is in COPY IN, the client has not ended it
+        self._ignore_syncs = False  # ...so the Syncs it sends now are ignored
+        self.copy_in = False
+        self.copy_out = False
+        self.status = STATUS_IDLE
+
+    def reset(self) -> None:
+        self.__init__()
+
+    # --- client side -------------------------------------------------------
+    def on_client_message(self, msg_type: int) -> None:
+        """Record one message the client sent to the server."""
+        if msg_type in _SIMPLE:
+            self._queue.append(_Q)
+        elif msg_type == FE_SYNC:
+            if self._ignore_syncs:
+                return
+            self._queue.append(_S)
+            self._open_batch = False
+        elif msg_type in _EXTENDED:
+            self._open_batch = True
+            if msg_type == FE_EXECUTE:
+                self._queue.append(_E)
+        elif msg_type in _COPY_ENDS:
+            if self._client_copying:
+                self._client_copying = self._ignore_syncs = False
+            else:
+                self._queue.append(_COPY_END)
+
+    # --- server side -------------------------------------------------------
+    def on_server_message(self, msg_type: int, status: int = 0) -> None:
+        """Record one message the server sent; ``status`` is for ReadyForQuery."""
+        q = self._queue
+        if msg_type == BE_READY_FOR_QUERY:
+            while q:
+                entry = q.popleft()
+                if entry in _EARNS_READY:
+                    break
+            self.status = status
+            self.copy_in = self.copy_out = False
+            self._client_copying = self._ignore_syncs = False
+        elif msg_type in (BE_COMMAND_COMPLETE, BE_EMPTY_QUERY_RESPONSE, BE_PORTAL_SUSPENDED):
+            self.copy_in = self.copy_out = False
+            if q and q[0] == _E:
+                q.popleft()
+        elif msg_type in _COPY_IN_STARTS:
+            self.copy_in = True
+            self._enter_copy_in()
+        elif msg_type == BE_COPY_OUT_RESPONSE:
+            self.copy_out = True
+
+    def _enter_copy_in(self) -> None:
+        """Drop the Syncs the server will ignore while it reads COPY data.
+
+        The server ignores Sync and Flush in COPY IN mode whether the COPY came
+        from a Query or from an Execute. A CopyDone/CopyFail at the head of the
+        queue was sent before the request that started this COPY: the server
+        dropped it (pgbouncer #1470), so it cannot end this COPY.
+        """
+        q = self._queue
+        while q and q[0] == _COPY_END:
+            q.popleft()
+        if not q:
+            return
+        head = q[0]
+        rest = list(q)[1:]
+        kept = [head]
+        found_end = False
+        for i, entry in enumerate(rest):
+            if entry == _COPY_END:
+                found_end = True
+                kept.extend(rest[i + 1:])
+                break
+            if entry == _S:
+                continue
+            kept.append(entry)
+        self._queue = deque(kept)
+        self._client_copying = not found_end
+        self._ignore_syncs = not found_end
+        if head == _E and _S not in kept:
+            # The server ends an Execute's COPY only at the next Sync, and every
+            # Sync sent so far was ignored: the batch is open again.
+            self._open_batch = True
+
+    # --- questions -----------------------------------------------------------
+    @property
+    def expected_ready(self) -> int:
+        """How many ReadyForQuery messages are still to come."""
+        return sum(1 for e in self._queue if e in _EARNS_READY)
+
+    def is_done(self) -> bool:
+        """True when nothing is outstanding (the transaction may still be open).
+
+        A CopyDone/CopyFail the server has not matched with a COPY does not
+        count: after a failed COPY the server drops late copy messages
+        (pgbouncer #1470), so they must not keep the server busy.
+        """
+        if self._open_batch or self.copy_in:
+            return False
+        return all(e == _COPY_END for e in self._queue)
+
+    def can_release(self) -> bool:
+        """True when the server may go back to the pool in transaction mode."""
+        return self.is_done() and self.status == STATUS_IDLE

@@ -1,0 +1,1 @@
+"""One PostgreSQL server connection: connect, log in, relay, reset, cancel."""

@@ -1,0 +1,349 @@
+"""ServerConnection: the asyncio Protocol of one PostgreSQL server connection.
+
+It logs in (driving server/login.py's generator), relays server bytes to the
+linked client, runs ecluse's own queries (parameter sync, reset, check), and
+drains a server whose client left mid-request.
+
+Rules:
+1. Only the owning Pool changes ``state``; this class reports events to it.
+2. Server bytes are forwarded as they arrive; only control messages are
+   decoded (DESIGN.md hot-path rules).
+3. Knows nothing of clients beyond the small ``ServerLink`` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
+from ecluse.protocol import codes
+from ecluse.protocol.backend import decode_error_fields, decode_parameter_status
+from ecluse.protocol.framing import Framer
+from ecluse.protocol.frontend import encode_query, encode_terminate
+from ecluse.protocol.messages import BackendKeyData, ErrorResponse
+from ecluse.protocol.tracker import RequestTracker
+
+log = logging.getLogger("ecluse.server")
+
+_Z = codes.BE_READY_FOR_QUERY
+_S = codes.BE_PARAMETER_STATUS
+_E = codes.BE_ERROR_RESPONSE
+_TRACKED_REPLIES = frozenset({
+    codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE, codes.BE_PORTAL_SUSPENDED,
+    codes.BE_COPY_IN_RESPONSE, codes.BE_COPY_OUT_RESPONSE, codes.BE_COPY_BOTH_RESPONSE,
+})
+# Messages decoded while relaying; the rest stream through untouched.
+_RELAY_INSPECT = frozenset({_Z, _S, _E}) | _TRACKED_REPLIES
+_LOGIN_INSPECT = codes.BACKEND_TYPES
+# A server message carries at most what PostgreSQL can send (1 GB rows).
+_MAX_SERVER_MESSAGE = 0x7FFFFFFF
+
+
+class ServerState(enum.Enum):
+    """PgBouncer's names, as SHOW SERVERS prints them."""
+
+    LOGIN = "login"
+    IDLE = "idle"
+    ACTIVE = "active"
+    USED = "used"
+    TESTED = "tested"
+    CLOSED = "closed"
+
+
+class ServerLink(Protocol):
+    """What a server needs from the client it is linked to."""
+
+    def write_from_server(self, data: bytes | memoryview) -> None: ...
+    def on_server_ready(self, server: ServerConnection) -> None: ...
+    def on_server_params(self, name: str, value: str) -> None: ...
+    def on_server_lost(self, server: ServerConnection, error: Exception) -> None: ...
+    def pause_client_reading(self) -> None: ...
+    def resume_client_reading(self) -> None: ...
+
+
+class PoolHooks(Protocol):
+    """What a server reports to its pool."""
+
+    def on_server_closed(self, server: ServerConnection) -> None: ...
+
+
+InternalDone = Callable[[ErrorResponse | None], None]
+
+
+class ServerConnection(asyncio.Protocol):
+    """One connection to PostgreSQL, owned by a Pool."""
+
+    def __init__(self, pool: PoolHooks, login_gen, host: str, port: int | str,
+                 login_done: asyncio.Future):
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.state = ServerState.LOGIN
+        self.params: dict[str, str] = {}
+        self.key: BackendKeyData | None = None
+        self.client: ServerLink | None = None
+        self.tracker = RequestTracker()
+        self.transport: asyncio.Transport | None = None
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self.close_when_released = False  # set by RECONNECT, lifetime, errors
+        self.slot_held = False  # counted in the registry's cross-pool limits
+        self.local_addr = ""
+        self._login = login_gen
+        self._login_done = login_done
+        self._framer = Framer(codes.BACKEND_TYPES, _LOGIN_INSPECT, _MAX_SERVER_MESSAGE,
+                              side="server")
+        self._internal: InternalDone | None = None
+        self._internal_error: ErrorResponse | None = None
+        self._draining: Callable[[], None] | None = None
+        self._closing_error: Exception | None = None
+
+    def __repr__(self) -> str:
+        pid = self.key.process_id if self.key else 0
+        return f"<server {self.host}:{self.port} pid={pid} {self.state.value}>"
+
+    # --- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.local_addr = f"{sock[0]}:{sock[1]}"
+        try:
+            first = next(self._login)
+        except Exception as exc:  # the generator refused before the first byte
+            self._fail_login(exc)
+            return
+        transport.write(first)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            pieces = self._framer.feed(data)
+            if self.state is ServerState.LOGIN:
+                self._on_login_pieces(pieces)
+            elif self._internal is not None:
+                self._on_internal_pieces(pieces)
+            elif self.client is not None:
+                self._relay(pieces)
+            elif self._draining is not None:
+                self._on_drain_pieces(pieces)
+            else:
+                self._on_idle_pieces(pieces)
+        except RemoteProtocolError as exc:
+            log.warning("server %s:%s protocol error: %s", self.host, self.port, exc.message)
+            self.close(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = ServerState.CLOSED
+        error = self._closing_error or ServerGone(
+            "server closed the connection unexpectedly" if exc is None else
+            f"server connection failed: {exc}")
+        if previous is ServerState.LOGIN:
+            self._fail_login(error)
+        client, self.client = self.client, None
+        if client is not None:
+            client.on_server_lost(self, error)
+        if self._internal is not None:
+            done, self._internal = self._internal, None
+            done(ErrorResponse({"C": "08006", "M": "server connection lost"}))
+        self.pool.on_server_closed(self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_client_reading()
+
+    # --- login -------------------------------------------------------------
+    def _on_login_pieces(self, pieces) -> None:
+        for i, (msg_type, raw, _start, _end) in enumerate(pieces):
+            body = bytes(raw[5:])
+            try:
+                reply = self._login.send((msg_type, body))
+            except StopIteration as stop:
+                result = stop.value
+                self.params = dict(result.params)
+                self.key = result.key
+                self._framer._inspect = _RELAY_INSPECT
+                if i + 1 < len(pieces):
+                    self.close(RemoteProtocolError("server sent data after ReadyForQuery"))
+                    return
+                if not self._login_done.done():
+                    self._login_done.set_result(self)
+                return
+            except (ServerLoginFailed, RemoteProtocolError) as exc:
+                self._fail_login(exc)
+                self.close(exc)
+                return
+            if reply:
+                assert self.transport is not None
+                self.transport.write(reply)
+
+    def _fail_login(self, exc: Exception) -> None:
+        if not self._login_done.done():
+            self._login_done.set_exception(exc)
+
+    # --- relaying to a client ----------------------------------------------
+    def link(self, client: ServerLink) -> None:
+        """Attach a client; its requests now go to this server."""
+        self.client = client
+        self.tracker.reset()
+
+    def unlink(self) -> None:
+        """Detach the client; resume reading if its slowness had paused us."""
+        self.client = None
+        self.last_used = time.monotonic()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def send(self, data: bytes | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _relay(self, pieces) -> None:
+        client = self.client
+        assert client is not None
+        tracker = self.tracker
+        out: list[memoryview] = []
+        for msg_type, raw, start, _end in pieces:
+            out.append(raw)
+            if not start:
+                continue
+            if msg_type == _Z:
+                tracker.on_server_message(_Z, raw[5])
+                if tracker.is_done():
+                    client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+                    out = []
+                    client.on_server_ready(self)
+                    if self.client is not client:
+                        if out:
+                            log.warning("server %s sent data after its last ReadyForQuery", self)
+                        return
+            elif msg_type in _TRACKED_REPLIES:
+                tracker.on_server_message(msg_type)
+            elif msg_type == _S:
+                ps = decode_parameter_status(raw[5:])
+                self.params[ps.name] = ps.value
+                client.on_server_params(ps.name, ps.value)
+        if out:
+            client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+
+    # --- ecluse's own queries ----------------------------------------------
+    def run_internal(self, sql: str, done: InternalDone) -> None:
+        """Send a simple query whose replies are consumed here, not relayed.
+
+        ``done`` gets the first ErrorResponse, or None, after ReadyForQuery.
+        """
+        assert self._internal is None and self.transport is not None
+        self._internal = done
+        self._internal_error = None
+        self.transport.write(encode_query(sql))
+
+    def in_internal(self) -> bool:
+        """True while one of ecluse's own queries is running."""
+        return self._internal is not None
+
+    def _on_internal_pieces(self, pieces) -> None:
+        for msg_type, raw, start, _end in pieces:
+            if not start:
+                continue
+            if msg_type == _E and self._internal_error is None:
+                self._internal_error = decode_error_fields(bytes(raw[5:]))
+            elif msg_type == _S:
+                ps = decode_parameter_status(raw[5:])
+                self.params[ps.name] = ps.value
+                if self.client is not None:
+                    self.client.on_server_params(ps.name, ps.value)
+            elif msg_type == _Z:
+                self.tracker.status = raw[5]
+                done, self._internal = self._internal, None
+                assert done is not None
+                done(self._internal_error)
+                return
+
+    # --- abandoned requests ------------------------------------------------
+    def drain(self, finished: Callable[[], None]) -> None:
+        """Discard replies to requests a departed client left outstanding.
+
+        ``finished`` runs once the tracker says every request was answered.
+        """
+        self._draining = finished
+        if self.tracker.is_done():
+            self._finish_drain()
+
+    def _on_drain_pieces(self, pieces) -> None:
+        tracker = self.tracker
+        for msg_type, raw, start, _end in pieces:
+            if not start:
+                continue
+            if msg_type == _Z:
+                tracker.on_server_message(_Z, raw[5])
+                if tracker.is_done():
+                    self._finish_drain()
+                    return
+            elif msg_type in _TRACKED_REPLIES:
+                tracker.on_server_message(msg_type)
+                if msg_type == codes.BE_COPY_IN_RESPONSE or \
+                        msg_type == codes.BE_COPY_BOTH_RESPONSE:
+                    # Nobody will finish this COPY: fail it so the server recovers.
+                    from ecluse.protocol.frontend import encode_copy_fail, encode_sync
+                    self.send(encode_copy_fail("client disconnected") + encode_sync())
+                    tracker.on_client_message(codes.FE_COPY_FAIL)
+                    tracker.on_client_message(codes.FE_SYNC)
+
+    def _finish_drain(self) -> None:
+        finished, self._draining = self._draining, None
+        if finished is not None:
+            finished()
+
+    def _on_idle_pieces(self, pieces) -> None:
+        for msg_type, raw, start, _end in pieces:
+            if not start:
+                continue
+            if msg_type == _E:
+                err = decode_error_fields(bytes(raw[5:]))
+                log.info("idle server %s sent error: %s", self, err.message)
+                self.close()
+                return
+            if msg_type == _S:
+                ps = decode_parameter_status(raw[5:])
+                self.params[ps.name] = ps.value
+            elif msg_type != codes.BE_NOTICE_RESPONSE and \
+                    msg_type != codes.BE_NOTIFICATION_RESPONSE:
+                self.close(RemoteProtocolError("unexpected message from idle server"))
+                return
+
+    # --- closing -----------------------------------------------------------
+    def close(self, error: Exception | None = None) -> None:
+        """Close the connection (Terminate first when it is healthy)."""
+        if error is not None and self._closing_error is None:
+            self._closing_error = error
+        t = self.transport
+        if t is None:
+            self._fail_login(error or ServerGone("server connection closed"))
+            return
+        if not t.is_closing():
+            if self.state is not ServerState.LOGIN and error is None:
+                t.write(encode_terminate())
+            t.close()
+
+    def is_closed(self) -> bool:
+        return self.state is ServerState.CLOSED or self.transport is None or \
+            self.transport.is_closing()
+
+    def age(self) -> float:
+        return time.monotonic() - self.created_at
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_used
+
+    def startup_params(self) -> Mapping[str, str]:
+        return self.params

@@ -1,0 +1,1 @@
+"""Plain integer counters per client, server and pool, read by admin/."""

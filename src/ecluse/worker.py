@@ -1,0 +1,137 @@
+"""One worker: an event loop with its listeners, pools, janitor and signals.
+
+Wiring only: the behaviour lives in frontend/, pool/ and server/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+from ecluse.config import Config
+from ecluse.frontend.context import ClientContext
+from ecluse.frontend.session import FrontendSession
+from ecluse.pool.janitor import Janitor
+from ecluse.pool.registry import PoolRegistry
+
+log = logging.getLogger("ecluse")
+
+
+def listen_sockets(config: Config) -> list[socket.socket]:
+    """Bind the TCP and unix listening sockets the config asks for."""
+    s = config.settings
+    socks: list[socket.socket] = []
+    addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
+    for addr in addrs:
+        host = None if addr == "*" else addr
+        infos = socket.getaddrinfo(host, s.listen_port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        seen = set()
+        for family, type_, proto, _canon, sockaddr in infos:
+            if (family, sockaddr) in seen:
+                continue
+            seen.add((family, sockaddr))
+            sock = socket.socket(family, type_, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(1024)
+            sock.setblocking(False)
+            socks.append(sock)
+    if s.unix_socket_dir:
+        path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, s.unix_socket_mode)
+        sock.listen(1024)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+class Worker:
+    """Serve clients on the given sockets until told to stop."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket]):
+        self.config = config
+        self.sockets = sockets
+        self.registry = PoolRegistry(config)
+        self.ctx = ClientContext(config, self.registry)
+        self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
+                               lambda: self.ctx.clients)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX:
+                srv = await loop.create_unix_server(self._new_session, sock=sock)
+            else:
+                srv = await loop.create_server(self._new_session, sock=sock)
+            self._servers.append(srv)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._warm_pools()
+        self.janitor.start()
+        log.info("ecluse %d listening on %s", os.getpid(),
+                 ", ".join(_sock_name(s) for s in self.sockets))
+        await self._stop.wait()
+        await self.shutdown()
+
+    def _new_session(self) -> FrontendSession:
+        return FrontendSession(self.ctx)
+
+    def _warm_pools(self) -> None:
+        """Create pools of databases with a fixed user so min_pool_size holds at once."""
+        for db in self.config.databases.values():
+            if db.user and db.name != "*":
+                self.registry.get_pool(db, db.user)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let transactions finish up to shutdown_timeout, close all."""
+        log.info("shutting down: waiting up to %.0fs for transactions to finish",
+                 self.config.settings.shutdown_timeout)
+        self.ctx.shutting_down = True
+        for srv in self._servers:
+            srv.close()
+        for client in list(self.ctx.clients):
+            server = client.server
+            if server is None or server.tracker.can_release():
+                client.close()
+        deadline = asyncio.get_running_loop().time() + self.config.settings.shutdown_timeout
+        while self.ctx.clients and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for client in list(self.ctx.clients):
+            client.fatal(_shutdown_error())
+        self.janitor.stop()
+        for pool in self.registry:
+            pool.closed = True
+            pool.close_all()
+        await asyncio.sleep(0.05)
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        log.info("shutdown complete")
+
+
+def _shutdown_error():
+    from ecluse.errors import EcluseError
+    return EcluseError("pooler is shutting down", sqlstate="57P01")
+
+
+def _sock_name(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name)

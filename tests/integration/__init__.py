@@ -1,0 +1,1 @@
+"""Integration tests: real PostgreSQL, ecluse as a process, real clients."""

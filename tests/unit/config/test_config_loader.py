@@ -1,0 +1,356 @@
+"""Tests for load_config / config_from_string: sections, values, errors and warnings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ecluse.config import (
+    AuthType,
+    DatabaseConfig,
+    PoolMode,
+    Settings,
+    UserConfig,
+    config_from_string,
+    load_config,
+)
+from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS
+from ecluse.errors import ConfigError
+
+SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
+
+REALISTIC_INI = """\
+;; A pgbouncer.ini in the shape the PgBouncer docs suggest.
+[databases]
+appdb = host=10.0.0.5 port=5433 dbname=app_prod user=app password='s3cr''et' pool_size=40
+reports = host=/var/run/postgresql dbname=reports pool_mode=session reserve_pool=3
+legacy = host=db.internal max_db_connections=10 min_pool_size=2 connect_query='SET x = 1'
+tz = client_encoding=UTF8 datestyle=ISO timezone=UTC application_name=tzapp
+authdb = auth_user=pgb auth_dbname=postgres reserve_pool_size=4
+* = host=127.0.0.1
+
+[users]
+bob = pool_mode=statement max_user_connections=7 pool_size=3
+
+[pgbouncer]
+logfile = /var/log/pgbouncer/pgbouncer.log
+pidfile = /var/run/pgbouncer/pgbouncer.pid
+listen_addr = *
+listen_port = 6433
+unix_socket_dir = /var/run/pgbouncer
+unix_socket_mode = 0700
+auth_type = scram-sha-256
+auth_file = userlist.txt
+admin_users = postgres, admin
+stats_users = stats,  monitor,
+pool_mode = transaction
+server_reset_query = DISCARD ALL
+server_reset_query_always = 1
+ignore_startup_parameters = extra_float_digits, search_path
+server_check_query = select 2
+server_check_delay = 10
+max_client_conn = 1000
+default_pool_size = 25
+min_pool_size = 5
+reserve_pool_size = 2
+reserve_pool_timeout = 3
+max_db_connections = 50
+max_user_connections = 60
+server_lifetime = 1h
+server_idle_timeout = 5min
+server_connect_timeout = 5
+server_login_retry = 500ms
+query_timeout = 0
+query_wait_timeout = 60
+client_idle_timeout = 0
+client_login_timeout = 30
+idle_transaction_timeout = 120
+log_connections = 0
+log_disconnections = off
+log_pooler_errors = yes
+stats_period = 30
+verbose = 2
+max_packet_size = 1048576
+application_name_add_host = true
+server_round_robin = 1
+tcp_keepalive = 0
+shutdown_timeout = 10
+workers = 4
+; known PgBouncer settings ecluse does not implement yet
+client_tls_sslmode = disable
+tcp_keepidle = 30
+max_prepared_statements = 100
+auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
+"""
+
+
+@pytest.fixture
+def realistic(tmp_path: Path) -> Path:
+    (tmp_path / "userlist.txt").write_text(f'"app" "{SCRAM}"\n"admin" "plain"\n')
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(REALISTIC_INI)
+    return path
+
+
+def test_realistic_settings(realistic: Path) -> None:
+    config = load_config(str(realistic))
+    s = config.settings
+    assert config.path == str(realistic)
+    assert config.warnings == ()
+    assert (s.listen_addr, s.listen_port) == ("*", 6433)
+    assert (s.unix_socket_dir, s.unix_socket_mode) == ("/var/run/pgbouncer", 0o700)
+    assert s.auth_type is AuthType.SCRAM_SHA_256
+    assert s.auth_file == str(realistic.parent / "userlist.txt")
+    assert s.admin_users == ("postgres", "admin")
+    assert s.stats_users == ("stats", "monitor")
+    assert s.pool_mode is PoolMode.TRANSACTION
+    assert s.ignore_startup_parameters == ("extra_float_digits", "search_path")
+    assert (s.server_reset_query, s.server_reset_query_always) == ("DISCARD ALL", True)
+    assert (s.server_check_query, s.server_check_delay) == ("select 2", 10.0)
+    assert (s.max_client_conn, s.default_pool_size, s.min_pool_size) == (1000, 25, 5)
+    assert (s.reserve_pool_size, s.reserve_pool_timeout) == (2, 3.0)
+    assert (s.max_db_connections, s.max_user_connections) == (50, 60)
+    assert (s.server_lifetime, s.server_idle_timeout) == (3600.0, 300.0)
+    assert (s.server_connect_timeout, s.server_login_retry) == (5.0, 0.5)
+    assert (s.query_wait_timeout, s.client_login_timeout, s.idle_transaction_timeout) == (
+        60.0,
+        30.0,
+        120.0,
+    )
+    assert (s.log_connections, s.log_disconnections, s.log_pooler_errors) == (False, False, True)
+    assert (s.verbose, s.max_packet_size, s.stats_period) == (2, 1048576, 30.0)
+    assert (s.application_name_add_host, s.server_round_robin, s.tcp_keepalive) == (
+        True,
+        True,
+        False,
+    )
+    assert (s.shutdown_timeout, s.workers) == (10.0, 4)
+    assert s.logfile == "/var/log/pgbouncer/pgbouncer.log"
+    assert s.pidfile == "/var/run/pgbouncer/pgbouncer.pid"
+    assert dict(s.extra) == {
+        "client_tls_sslmode": "disable",
+        "tcp_keepidle": "30",
+        "max_prepared_statements": "100",
+        "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+    }
+
+
+def test_realistic_databases_users_and_auth(realistic: Path) -> None:
+    config = load_config(str(realistic))
+    assert list(config.databases) == ["appdb", "reports", "legacy", "tz", "authdb", "*"]
+    assert config.databases["appdb"] == DatabaseConfig(
+        name="appdb",
+        host="10.0.0.5",
+        port=5433,
+        dbname="app_prod",
+        user="app",
+        password="s3cr'et",
+        pool_size=40,
+    )
+    reports = config.databases["reports"]
+    assert reports.is_unix_socket() and reports.host == "/var/run/postgresql"
+    assert (reports.pool_mode, reports.reserve_pool) == (PoolMode.SESSION, 3)
+    legacy = config.databases["legacy"]
+    assert (legacy.max_db_connections, legacy.min_pool_size) == (10, 2)
+    assert legacy.connect_query == "SET x = 1"
+    assert legacy.server_dbname() == "legacy"
+    tz = config.databases["tz"]
+    assert (tz.client_encoding, tz.datestyle, tz.timezone) == ("UTF8", "ISO", "UTC")
+    assert tz.application_name == "tzapp"
+    assert tz.host is None and tz.is_unix_socket()
+    authdb = config.databases["authdb"]
+    assert (authdb.auth_user, authdb.auth_dbname, authdb.reserve_pool) == ("pgb", "postgres", 4)
+    assert config.users == {
+        "bob": UserConfig(
+            name="bob", pool_mode=PoolMode.STATEMENT, max_user_connections=7, pool_size=3
+        )
+    }
+    assert config.auth == {"app": SCRAM, "admin": "plain"}
+
+
+def test_config_is_immutable(realistic: Path) -> None:
+    config = load_config(str(realistic))
+    with pytest.raises(TypeError):
+        config.databases["new"] = DatabaseConfig(name="new")  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.auth["x"] = "y"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.settings.extra["x"] = "y"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.settings.listen_port = 1  # type: ignore[misc]
+
+
+def test_empty_config_uses_pgbouncer_defaults() -> None:
+    config = config_from_string("")
+    assert config.settings == Settings()
+    assert config.settings.auth_type is AuthType.MD5
+    assert (config.settings.listen_addr, config.settings.listen_port) == ("", 6432)
+    assert config.settings.unix_socket_dir == "/tmp"
+    assert dict(config.databases) == {} and dict(config.auth) == {}
+    assert config.path is None and config.warnings == ()
+
+
+def test_every_settings_field_has_a_parser() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"extra"}
+    assert set(SETTINGS) == fields
+    assert not (set(SETTINGS) & KNOWN_UNIMPLEMENTED)
+
+
+def test_keys_are_case_insensitive_in_pgbouncer_and_ecluse_sections() -> None:
+    config = config_from_string("[Ecluse]\nDEFAULT_POOL_SIZE = 3\nPool_Mode = Statement\n")
+    assert config.settings.default_pool_size == 3
+    assert config.settings.pool_mode is PoolMode.STATEMENT
+
+
+def test_empty_values_unset_optional_paths() -> None:
+    config = config_from_string("[pgbouncer]\nlogfile =\npidfile =\nauth_file =\n")
+    s = config.settings
+    assert (s.logfile, s.pidfile, s.auth_file) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "default_pool_size = abc",
+            "default_pool_size: expected a non-negative integer, got 'abc'",
+        ),
+        ("max_client_conn = -5", "max_client_conn: expected a non-negative integer, got '-5'"),
+        ("listen_port = 0", "listen_port: expected an integer from 1 to 65535, got '0'"),
+        ("listen_port = 65536", "listen_port: expected an integer from 1 to 65535"),
+        ("workers = 0", "workers: expected a positive integer, got '0'"),
+        ("server_lifetime = soon", "server_lifetime: expected a duration in seconds"),
+        ("log_connections = maybe", "log_connections: expected a boolean"),
+        ("pool_mode = sessions", "pool_mode: expected one of session, transaction, statement"),
+        (
+            "auth_type = ldap",
+            "auth_type: expected one of trust, plain, md5, scram-sha-256, any, cert, hba",
+        ),
+        ("unix_socket_mode = 999", "unix_socket_mode: expected an octal file mode"),
+    ],
+)
+def test_bad_setting_values_name_file_line_key_and_expectation(line: str, message: str) -> None:
+    text = f"[pgbouncer]\n; padding\n{line}\n"
+    with pytest.raises(ConfigError) as info:
+        config_from_string(text, "ecluse.ini")
+    assert str(info.value).startswith(f"ecluse.ini:3: {message}")
+    assert (info.value.path, info.value.line) == ("ecluse.ini", 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("port=abc", "database 'd': port: expected an integer from 1 to 65535, got 'abc'"),
+        ("pool_size=-1", "database 'd': pool_size: expected a non-negative integer"),
+        ("pool_mode=bogus", "database 'd': pool_mode: expected one of session"),
+        ("host='unterminated", "database 'd': unterminated quoted value at character 6"),
+        ("host", "database 'd': missing '=' after 'host'"),
+    ],
+)
+def test_bad_database_lines(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_string(f"[databases]\nok = port=1\nd = {value}\n", "p.ini")
+    assert str(info.value).startswith(f"p.ini:3: {message}")
+
+
+def test_bad_user_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_string("[users]\n\nbob = max_user_connections=lots\n", "p.ini")
+    assert str(info.value) == (
+        "p.ini:3: user 'bob': max_user_connections: expected a non-negative integer, got 'lots'"
+    )
+
+
+def test_unknown_keys_are_warnings_with_file_and_line() -> None:
+    text = """\
+[databases]
+d = host=x frobnicate=1
+[users]
+u = colour=blue
+[pgbouncer]
+no_such_setting = 1
+[peers]
+1 = host=x
+"""
+    config = config_from_string(text, "w.ini")
+    assert config.warnings == (
+        "w.ini:7: unknown section [peers] ignored",
+        "w.ini:6: unknown setting 'no_such_setting' ignored",
+        "w.ini:2: database 'd': unknown option 'frobnicate' ignored",
+        "w.ini:4: user 'u': unknown option 'colour' ignored",
+    )
+    assert config.databases["d"].host == "x"
+    assert "no_such_setting" not in config.settings.extra
+
+
+def test_redefined_database_warns_and_last_wins() -> None:
+    config = config_from_string("[databases]\nd = port=1\nd = port=2\n", "r.ini")
+    assert config.databases["d"].port == 2
+    assert config.warnings == (
+        "r.ini:3: database 'd' is defined again; the definition at r.ini:2 is replaced",
+    )
+
+
+def test_repeated_setting_last_wins_without_warning() -> None:
+    config = config_from_string("[pgbouncer]\nworkers = 2\nworkers = 3\n")
+    assert config.settings.workers == 3
+    assert config.warnings == ()
+
+
+def test_min_pool_size_above_pool_size_is_only_a_warning() -> None:
+    text = """\
+[databases]
+d = pool_size=2 min_pool_size=5
+e = pool_size=9
+[pgbouncer]
+default_pool_size = 4
+min_pool_size = 6
+"""
+    config = config_from_string(text, "m.ini")
+    assert config.warnings == (
+        "m.ini:6: min_pool_size (6) is larger than default_pool_size (4)",
+        "m.ini:2: database 'd': min_pool_size (5) is larger than its pool size (2)",
+    )
+
+
+def test_no_listener_is_a_warning() -> None:
+    config = config_from_string("[pgbouncer]\nunix_socket_dir =\n", "l.ini")
+    assert config.warnings == (
+        "l.ini:2: listen_addr and unix_socket_dir are both empty: no client can connect",
+    )
+
+
+def test_include_and_auth_file_relative_to_the_main_ini(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "users.txt").write_text('"u" "md5' + "a" * 32 + '"\n')
+    (tmp_path / "conf.d" / "dbs.ini").write_text("[databases]\nd = port=7000\n")
+    (tmp_path / "main.ini").write_text(
+        "%include conf.d/dbs.ini\n[pgbouncer]\nauth_file = users.txt\n"
+    )
+    config = load_config(str(tmp_path / "main.ini"))
+    assert config.databases["d"].port == 7000
+    assert config.auth == {"u": "md5" + "a" * 32}
+    assert config.settings.auth_file == str(tmp_path / "users.txt")
+
+
+def test_missing_auth_file_names_the_setting_line(tmp_path: Path) -> None:
+    (tmp_path / "main.ini").write_text("[pgbouncer]\n\nauth_file = missing.txt\n")
+    with pytest.raises(ConfigError, match="auth_file: cannot read") as info:
+        load_config(str(tmp_path / "main.ini"))
+    assert (info.value.path, info.value.line) == (str(tmp_path / "main.ini"), 3)
+    assert "missing.txt" in str(info.value)
+
+
+def test_bad_auth_file_line_names_the_auth_file(tmp_path: Path) -> None:
+    (tmp_path / "users.txt").write_text('"ok" "x"\nnot quoted\n')
+    (tmp_path / "main.ini").write_text("[pgbouncer]\nauth_file = users.txt\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "main.ini"))
+    assert (info.value.path, info.value.line) == (str(tmp_path / "users.txt"), 2)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "nope.ini"))

@@ -1,0 +1,57 @@
+"""Client startup parameters: options parsing, tracked settings, refusals."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecluse.errors import ClientRefused
+from ecluse.frontend.startup import parse_options, resolve_startup, split_options
+
+
+def test_split_options_honours_backslash_escapes():
+    assert split_options(r"-c search_path=a\ b  -c x=y") == ["-c", "search_path=a b", "-c", "x=y"]
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+                          st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                                         blacklist_characters="\0"),
+                                  max_size=20)),
+                max_size=5))
+def test_parse_options_round_trips_escaped_values(pairs):
+    def esc(v: str) -> str:
+        return "".join("\\" + ch if ch.isspace() or ch == "\\" else ch for ch in v)
+
+    options = " ".join(f"-c {name}={esc(value)}" for name, value in pairs)
+    assert parse_options(options) == list(pairs)
+
+
+def test_long_option_form_and_dashes():
+    assert parse_options("--statement-timeout=5 -cwork_mem=1MB") == [
+        ("statement_timeout", "5"), ("work_mem", "1MB")]
+
+
+def test_resolve_tracks_known_settings_case_insensitively():
+    s = resolve_startup({"user": "u", "TimeZone": "UTC", "client_encoding": "LATIN1",
+                         "options": "-c datestyle=German -c search_path=app"}, ())
+    assert s.database == "u"  # database defaults to the user name
+    assert s.params == {"TimeZone": "UTC", "client_encoding": "LATIN1",
+                        "DateStyle": "German", "search_path": "app"}
+
+
+def test_unknown_parameters_refused_unless_ignored():
+    with pytest.raises(ClientRefused, match="extra_float_digits"):
+        resolve_startup({"user": "u", "extra_float_digits": "3"}, ())
+    with pytest.raises(ClientRefused, match="work_mem"):
+        resolve_startup({"user": "u", "options": "-c work_mem=1MB"}, ())
+    s = resolve_startup({"user": "u", "extra_float_digits": "3",
+                         "options": "-c work_mem=1MB"}, ("extra_float_digits", "work_mem"))
+    assert s.params == {}
+
+
+def test_garbage_in_options_is_refused():
+    with pytest.raises(ClientRefused):
+        parse_options("--")
+    with pytest.raises(ClientRefused):
+        parse_options("-x")

@@ -1,0 +1,52 @@
+"""Building the SET statements that make a server match its client."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecluse.server.params import build_sync_query, canonical_name, quote_literal
+
+
+def test_nothing_to_do_when_equal():
+    p = {"TimeZone": "UTC", "client_encoding": "UTF8"}
+    assert build_sync_query(p, dict(p)) is None
+
+
+def test_only_differences_are_set():
+    q = build_sync_query({"TimeZone": "Asia/Tokyo", "client_encoding": "UTF8"},
+                         {"TimeZone": "UTC", "client_encoding": "UTF8"})
+    assert q == "SET TimeZone TO E'Asia/Tokyo'"
+
+
+def test_search_path_reset_when_client_wants_default():
+    assert build_sync_query({}, {"search_path": "evil"}) == "RESET search_path"
+    assert build_sync_query({}, {}) is None
+
+
+def test_canonical_names():
+    assert canonical_name("timezone") == "TimeZone"
+    assert canonical_name("DATESTYLE") == "DateStyle"
+    assert canonical_name("work_mem") is None
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")))
+def test_quote_literal_cannot_be_escaped_from(value):
+    q = quote_literal(value)
+    assert q.startswith("E'") and q.endswith("'")
+    inner = q[2:-1]
+    # Unescape as PostgreSQL reads an E'' literal: the original comes back whole.
+    out, i = [], 0
+    while i < len(inner):
+        ch = inner[i]
+        if ch == "\\":
+            out.append(inner[i + 1])
+            i += 2
+        elif ch == "'":
+            assert inner[i + 1] == "'"  # a lone quote would end the literal
+            out.append("'")
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    assert "".join(out) == value
