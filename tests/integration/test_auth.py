@@ -3,13 +3,30 @@ PostgreSQL with whatever method the server asks for."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
 
+import asyncpg
 import psycopg
 import pytest
+
+
+def login_sqlstate(ec, user: str, password: str | None = None,
+                   dbname: str = "ecluse_test") -> str | None:
+    """Log in with asyncpg (whose errors carry the SQLSTATE); None on success."""
+    async def attempt() -> str | None:
+        try:
+            conn = await asyncpg.connect(host=ec.host, port=ec.port, user=user,
+                                         password=password, database=dbname, ssl=False)
+        except asyncpg.PostgresError as exc:
+            return exc.sqlstate
+        await conn.close()
+        return None
+
+    return asyncio.run(attempt())
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -56,7 +73,8 @@ def test_client_auth_methods(ecluse_factory, forced_user_db, auth_type, kind):
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(ec.dsn(user="alice", password="wrong"))
     assert 'password authentication failed for user "alice"' in str(err.value)
-    assert err.value.sqlstate == "28P01"
+    assert login_sqlstate(ec, "alice", "wrong") == "28P01"
+    assert login_sqlstate(ec, "alice", "s3cret 'pw") is None
 
 
 @pytest.mark.parametrize("auth_type", ["plain", "md5", "scram-sha-256"])
@@ -67,7 +85,7 @@ def test_unknown_user_gets_the_same_error_as_a_wrong_password(ecluse_factory, fo
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(ec.dsn(user="mallory", password="pw"))
     assert 'password authentication failed for user "mallory"' in str(err.value)
-    assert err.value.sqlstate == "28P01"
+    assert login_sqlstate(ec, "mallory", "pw") == "28P01"
 
 
 def test_scram_client_refused_with_md5_secret(ecluse_factory, forced_user_db):
@@ -87,8 +105,8 @@ def test_trust_accepts_any_password(ecluse_factory, forced_user_db):
 def test_unknown_database_is_3D000(ecluse):
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(ecluse.dsn(dbname="no_such_db"))
-    assert err.value.sqlstate == "3D000"
     assert 'database "no_such_db" does not exist' in str(err.value)
+    assert login_sqlstate(ecluse, "postgres", dbname="no_such_db") == "3D000"
 
 
 @pytest.mark.parametrize("user", ["md5user", "scramuser", "passuser"])
@@ -136,8 +154,8 @@ def test_wrong_server_password_reaches_client_as_auth_error(ecluse_factory, pg):
     )
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(ec.dsn(user="anyone"))
-    assert err.value.sqlstate == "28P01"
     assert "password authentication failed" in str(err.value)
+    assert login_sqlstate(ec, "anyone") == "28P01"
     # ecluse itself is still fine for other databases.
     with psycopg.connect(ec.dsn(dbname="ok", user="anyone"), autocommit=True) as c:
         assert c.execute("select current_user").fetchone() == ("trustuser",)

@@ -117,7 +117,6 @@ class FrontendSession(asyncio.Protocol):
 
     # --- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
@@ -227,9 +226,11 @@ class FrontendSession(asyncio.Protocol):
     def _step_auth(self, body: bytes | None) -> None:
         try:
             out = next(self._auth) if body is None else self._auth.send(body)
-        except StopIteration:
+        except StopIteration as stop:
             self._auth = None
-            self.transport.write(be.encode_authentication_ok())
+            # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
+            final = stop.value.final_message if stop.value is not None else b""
+            self.transport.write(final + be.encode_authentication_ok())
             self._set_state(ClientState.WELCOME)
             self._start_welcome()
             return

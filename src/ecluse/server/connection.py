@@ -109,7 +109,6 @@ class ServerConnection(asyncio.Protocol):
 
     # --- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
