@@ -467,11 +467,30 @@ class FrontendSession(asyncio.Protocol):
     def cancel(self) -> None:
         """Cancel this session's current request, wherever it is."""
         server = self.server
-        if server is not None and server.key is not None:
-            self.ctx.spawn(send_cancel(server.host, server.port, server.key))
+        if server is not None:
+            if not server.tracker.is_done():
+                self._cancel_on(server)
         elif self.state is ClientState.WAITING and self.pool is not None \
                 and self.pool.cancel_wait(self):
             self._fail_pending("canceling statement due to user request", "57014")
+
+    def _cancel_on(self, server: ServerConnection) -> None:
+        """Forward a cancel; the pool holds the server back until it has been delivered,
+        so a late cancel can never hit the next client's query (pgbouncer #717)."""
+        if server.key is None or server.cancels_in_flight:
+            return
+        server.cancels_in_flight += 1
+
+        async def deliver() -> None:
+            try:
+                await send_cancel(server.host, server.port, server.key)
+            finally:
+                server.cancels_in_flight -= 1
+                resume, server.after_cancels = server.after_cancels, None
+                if resume is not None:
+                    resume()
+
+        self.ctx.spawn(deliver())
 
     def _fail_pending(self, message: str, sqlstate: str) -> None:
         """Answer the buffered requests with one error per sync point, as a server would."""
@@ -542,7 +561,7 @@ class FrontendSession(asyncio.Protocol):
             server.run_internal("ROLLBACK", lambda err: (
                 server.close() if err is not None else pool.release(server, reset=reset)))
 
-        if not server.tracker.is_done() and server.key is not None:
+        if not server.tracker.is_done():
             # The client will never read the answer: stop the work now.
-            self.ctx.spawn(send_cancel(server.host, server.port, server.key))
+            self._cancel_on(server)
         server.drain(after_drain)

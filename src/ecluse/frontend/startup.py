@@ -83,8 +83,8 @@ def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientS
     database = params.get("database") or user
     tracked: dict[str, str] = {}
     for name, value in params.items():
-        if name in _ROUTING:
-            continue
+        if name in _ROUTING or name.startswith("_pq_."):
+            continue  # _pq_ options were answered with NegotiateProtocolVersion
         canon = canonical_name(name)
         if canon is not None:
             tracked[canon] = value

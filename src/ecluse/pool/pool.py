@@ -228,6 +228,11 @@ class Pool:
             self._set_state(server, ServerState.USED)
             server.close()
             return
+        if server.cancels_in_flight:
+            # Hold it back until the cancel is delivered: it must not hit the next client.
+            self._set_state(server, ServerState.USED)
+            server.after_cancels = lambda: self._after_cancels(server, reset)
+            return
         if reset and s.server_reset_query:
             self._set_state(server, ServerState.USED)
             server.run_internal(s.server_reset_query,
@@ -235,6 +240,12 @@ class Pool:
             return
         self._set_state(server, ServerState.IDLE)
         self._dispatch()
+
+    def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
+        if server.state is ServerState.CLOSED:
+            return
+        self._set_state(server, ServerState.ACTIVE)
+        self.release(server, reset)
 
     def _on_reset(self, server: ServerConnection, error) -> None:
         if error is not None:
