@@ -424,6 +424,8 @@ class FrontendSession(asyncio.Protocol):
             if self.ctx.shutting_down:
                 self.close()
         elif mode == "statement":
+            log.warning("%s: transaction blocks not allowed in statement pooling mode",
+                        self._describe())
             self.fatal(ClientRefused("transaction blocks not allowed in statement pooling mode",
                                      sqlstate="25001"))
 
