@@ -248,8 +248,7 @@ class FrontendSession(asyncio.Protocol):
 
     def _start_welcome(self) -> None:
         """Send the server's parameters; fetch them with one server first if needed."""
-        self._framer._inspect = _RELAY_INSPECT
-        self._framer._inspect_max = 1 << 20
+        self._framer.set_inspect(_RELAY_INSPECT, 1 << 20)
         assert self.pool is not None
         if self.pool.default_params is not None:
             self._finish_welcome()

@@ -44,6 +44,13 @@ class Framer:
         self._skip_type = 0
         self.side = side
 
+    def set_inspect(self, inspect: frozenset[int], inspect_max: int | None = None) -> None:
+        """Change which types are delivered whole (e.g. after login); bytes already
+        buffered keep their framing."""
+        self._inspect = inspect
+        if inspect_max is not None:
+            self._inspect_max = min(inspect_max, self._max_len)
+
     @property
     def at_boundary(self) -> bool:
         """True when no message is partly received."""

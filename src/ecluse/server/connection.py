@@ -24,7 +24,12 @@ from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
 from ecluse.protocol import codes
 from ecluse.protocol.backend import decode_error_fields, decode_parameter_status
 from ecluse.protocol.framing import Framer
-from ecluse.protocol.frontend import encode_query, encode_terminate
+from ecluse.protocol.frontend import (
+    encode_copy_fail,
+    encode_query,
+    encode_sync,
+    encode_terminate,
+)
 from ecluse.protocol.messages import BackendKeyData, ErrorResponse
 from ecluse.protocol.tracker import RequestTracker
 
@@ -173,7 +178,7 @@ class ServerConnection(asyncio.Protocol):
                 result = stop.value
                 self.params = dict(result.params)
                 self.key = result.key
-                self._framer._inspect = _RELAY_INSPECT
+                self._framer.set_inspect(_RELAY_INSPECT)
                 if i + 1 < len(pieces):
                     self.close(RemoteProtocolError("server sent data after ReadyForQuery"))
                     return
@@ -295,7 +300,6 @@ class ServerConnection(asyncio.Protocol):
                 if msg_type == codes.BE_COPY_IN_RESPONSE or \
                         msg_type == codes.BE_COPY_BOTH_RESPONSE:
                     # Nobody will finish this COPY: fail it so the server recovers.
-                    from ecluse.protocol.frontend import encode_copy_fail, encode_sync
                     self.send(encode_copy_fail("client disconnected") + encode_sync())
                     tracker.on_client_message(codes.FE_COPY_FAIL)
                     tracker.on_client_message(codes.FE_SYNC)
