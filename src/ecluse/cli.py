@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import pwd
+import signal
 import sys
 
 import uvloop
@@ -112,6 +113,9 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     setup_logging(args.verbose or s.verbose, args.quiet, s.logfile, args.daemon)
     for warning in config.warnings:
         log.warning("%s", warning)
+    # Until the event loop installs its own handlers, SIGTERM still means a clean exit
+    # (the pidfile is removed in the finally below).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         sockets = listen_sockets(config)
     except OSError as exc:
@@ -125,16 +129,20 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         drop_privileges(user)
     if args.daemon:
         daemonize()
-    if s.pidfile:
-        with open(s.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
     try:
+        if s.pidfile:
+            with open(s.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
         uvloop.run(Worker(config, sockets).run())
     finally:
         if s.pidfile:
             with contextlib.suppress(OSError):
                 os.unlink(s.pidfile)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def dev_config(pg_port: int, port: int = DEV_PORT) -> Config:

@@ -69,6 +69,9 @@ def test_sigterm_lets_transaction_finish(ecluse_factory):
 def test_pidfile_written_and_removed(ecluse_factory, tmp_path):
     pidfile = tmp_path / "ecluse.pid"
     ec = ecluse_factory({"pidfile": str(pidfile)})
+    deadline = time.monotonic() + 5  # the socket listens a moment before the pidfile exists
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert int(pidfile.read_text()) == ec.proc.pid
     ec.stop()
     assert not pidfile.exists()
