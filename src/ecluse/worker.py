@@ -13,6 +13,7 @@ import signal
 import socket
 
 from ecluse.config import Config
+from ecluse.errors import EcluseError
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import FrontendSession
 from ecluse.pool.janitor import Janitor
@@ -113,7 +114,7 @@ class Worker:
         while self.ctx.clients and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         for client in list(self.ctx.clients):
-            client.fatal(_shutdown_error())
+            client.fatal(EcluseError("pooler is shutting down", sqlstate="57P01"))
         self.janitor.stop()
         for pool in self.registry:
             pool.closed = True
@@ -123,11 +124,6 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         log.info("shutdown complete")
-
-
-def _shutdown_error():
-    from ecluse.errors import EcluseError
-    return EcluseError("pooler is shutting down", sqlstate="57P01")
 
 
 def _sock_name(sock: socket.socket) -> str:

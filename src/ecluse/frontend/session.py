@@ -229,8 +229,7 @@ class FrontendSession(asyncio.Protocol):
         except StopIteration as stop:
             self._auth = None
             # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
-            final = stop.value.final_message if stop.value is not None else b""
-            self.transport.write(final + be.encode_authentication_ok())
+            self.transport.write(stop.value.final_message + be.encode_authentication_ok())
             self._set_state(ClientState.WELCOME)
             self._start_welcome()
             return
@@ -478,15 +477,15 @@ class FrontendSession(asyncio.Protocol):
     def _cancel_on(self, server: ServerConnection) -> None:
         """Forward a cancel; the pool holds the server back until it has been delivered,
         so a late cancel can never hit the next client's query (pgbouncer #717)."""
-        if server.key is None or server.cancels_in_flight:
-            return
-        server.cancels_in_flight += 1
+        if server.key is None or server.cancel_in_flight:
+            return  # one cancel per request is enough; PostgreSQL ignores the rest
+        server.cancel_in_flight = True
 
         async def deliver() -> None:
             try:
                 await send_cancel(server.host, server.port, server.key)
             finally:
-                server.cancels_in_flight -= 1
+                server.cancel_in_flight = False
                 resume, server.after_cancels = server.after_cancels, None
                 if resume is not None:
                     resume()

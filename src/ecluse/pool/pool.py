@@ -228,7 +228,7 @@ class Pool:
             self._set_state(server, ServerState.USED)
             server.close()
             return
-        if server.cancels_in_flight:
+        if server.cancel_in_flight:
             # Hold it back until the cancel is delivered: it must not hit the next client.
             self._set_state(server, ServerState.USED)
             server.after_cancels = lambda: self._after_cancels(server, reset)

@@ -98,7 +98,7 @@ class ServerConnection(asyncio.Protocol):
         self.last_used = self.created_at
         self.close_when_released = False  # set by RECONNECT, lifetime, errors
         self.slot_held = False  # counted in the registry's cross-pool limits
-        self.cancels_in_flight = 0  # CancelRequests sent for this server, not yet delivered
+        self.cancel_in_flight = False  # a CancelRequest for this server not yet delivered
         self.after_cancels: Callable[[], None] | None = None  # run once they are
         self.local_addr = ""
         self._login = login_gen
