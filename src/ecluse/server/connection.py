@@ -22,7 +22,11 @@ from typing import Protocol
 
 from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
 from ecluse.protocol import codes
-from ecluse.protocol.backend import decode_error_fields, decode_parameter_status
+from ecluse.protocol.backend import (
+    decode_data_row,
+    decode_error_fields,
+    decode_parameter_status,
+)
 from ecluse.protocol.framing import Framer
 from ecluse.protocol.frontend import (
     encode_copy_fail,
@@ -43,7 +47,8 @@ _TRACKED_REPLIES = frozenset({
     codes.BE_COPY_IN_RESPONSE, codes.BE_COPY_OUT_RESPONSE, codes.BE_COPY_BOTH_RESPONSE,
 })
 # Messages decoded while relaying; the rest stream through untouched.
-_RELAY_INSPECT = frozenset({_Z, _S, _E}) | _TRACKED_REPLIES
+_RELAY_INSPECT = frozenset({_Z, _S, _E, codes.BE_NOTIFICATION_RESPONSE}) | _TRACKED_REPLIES
+_ROWS_INSPECT = _RELAY_INSPECT | {codes.BE_DATA_ROW}
 _LOGIN_INSPECT = codes.BACKEND_TYPES
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
@@ -78,6 +83,7 @@ class PoolHooks(Protocol):
 
 
 InternalDone = Callable[[ErrorResponse | None], None]
+Row = list[bytes | None]
 
 
 class ServerConnection(asyncio.Protocol):
@@ -107,6 +113,10 @@ class ServerConnection(asyncio.Protocol):
                               side="server")
         self._internal: InternalDone | None = None
         self._internal_error: ErrorResponse | None = None
+        self._internal_rows: list[Row] | None = None
+        # Called with the raw NotificationResponse of a server that is not relaying
+        # to a client (the LISTEN hub's connection); None drops them.
+        self.on_notification: Callable[[bytes], None] | None = None
         self._draining: Callable[[], None] | None = None
         self._closing_error: Exception | None = None
 
@@ -243,14 +253,18 @@ class ServerConnection(asyncio.Protocol):
             client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
 
     # --- ecluse's own queries ----------------------------------------------
-    def run_internal(self, sql: str, done: InternalDone) -> None:
+    def run_internal(self, sql: str, done: InternalDone, rows: list[Row] | None = None) -> None:
         """Send a simple query whose replies are consumed here, not relayed.
 
         ``done`` gets the first ErrorResponse, or None, after ReadyForQuery.
+        With ``rows``, the DataRows of the result are appended to it.
         """
         assert self._internal is None and self.transport is not None
         self._internal = done
         self._internal_error = None
+        self._internal_rows = rows
+        if rows is not None:
+            self._framer.set_inspect(_ROWS_INSPECT)
         self.transport.write(encode_query(sql))
 
     def in_internal(self) -> bool:
@@ -261,8 +275,14 @@ class ServerConnection(asyncio.Protocol):
         for msg_type, raw, start, _end in pieces:
             if not start:
                 continue
-            if msg_type == _E and self._internal_error is None:
+            if msg_type == codes.BE_DATA_ROW:
+                if self._internal_rows is not None:
+                    self._internal_rows.append(decode_data_row(bytes(raw[5:])))
+            elif msg_type == _E and self._internal_error is None:
                 self._internal_error = decode_error_fields(bytes(raw[5:]))
+            elif msg_type == codes.BE_NOTIFICATION_RESPONSE:
+                if self.on_notification is not None:
+                    self.on_notification(bytes(raw))
             elif msg_type == _S:
                 ps = decode_parameter_status(raw[5:])
                 self.params[ps.name] = ps.value
@@ -270,6 +290,9 @@ class ServerConnection(asyncio.Protocol):
                     self.client.on_server_params(ps.name, ps.value)
             elif msg_type == _Z:
                 self.tracker.status = raw[5]
+                if self._internal_rows is not None:
+                    self._internal_rows = None
+                    self._framer.set_inspect(_RELAY_INSPECT)
                 done, self._internal = self._internal, None
                 assert done is not None
                 done(self._internal_error)
@@ -321,8 +344,10 @@ class ServerConnection(asyncio.Protocol):
             if msg_type == _S:
                 ps = decode_parameter_status(raw[5:])
                 self.params[ps.name] = ps.value
-            elif msg_type != codes.BE_NOTICE_RESPONSE and \
-                    msg_type != codes.BE_NOTIFICATION_RESPONSE:
+            elif msg_type == codes.BE_NOTIFICATION_RESPONSE:
+                if self.on_notification is not None:
+                    self.on_notification(bytes(raw))
+            elif msg_type != codes.BE_NOTICE_RESPONSE:
                 self.close(RemoteProtocolError("unexpected message from idle server"))
                 return
 
