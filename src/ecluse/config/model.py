@@ -143,6 +143,7 @@ class Settings:
     log_pooler_errors: bool = True
     stats_period: float = 60.0
     tcp_keepalive: bool = True
+    max_prepared_statements: int = 200  # per server; 0: no statement-name rewriting
     extra: Mapping[str, str] = field(default_factory=_empty_mapping)
 
 

@@ -79,6 +79,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "log_pooler_errors": parse_bool,
         "stats_period": parse_seconds,
         "tcp_keepalive": parse_bool,
+        "max_prepared_statements": _count,
     }
 )
 
@@ -112,7 +113,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "listen_backlog",
         "log_stats",
         "max_db_client_connections",
-        "max_prepared_statements",
         "max_user_client_connections",
         "peer_id",
         "pkt_buf",

@@ -27,6 +27,7 @@ import time
 from ecluse.auth.methods import authenticate_client
 from ecluse.errors import AuthFailed, ClientRefused, EcluseError, RemoteProtocolError
 from ecluse.frontend.context import ClientContext
+from ecluse.frontend.prepared import StatementRewriter
 from ecluse.frontend.startup import resolve_startup
 from ecluse.pool.pool import Pool
 from ecluse.protocol import backend as be
@@ -49,6 +50,9 @@ _X = codes.FE_TERMINATE
 _STRAY_WHEN_IDLE = frozenset({codes.FE_COPY_DATA, codes.FE_COPY_DONE, codes.FE_COPY_FAIL,
                               codes.FE_FLUSH})
 _RELAY_INSPECT = frozenset({_X})
+# With statement names rewritten: the messages that name statements, and Query.
+_REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRIBE,
+                              codes.FE_CLOSE, codes.FE_QUERY})
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 
@@ -103,6 +107,7 @@ class FrontendSession(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self._login_timer: asyncio.TimerHandle | None = None
+        self._rewriter: StatementRewriter | None = None
 
     def __repr__(self) -> str:
         return f"<client {self.peer} {self.database}/{self.user} {self.state.value}>"
@@ -247,8 +252,14 @@ class FrontendSession(asyncio.Protocol):
 
     def _start_welcome(self) -> None:
         """Send the server's parameters; fetch them with one server first if needed."""
-        self._framer.set_inspect(_RELAY_INSPECT, 1 << 20)
         assert self.pool is not None
+        if self.pool.settings.mode != "session" and \
+                self.ctx.config.settings.max_prepared_statements > 0:
+            self._rewriter = StatementRewriter(self.pool.known_statements)
+            self._framer.set_inspect(_REWRITE_INSPECT, 1 << 20)
+            self._framer.stream_oversize = True
+        else:
+            self._framer.set_inspect(_RELAY_INSPECT, 1 << 20)
         if self.pool.default_params is not None:
             self._finish_welcome()
             return
@@ -309,6 +320,11 @@ class FrontendSession(asyncio.Protocol):
             break
         if start == len(pieces):
             return
+        if self._rewriter is not None and not self._pending:
+            reply = self._rewriter.answer_locally(pieces[start:])
+            if reply is not None:
+                self.transport.write(reply)
+                return
         self._buffer(pieces[start:])
         self._acquire()
 
@@ -340,6 +356,16 @@ class FrontendSession(asyncio.Protocol):
             return
         self.server = server
         server.link(self)
+        rewriter = self._rewriter
+        if rewriter is not None:
+            rewriter.replies.reset()
+            server.replies = rewriter.replies
+
+            def statements_dropped() -> None:
+                server.prepared.clear()
+                rewriter.forget_all()
+
+            rewriter.replies.on_statements_dropped = statements_dropped
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
         sync = build_sync_query(self.params, server.params)
@@ -384,6 +410,9 @@ class FrontendSession(asyncio.Protocol):
         tracker = server.tracker
         if tracker.is_done():
             self.request_started = time.monotonic()
+        if self._rewriter is not None:
+            self._forward_rewritten(pieces, server, self._rewriter)
+            return
         out = []
         for msg_type, raw, start, _end in pieces:
             if start:
@@ -395,6 +424,22 @@ class FrontendSession(asyncio.Protocol):
                 tracker.on_client_message(msg_type)
             out.append(raw)
         server.send(b"".join(out) if len(out) > 1 else out[0])
+
+    def _forward_rewritten(self, pieces, server: ServerConnection,
+                           rewriter: StatementRewriter) -> None:
+        terminate = False
+        for i, (msg_type, _raw, start, _end) in enumerate(pieces):
+            if start and msg_type == _X:
+                pieces, terminate = pieces[:i], True
+                break
+        out = rewriter.rewrite(pieces, server.prepared, server.tracker)
+        fakes = rewriter.replies.take_fakes()
+        if fakes:
+            self.transport.write(fakes)
+        if out:
+            server.send(b"".join(out) if len(out) > 1 else out[0])
+        if terminate:
+            self.close()
 
     # --- ServerLink interface (called by the server) -------------------------
     def write_from_server(self, data) -> None:

@@ -58,6 +58,7 @@ class PoolSettings:
     server_connect_timeout: float
     server_login_retry: float
     query_wait_timeout: float
+    max_prepared_statements: int = 0
 
 
 class Pool:
@@ -77,6 +78,9 @@ class Pool:
         self.last_error: Exception | None = None
         self.paused = False
         self.closed = False
+        # Pooler-wide prepared statement names that parsed without error on some
+        # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
+        self.known_statements: dict[str, None] = {}
 
     # --- sizes -------------------------------------------------------------
     @property
@@ -255,6 +259,9 @@ class Pool:
             return
         if server.state is ServerState.CLOSED:
             return
+        reset = self.settings.server_reset_query.upper()
+        if "DISCARD ALL" in reset or "DEALLOCATE ALL" in reset:
+            server.prepared.clear()  # the reset dropped the server's prepared statements
         server.last_used = time.monotonic()
         self._set_state(server, ServerState.IDLE)
         self._dispatch()
@@ -291,7 +298,8 @@ class Pool:
         params = {"user": s.user, "database": s.server_dbname, **s.server_params}
         gen = login(params, s.password)
         host = s.host or "/tmp"
-        server = ServerConnection(self, gen, host, s.port, done)
+        server = ServerConnection(self, gen, host, s.port, done,
+                                  max_prepared=s.max_prepared_statements)
         server.slot_held = True
         counted = True
         try:

@@ -71,6 +71,7 @@ class PoolRegistry:
             server_connect_timeout=s.server_connect_timeout,
             server_login_retry=s.server_login_retry,
             query_wait_timeout=s.query_wait_timeout,
+            max_prepared_statements=s.max_prepared_statements,
         )
 
     # --- cross-pool limits ---------------------------------------------------

@@ -13,6 +13,10 @@ Rules:
    unusable: the caller closes that one connection.
 2. A length below 4, above the limit for its type, or a type byte outside
    ``valid`` is rejected from the header alone, before any body is buffered.
+3. With ``stream_oversize``, an inspected message longer than ``inspect_max``
+   is streamed instead of refused, and its first piece holds at least its
+   first OVERSIZE_HEAD bytes, so names at the front of a 100 MB Bind can still
+   be read and rewritten.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ _HEADER = struct.Struct("!BI")
 # The length word is a signed Int32 on the wire: 0x80000000 and above are negative.
 MAX_WIRE_LENGTH = 0x7FFFFFFF
 Piece = tuple[int, memoryview, bool, bool]
+OVERSIZE_HEAD = 1024
 
 
 class Framer:
     """Split a stream of typed protocol messages into forwardable pieces."""
 
     __slots__ = ("_inspect", "_inspect_max", "_max_len", "_pending", "_skip", "_skip_type",
-                 "_valid", "side")
+                 "_valid", "side", "stream_oversize")
 
     def __init__(self, valid: frozenset[int], inspect: frozenset[int], max_len: int,
-                 inspect_max: int = 1 << 20, side: str = "peer"):
+                 inspect_max: int = 1 << 20, side: str = "peer",
+                 stream_oversize: bool = False):
         self._valid = valid
         self._inspect = inspect
         self._max_len = min(max_len, MAX_WIRE_LENGTH)
@@ -43,6 +49,7 @@ class Framer:
         self._skip = 0  # bytes of a streamed message still to come
         self._skip_type = 0
         self.side = side
+        self.stream_oversize = stream_oversize
 
     def set_inspect(self, inspect: frozenset[int], inspect_max: int | None = None) -> None:
         """Change which types are delivered whole (e.g. after login); bytes already
@@ -83,15 +90,19 @@ class Framer:
                 raise RemoteProtocolError(f"invalid message length {length} from {self.side}")
             total = length + 1
             if msg_type in self._inspect:
-                if length > self._inspect_max:
+                if length <= self._inspect_max:
+                    if n - pos < total:
+                        self._pending = bytes(mv[pos:])
+                        break
+                    out.append((msg_type, mv[pos:pos + total], True, True))
+                    pos += total
+                    continue
+                if not self.stream_oversize:
                     raise RemoteProtocolError(
                         f"message of type {chr(msg_type)!r} too long ({length} bytes)")
-                if n - pos < total:
+                if n - pos < min(total, OVERSIZE_HEAD) and length <= self._max_len:
                     self._pending = bytes(mv[pos:])
                     break
-                out.append((msg_type, mv[pos:pos + total], True, True))
-                pos += total
-                continue
             if length > self._max_len:
                 raise RemoteProtocolError(
                     f"message too long ({length} bytes, limit {self._max_len})")

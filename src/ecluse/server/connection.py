@@ -35,7 +35,9 @@ from ecluse.protocol.frontend import (
     encode_terminate,
 )
 from ecluse.protocol.messages import BackendKeyData, ErrorResponse
+from ecluse.protocol.replies import ReplyQueue
 from ecluse.protocol.tracker import RequestTracker
+from ecluse.server.prepared import PreparedCache
 
 log = logging.getLogger("ecluse.server")
 
@@ -50,6 +52,12 @@ _TRACKED_REPLIES = frozenset({
 _RELAY_INSPECT = frozenset({_Z, _S, _E, codes.BE_NOTIFICATION_RESPONSE}) | _TRACKED_REPLIES
 _ROWS_INSPECT = _RELAY_INSPECT | {codes.BE_DATA_ROW}
 _LOGIN_INSPECT = codes.BACKEND_TYPES
+# Replies a ReplyQueue must see when statement names are rewritten.
+_REPLY_TYPES = frozenset({
+    codes.BE_PARSE_COMPLETE, codes.BE_BIND_COMPLETE, codes.BE_CLOSE_COMPLETE, codes.BE_NO_DATA,
+    codes.BE_ROW_DESCRIPTION, codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE,
+    codes.BE_PORTAL_SUSPENDED, _E, _Z,
+})
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
 
@@ -90,7 +98,7 @@ class ServerConnection(asyncio.Protocol):
     """One connection to PostgreSQL, owned by a Pool."""
 
     def __init__(self, pool: PoolHooks, login_gen, host: str, port: int | str,
-                 login_done: asyncio.Future):
+                 login_done: asyncio.Future, max_prepared: int = 0):
         self.pool = pool
         self.host = host
         self.port = port
@@ -99,6 +107,10 @@ class ServerConnection(asyncio.Protocol):
         self.key: BackendKeyData | None = None
         self.client: ServerLink | None = None
         self.tracker = RequestTracker()
+        # The pooler-wide prepared statements this server holds (frontend/prepared.py).
+        self.prepared = PreparedCache(max_prepared)
+        # Set while a client whose statement names are rewritten is linked.
+        self.replies: ReplyQueue | None = None
         self.transport: asyncio.Transport | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at
@@ -216,6 +228,7 @@ class ServerConnection(asyncio.Protocol):
     def unlink(self) -> None:
         """Detach the client; resume reading if its slowness had paused us."""
         self.client = None
+        self.replies = None
         self.last_used = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -225,6 +238,9 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def _relay(self, pieces) -> None:
+        if self.replies is not None:
+            self._relay_rewritten(pieces)
+            return
         client = self.client
         assert client is not None
         tracker = self.tracker
@@ -249,6 +265,43 @@ class ServerConnection(asyncio.Protocol):
                 ps = decode_parameter_status(raw[5:])
                 self.params[ps.name] = ps.value
                 client.on_server_params(ps.name, ps.value)
+        if out:
+            client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+
+    def _relay_rewritten(self, pieces) -> None:
+        """Relay with a ReplyQueue: swallow replies to injected requests and add
+        the fake replies ecluse owes the client, in wire order."""
+        client = self.client
+        replies = self.replies
+        assert client is not None and replies is not None
+        tracker = self.tracker
+        out: list = []
+        for msg_type, raw, start, _end in pieces:
+            if not start or msg_type not in _REPLY_TYPES:
+                out.append(raw)
+                if start and msg_type == _S:
+                    ps = decode_parameter_status(raw[5:])
+                    self.params[ps.name] = ps.value
+                    client.on_server_params(ps.name, ps.value)
+                elif start and msg_type in _TRACKED_REPLIES:
+                    tracker.on_server_message(msg_type)
+                continue
+            if replies.on_reply(msg_type, raw):
+                out.append(raw)
+            fakes = replies.take_fakes()
+            if fakes:
+                out.append(fakes)
+            if msg_type == _Z:
+                tracker.on_server_message(_Z, raw[5])
+                if tracker.is_done():
+                    if out:
+                        client.write_from_server(b"".join(out))
+                        out = []
+                    client.on_server_ready(self)
+                    if self.client is not client:
+                        return
+            elif msg_type in _TRACKED_REPLIES:
+                tracker.on_server_message(msg_type)
         if out:
             client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
 

@@ -78,10 +78,10 @@ server_round_robin = 1
 tcp_keepalive = 0
 shutdown_timeout = 10
 workers = 4
+max_prepared_statements = 100
 ; known PgBouncer settings ecluse does not implement yet
 client_tls_sslmode = disable
 tcp_keepidle = 30
-max_prepared_statements = 100
 auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
 """
 
@@ -126,13 +126,12 @@ def test_realistic_settings(realistic: Path) -> None:
         True,
         False,
     )
-    assert (s.shutdown_timeout, s.workers) == (10.0, 4)
+    assert (s.shutdown_timeout, s.workers, s.max_prepared_statements) == (10.0, 4, 100)
     assert s.logfile == "/var/log/pgbouncer/pgbouncer.log"
     assert s.pidfile == "/var/run/pgbouncer/pgbouncer.pid"
     assert dict(s.extra) == {
         "client_tls_sslmode": "disable",
         "tcp_keepidle": "30",
-        "max_prepared_statements": "100",
         "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
     }
 

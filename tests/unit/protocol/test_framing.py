@@ -265,3 +265,28 @@ def test_garbage_after_valid_messages(msgs, garbage):
     assert [t for t, _ in got] == [t for t, _ in msgs]
     with contextlib.suppress(RemoteProtocolError):
         f.feed(garbage)
+
+
+@settings(max_examples=80)
+@given(extra=st.integers(min_value=1, max_value=3000),
+       cuts=st.lists(st.integers(min_value=1, max_value=INSPECT_MAX + 3000), max_size=6))
+def test_oversize_inspected_message_streams_with_its_head_first(extra, cuts):
+    """With stream_oversize, an inspected type over inspect_max is streamed, and the
+    first piece always holds its first OVERSIZE_HEAD bytes (names at the front of a
+    large Bind stay readable), however the bytes are chunked."""
+    from ecluse.protocol.framing import OVERSIZE_HEAD
+
+    body = bytes(range(256)) * ((INSPECT_MAX + extra) // 256 + 1)
+    wire = _msg(codes.BE_ERROR_RESPONSE, body[:INSPECT_MAX + extra]) + _msg(
+        codes.BE_READY_FOR_QUERY, b"I")
+    f = _framer()
+    f.stream_oversize = True
+    bounds = sorted({c for c in cuts if c < len(wire)})
+    chunks = [wire[a:b] for a, b in zip([0, *bounds], [*bounds, len(wire)], strict=True)]
+    pieces = _feed(f, chunks)
+    first = pieces[0]
+    assert first[0] == codes.BE_ERROR_RESPONSE and first[2]
+    assert len(first[1]) >= OVERSIZE_HEAD
+    assert b"".join(p[1] for p in pieces) == wire
+    assert pieces[-1] == (codes.BE_READY_FOR_QUERY, _msg(codes.BE_READY_FOR_QUERY, b"I"),
+                          True, True)

@@ -1,0 +1,334 @@
+"""StatementRewriter: named prepared statements that survive transaction pooling.
+
+A client in transaction mode meets a different server connection at every
+transaction, yet expects the statements it prepared to stay. The rewriter keeps
+each client's statements under the client's names and sends them to servers
+under a pooler-wide name derived from the query text and parameter types, so
+identical statements from many clients share one server-side statement:
+
+    client Parse "s1"          -> server Parse "ecluse_<hash>", or a fake
+                                  ParseComplete if that server already has it
+    client Bind/Describe "s1"  -> the server name, after an injected Parse if
+                                  that server has never seen the statement
+    client Close "s1"          -> forgotten for this client only; fake CloseComplete
+
+The replies the client did not ask for are swallowed and the ones it asked for
+are produced in wire order by a ReplyQueue (protocol/replies.py). A request
+ecluse must refuse (an unknown name, a duplicate name) gets the ErrorResponse
+PostgreSQL would send, and the client's messages up to its Sync are dropped,
+as the server would skip them.
+
+No I/O: the session hands over the framed client pieces and the linked server's
+PreparedCache and RequestTracker, and sends what comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from ecluse.errors import RemoteProtocolError
+from ecluse.protocol import backend as be
+from ecluse.protocol import codes
+from ecluse.protocol import replies as rq
+from ecluse.protocol.backend import decode_error_fields
+from ecluse.protocol.framing import Piece
+from ecluse.protocol.replies import ReplyQueue
+from ecluse.protocol.tracker import RequestTracker
+from ecluse.server.prepared import PreparedCache
+
+_HEADER = struct.Struct("!BI")
+_PARSE_COMPLETE = be.encode_parse_complete()
+_CLOSE_COMPLETE = be.encode_close_complete()
+_STATUS_FAILED = ord("E")
+_READY_IDLE = be.encode_ready_for_query(b"I")
+SERVER_NAME_PREFIX = "ecluse_"
+KNOWN_GOOD_LIMIT = 10_000
+
+
+def server_statement_name(parse_tail: bytes) -> str:
+    """The pooler-wide name of a statement: a digest of its text and parameter types."""
+    return SERVER_NAME_PREFIX + hashlib.blake2b(parse_tail, digest_size=12).hexdigest()
+
+
+def _cstr_end(raw: bytes | memoryview, start: int, what: str) -> int:
+    end = bytes(raw[start:start + 1024]).find(b"\0")
+    if end < 0:
+        raise RemoteProtocolError(f"invalid {what} message: name not terminated")
+    return start + end
+
+
+def _message(msg_type: bytes, body: bytes) -> bytes:
+    return msg_type + struct.pack("!I", len(body) + 4) + body
+
+
+class ClientStatement:
+    """One statement a client prepared: its server name and what re-creates it."""
+
+    __slots__ = ("parse_tail", "server_name")
+
+    def __init__(self, server_name: str, parse_tail: bytes):
+        self.server_name = server_name
+        self.parse_tail = parse_tail  # query text, NUL, parameter type list
+
+
+class StatementRewriter:
+    """Per-client statement names mapped onto per-server prepared statements."""
+
+    __slots__ = ("_drop_rest", "_skip_to_sync", "known_good", "replies", "statements")
+
+    def __init__(self, known_good: dict[str, None] | None = None) -> None:
+        self.statements: dict[bytes, ClientStatement] = {}
+        # Server names some server of this pool has parsed without error, shared by
+        # the pool's clients: a client may prepare one of these without a server.
+        self.known_good = known_good if known_good is not None else {}
+        self.replies = ReplyQueue()
+        self._skip_to_sync = False  # a request was refused: drop up to Sync
+        self._drop_rest = False  # the rest of a streamed message being dropped
+
+    def forget_all(self) -> None:
+        """The client's statements are gone (it ran DEALLOCATE ALL or DISCARD ALL)."""
+        self.statements.clear()
+
+    def deallocate(self, name: bytes) -> bool:
+        """Drop one client statement, as SQL DEALLOCATE would; False if unknown."""
+        return self.statements.pop(name, None) is not None
+
+    def _mark_good(self, server_name: str) -> None:
+        good = self.known_good
+        if server_name not in good:
+            if len(good) >= KNOWN_GOOD_LIMIT:
+                del good[next(iter(good))]
+            good[server_name] = None
+
+    def answer_locally(self, pieces: list[Piece]) -> bytes | None:
+        """Answer a batch outside any transaction without a server, or return None.
+
+        A batch of Parse (of statements known to parse), Close of statements,
+        Flush and Sync needs no server: its replies are fixed. This is what lets
+        pgbench -M prepared run more clients than servers (its synchronous prepare
+        would otherwise wait for a server held by a client of the same thread).
+        """
+        if not pieces or pieces[-1][0] != codes.FE_SYNC or self._skip_to_sync:
+            return None
+        plan = []
+        seen: set[bytes] = set()
+        for msg_type, raw, start, end in pieces:
+            if not (start and end):
+                return None
+            if msg_type == codes.FE_PARSE:
+                name_end = _cstr_end(raw, 5, "Parse")
+                name = bytes(raw[5:name_end])
+                tail = bytes(raw[name_end + 1:])
+                server_name = server_statement_name(tail)
+                if not name or name in self.statements or name in seen or \
+                        server_name not in self.known_good:
+                    return None
+                seen.add(name)
+                plan.append((name, ClientStatement(server_name, tail)))
+            elif msg_type == codes.FE_CLOSE:
+                if raw[5:6] != b"S" or len(raw) <= 7:
+                    return None
+                plan.append((bytes(raw[6:-1]), None))
+            elif msg_type != codes.FE_SYNC and msg_type != codes.FE_FLUSH:
+                return None
+        out = []
+        for name, stmt in plan:
+            if stmt is None:
+                self.statements.pop(name, None)
+                out.append(_CLOSE_COMPLETE)
+            else:
+                self.statements[name] = stmt
+                out.append(_PARSE_COMPLETE)
+        out.extend(_READY_IDLE for t, _r, _s, _e in pieces if t == codes.FE_SYNC)
+        return b"".join(out)
+
+    # --- the client -> server direction ----------------------------------------
+    def rewrite(self, pieces: list[Piece], cache: PreparedCache,
+                tracker: RequestTracker) -> list[bytes | memoryview]:
+        """Return the bytes to send to the server for these client pieces.
+
+        Fake replies now due are left in ``self.replies`` (take_fakes()).
+        """
+        out: list[bytes | memoryview] = []
+        for msg_type, raw, start, end in pieces:
+            if not start:
+                if not self._drop_rest:
+                    out.append(raw)
+                continue
+            self._drop_rest = False
+            if self._skip_to_sync:
+                if msg_type != codes.FE_SYNC:
+                    self._drop_rest = not end
+                    continue
+                self._skip_to_sync = False
+            if msg_type == codes.FE_BIND:
+                self._bind(raw, end, out, cache, tracker)
+                continue
+            if msg_type == codes.FE_PARSE:
+                self._parse(raw, end, out, cache, tracker)
+                continue
+            if msg_type == codes.FE_DESCRIBE or msg_type == codes.FE_CLOSE:
+                if not end:
+                    raise RemoteProtocolError("Describe or Close message too long")
+                if msg_type == codes.FE_DESCRIBE:
+                    self._describe(raw, out, cache, tracker)
+                else:
+                    self._close(raw, out, tracker)
+                continue
+            out.append(raw)
+            tracker.on_client_message(msg_type)
+            if msg_type == codes.FE_EXECUTE:
+                self.replies.add(rq.EXECUTE)
+            elif msg_type == codes.FE_SYNC:
+                self.replies.add(rq.SYNC)
+            elif msg_type == codes.FE_QUERY or msg_type == codes.FE_FUNCTION_CALL:
+                self.replies.add(rq.QUERY)
+        return out
+
+    def _refuse(self, message: str, sqlstate: str, end: bool) -> None:
+        """Answer the request with an error, as PostgreSQL would, and skip to Sync."""
+        self.replies.add(rq.ERROR, rq.FAKE, be.encode_error_response(message, sqlstate))
+        self._skip_to_sync = True
+        self._drop_rest = not end
+
+    def _parse(self, raw, end: bool, out: list, cache: PreparedCache,
+               tracker: RequestTracker) -> None:
+        name_end = _cstr_end(raw, 5, "Parse")
+        name = bytes(raw[5:name_end])
+        if not name:
+            out.append(raw)
+            tracker.on_client_message(codes.FE_PARSE)
+            self.replies.add(rq.PARSE)
+            return
+        label = name.decode("utf-8", "replace")
+        if not end:
+            self._refuse(f'prepared statement "{label}" is too large for ecluse to track',
+                         "54000", end)
+            return
+        if name in self.statements:
+            self._refuse(f'prepared statement "{label}" already exists', "42P05", end)
+            return
+        tail = bytes(raw[name_end + 1:])
+        stmt = ClientStatement(server_statement_name(tail), tail)
+        self.statements[name] = stmt
+        statements = self.statements
+
+        def unregister(_err: bytes | None) -> None:
+            if statements.get(name) is stmt:
+                del statements[name]
+
+        server_name = stmt.server_name
+        settled_failed = tracker.status == _STATUS_FAILED and not self.replies
+        if cache.has(server_name) and not settled_failed:
+            self.replies.add(rq.PARSE, rq.FAKE, _PARSE_COMPLETE, unregister)
+            return
+        if cache.has(server_name):
+            # In a failed transaction PostgreSQL refuses every Parse: let the server
+            # say so rather than faking a success it would not give.
+            out.append(_message(b"P", server_name.encode() + b"\0" + tail))
+            tracker.on_client_message(codes.FE_PARSE)
+            self.replies.add(rq.PARSE, rq.FORWARD, b"", unregister)
+            return
+
+        def failed(err: bytes | None) -> None:
+            unregister(err)
+            cache.discard(server_name)
+
+        self._close_evicted(cache.add(server_name), out, tracker)
+        out.append(_message(b"P", server_name.encode() + b"\0" + tail))
+        tracker.on_client_message(codes.FE_PARSE)
+        self.replies.add(rq.PARSE, rq.FORWARD, b"", failed, lambda: self._mark_good(server_name))
+
+    def _close_evicted(self, names: list[str], out: list, tracker: RequestTracker) -> None:
+        for old in names:
+            out.append(_message(b"C", b"S" + old.encode() + b"\0"))
+            tracker.on_client_message(codes.FE_CLOSE)
+            self.replies.add(rq.CLOSE, rq.SKIP)
+
+    def _ensure_prepared(self, stmt: ClientStatement, out: list, cache: PreparedCache,
+                         tracker: RequestTracker) -> None:
+        """Inject the Parse of a statement this server has not seen."""
+        server_name = stmt.server_name
+        if cache.has(server_name):
+            return
+        self._close_evicted(cache.add(server_name), out, tracker)
+        out.append(_message(b"P", server_name.encode() + b"\0" + stmt.parse_tail))
+        tracker.on_client_message(codes.FE_PARSE)
+        self.replies.add(rq.PARSE, rq.SKIP, b"", lambda _err: cache.discard(server_name),
+                         lambda: self._mark_good(server_name))
+
+    def _lookup(self, name: bytes, end: bool) -> ClientStatement | None:
+        stmt = self.statements.get(name)
+        if stmt is None:
+            label = name.decode("utf-8", "replace")
+            self._refuse(f'prepared statement "{label}" does not exist', "26000", end)
+        return stmt
+
+    def _bind(self, raw, end: bool, out: list, cache: PreparedCache,
+              tracker: RequestTracker) -> None:
+        portal_end = _cstr_end(raw, 5, "Bind")
+        name_end = _cstr_end(raw, portal_end + 1, "Bind")
+        name = bytes(raw[portal_end + 1:name_end])
+        if not name:
+            out.append(raw)
+            tracker.on_client_message(codes.FE_BIND)
+            self.replies.add(rq.BIND)
+            return
+        stmt = self._lookup(name, end)
+        if stmt is None:
+            return
+        self._ensure_prepared(stmt, out, cache, tracker)
+        server_name = stmt.server_name.encode()
+        _t, length = _HEADER.unpack_from(raw, 0)
+        length += len(server_name) - len(name)
+        out.append(b"B" + struct.pack("!I", length) + bytes(raw[5:portal_end + 1]) +
+                   server_name + bytes(raw[name_end:]))
+        tracker.on_client_message(codes.FE_BIND)
+        self.replies.add(rq.BIND, rq.FORWARD, b"", self._statement_failed(stmt, cache))
+
+    def _describe(self, raw, out: list, cache: PreparedCache, tracker: RequestTracker) -> None:
+        kind = raw[5:6]
+        name = bytes(raw[6:-1])
+        if kind != b"S" or not name:
+            out.append(raw)
+            tracker.on_client_message(codes.FE_DESCRIBE)
+            self.replies.add(rq.DESCRIBE_STATEMENT if kind == b"S" else rq.DESCRIBE_PORTAL)
+            return
+        stmt = self._lookup(name, True)
+        if stmt is None:
+            return
+        self._ensure_prepared(stmt, out, cache, tracker)
+        out.append(_message(b"D", b"S" + stmt.server_name.encode() + b"\0"))
+        tracker.on_client_message(codes.FE_DESCRIBE)
+        self.replies.add(rq.DESCRIBE_STATEMENT, rq.FORWARD, b"",
+                         self._statement_failed(stmt, cache))
+
+    def _close(self, raw, out: list, tracker: RequestTracker) -> None:
+        kind = raw[5:6]
+        name = bytes(raw[6:-1])
+        if kind != b"S" or not name:
+            out.append(raw)
+            tracker.on_client_message(codes.FE_CLOSE)
+            self.replies.add(rq.CLOSE)
+            return
+        # The server statement stays: other clients may share it. Closing an unknown
+        # name is not an error in PostgreSQL either.
+        self.statements.pop(name, None)
+        self.replies.add(rq.CLOSE, rq.FAKE, _CLOSE_COMPLETE)
+
+    @staticmethod
+    def _statement_failed(stmt: ClientStatement, cache: PreparedCache):
+        server_name = stmt.server_name
+
+        def undo(err: bytes | None) -> None:
+            if err is None:
+                return
+            code = decode_error_fields(err[5:]).sqlstate
+            if code == "26000":
+                cache.discard(server_name)  # dropped behind ecluse's back: prepare again
+            elif code == "0A000":
+                # "cached plan must not change result type": re-prepare on next use.
+                cache.mark_stale(server_name)
+
+        return undo
