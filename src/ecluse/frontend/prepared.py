@@ -65,11 +65,12 @@ def _message(msg_type: bytes, body: bytes) -> bytes:
 class ClientStatement:
     """One statement a client prepared: its server name and what re-creates it."""
 
-    __slots__ = ("parse_tail", "server_name")
+    __slots__ = ("parse_tail", "server_name", "undone")
 
     def __init__(self, server_name: str, parse_tail: bytes):
         self.server_name = server_name
         self.parse_tail = parse_tail  # query text, NUL, parameter type list
+        self.undone = False  # its Parse was refused or skipped: it never existed
 
 
 class StatementRewriter:
@@ -94,7 +95,8 @@ class StatementRewriter:
         """Drop one client statement, as SQL DEALLOCATE would; False if unknown."""
         return self.statements.pop(name, None) is not None
 
-    def _mark_good(self, server_name: str) -> None:
+    def _parsed(self, cache: PreparedCache, server_name: str) -> None:
+        cache.parsed(server_name)
         good = self.known_good
         if server_name not in good:
             if len(good) >= KNOWN_GOOD_LIMIT:
@@ -215,6 +217,7 @@ class StatementRewriter:
         statements = self.statements
 
         def unregister(_err: bytes | None) -> None:
+            stmt.undone = True
             if statements.get(name) is stmt:
                 del statements[name]
 
@@ -233,18 +236,22 @@ class StatementRewriter:
 
         def failed(err: bytes | None) -> None:
             unregister(err)
-            cache.discard(server_name)
+            cache.parse_undone(server_name)
 
-        self._close_evicted(cache.add(server_name), out, tracker)
+        self._close_evicted(cache.add(server_name), out, cache, tracker)
         out.append(_message(b"P", server_name.encode() + b"\0" + tail))
         tracker.on_client_message(codes.FE_PARSE)
-        self.replies.add(rq.PARSE, rq.FORWARD, b"", failed, lambda: self._mark_good(server_name))
+        self.replies.add(rq.PARSE, rq.FORWARD, b"", failed,
+                         lambda: self._parsed(cache, server_name))
 
-    def _close_evicted(self, names: list[str], out: list, tracker: RequestTracker) -> None:
+    def _close_evicted(self, names: list[str], out: list, cache: PreparedCache,
+                       tracker: RequestTracker) -> None:
         for old in names:
             out.append(_message(b"C", b"S" + old.encode() + b"\0"))
             tracker.on_client_message(codes.FE_CLOSE)
-            self.replies.add(rq.CLOSE, rq.SKIP)
+            self.replies.add(rq.CLOSE, rq.SKIP, b"",
+                             lambda _err, old=old: cache.close_undone(old),
+                             lambda old=old: cache.closed(old))
 
     def _ensure_prepared(self, stmt: ClientStatement, out: list, cache: PreparedCache,
                          tracker: RequestTracker) -> None:
@@ -252,11 +259,11 @@ class StatementRewriter:
         server_name = stmt.server_name
         if cache.has(server_name):
             return
-        self._close_evicted(cache.add(server_name), out, tracker)
+        self._close_evicted(cache.add(server_name), out, cache, tracker)
         out.append(_message(b"P", server_name.encode() + b"\0" + stmt.parse_tail))
         tracker.on_client_message(codes.FE_PARSE)
-        self.replies.add(rq.PARSE, rq.SKIP, b"", lambda _err: cache.discard(server_name),
-                         lambda: self._mark_good(server_name))
+        self.replies.add(rq.PARSE, rq.SKIP, b"", lambda _err: cache.parse_undone(server_name),
+                         lambda: self._parsed(cache, server_name))
 
     def _lookup(self, name: bytes, end: bool) -> ClientStatement | None:
         stmt = self.statements.get(name)
@@ -314,8 +321,16 @@ class StatementRewriter:
             return
         # The server statement stays: other clients may share it. Closing an unknown
         # name is not an error in PostgreSQL either.
-        self.statements.pop(name, None)
-        self.replies.add(rq.CLOSE, rq.FAKE, _CLOSE_COMPLETE)
+        stmt = self.statements.pop(name, None)
+        statements = self.statements
+
+        def skipped(_err: bytes | None) -> None:
+            if stmt is not None and not stmt.undone:
+                # An earlier error: the Close never ran. Whatever took the name after
+                # it was skipped as well, so the old statement is simply back.
+                statements[name] = stmt
+
+        self.replies.add(rq.CLOSE, rq.FAKE, _CLOSE_COMPLETE, skipped)
 
     @staticmethod
     def _statement_failed(stmt: ClientStatement, cache: PreparedCache):

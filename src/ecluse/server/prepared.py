@@ -20,13 +20,19 @@ from collections import OrderedDict
 
 
 class PreparedCache:
-    """The statement names one server connection has prepared, oldest first."""
+    """The statement names one server connection has prepared, oldest first.
 
-    __slots__ = ("_names", "capacity", "stale")
+    ``_names`` is what ecluse may use (tentative names included: their Parse is
+    on its way); ``present`` is what the server has confirmed. Undoing a
+    skipped or refused request reconciles the first with the second.
+    """
+
+    __slots__ = ("_names", "capacity", "present", "stale")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._names: OrderedDict[str, None] = OrderedDict()
+        self.present: set[str] = set()
         self.stale: set[str] = set()
 
     def __len__(self) -> int:
@@ -36,7 +42,7 @@ class PreparedCache:
         return iter(self._names)
 
     def has(self, name: str) -> bool:
-        """True if the server holds a usable statement of that name."""
+        """True if the server holds (or is about to hold) a usable statement of that name."""
         if name in self._names and name not in self.stale:
             self._names.move_to_end(name)
             return True
@@ -56,9 +62,35 @@ class PreparedCache:
         self._names[name] = None
         return evicted
 
+    # --- what the server said -------------------------------------------------
+    def parsed(self, name: str) -> None:
+        """ParseComplete: the server has it."""
+        self.present.add(name)
+
+    def closed(self, name: str) -> None:
+        """CloseComplete of an eviction: the server no longer has it."""
+        self.present.discard(name)
+
+    def parse_undone(self, name: str) -> None:
+        """Its Parse was refused or skipped."""
+        if name in self.present:
+            # An older copy is still there (a skipped re-prepare): close it first next time.
+            self._names.setdefault(name, None)
+            self.stale.add(name)
+        else:
+            self._names.pop(name, None)
+            self.stale.discard(name)
+
+    def close_undone(self, name: str) -> None:
+        """Its eviction Close was skipped: the server still holds it (oldest)."""
+        if name in self.present and name not in self._names:
+            self._names[name] = None
+            self._names.move_to_end(name, last=False)
+
     def discard(self, name: str) -> None:
-        """The server does not have it (its Parse failed, or it was dropped)."""
+        """The server says it does not have it (dropped behind ecluse's back)."""
         self._names.pop(name, None)
+        self.present.discard(name)
         self.stale.discard(name)
 
     def mark_stale(self, name: str) -> None:
@@ -68,4 +100,5 @@ class PreparedCache:
     def clear(self) -> None:
         """Every statement is gone from the server (DISCARD ALL, DEALLOCATE ALL)."""
         self._names.clear()
+        self.present.clear()
         self.stale.clear()
