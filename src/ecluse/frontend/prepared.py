@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import backend as be
@@ -43,6 +44,8 @@ _CLOSE_COMPLETE = be.encode_close_complete()
 _STATUS_FAILED = ord("E")
 _READY_IDLE = be.encode_ready_for_query(b"I")
 SERVER_NAME_PREFIX = "ecluse_"
+_NAMING = frozenset({codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRIBE, codes.FE_CLOSE})
+_PLAIN_KIND = {codes.FE_PARSE: rq.PARSE, codes.FE_BIND: rq.BIND, codes.FE_CLOSE: rq.CLOSE}
 KNOWN_GOOD_LIMIT = 10_000
 
 
@@ -76,9 +79,14 @@ class ClientStatement:
 class StatementRewriter:
     """Per-client statement names mapped onto per-server prepared statements."""
 
-    __slots__ = ("_drop_rest", "_skip_to_sync", "known_good", "replies", "statements")
+    __slots__ = ("_drop_rest", "_skip_to_sync", "enabled", "known_good", "replies", "sql_hook",
+                 "statements")
 
-    def __init__(self, known_good: dict[str, None] | None = None) -> None:
+    def __init__(self, known_good: dict[str, None] | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled  # False (max_prepared_statements = 0): names pass through
+        # Sees the SQL of each Query and Parse (kind, text); for a Query it may return
+        # the reply to fake instead of sending it (e.g. DEALLOCATE of a client name).
+        self.sql_hook: Callable[[int, bytes], rq.Fake | None] | None = None
         self.statements: dict[bytes, ClientStatement] = {}
         # Server names some server of this pool has parsed without error, shared by
         # the pool's clients: a client may prepare one of these without a server.
@@ -111,7 +119,8 @@ class StatementRewriter:
         pgbench -M prepared run more clients than servers (its synchronous prepare
         would otherwise wait for a server held by a client of the same thread).
         """
-        if not pieces or pieces[-1][0] != codes.FE_SYNC or self._skip_to_sync:
+        if not pieces or pieces[-1][0] != codes.FE_SYNC or self._skip_to_sync or \
+                not self.enabled:
             return None
         plan = []
         seen: set[bytes] = set()
@@ -164,6 +173,22 @@ class StatementRewriter:
                     self._drop_rest = not end
                     continue
                 self._skip_to_sync = False
+            if msg_type == codes.FE_QUERY and self.sql_hook is not None and end:
+                fake = self.sql_hook(codes.FE_QUERY, bytes(raw[5:-1]))
+                if fake is not None:
+                    self.replies.add(rq.QUERY, rq.FAKE, fake)
+                    continue
+            elif msg_type == codes.FE_PARSE and self.sql_hook is not None and end:
+                name_end = _cstr_end(raw, 5, "Parse")
+                text = bytes(raw[name_end + 1:])
+                self.sql_hook(codes.FE_PARSE, text[:text.find(b"\0")])
+            if not self.enabled and msg_type in _NAMING:
+                out.append(raw)
+                tracker.on_client_message(msg_type)
+                self.replies.add(_PLAIN_KIND[msg_type] if msg_type != codes.FE_DESCRIBE else
+                                 rq.DESCRIBE_STATEMENT if raw[5:6] == b"S" else
+                                 rq.DESCRIBE_PORTAL)
+                continue
             if msg_type == codes.FE_BIND:
                 self._bind(raw, end, out, cache, tracker)
                 continue

@@ -253,9 +253,9 @@ class FrontendSession(asyncio.Protocol):
     def _start_welcome(self) -> None:
         """Send the server's parameters; fetch them with one server first if needed."""
         assert self.pool is not None
-        if self.pool.settings.mode != "session" and \
-                self.ctx.config.settings.max_prepared_statements > 0:
-            self._rewriter = StatementRewriter(self.pool.known_statements)
+        if self.pool.settings.mode != "session":
+            enabled = self.ctx.config.settings.max_prepared_statements > 0
+            self._rewriter = StatementRewriter(self.pool.known_statements, enabled)
             self._framer.set_inspect(_REWRITE_INSPECT, 1 << 20)
             self._framer.stream_oversize = True
         else:
@@ -587,9 +587,20 @@ class FrontendSession(asyncio.Protocol):
             self._abandon(server, self.pool)
 
     def _abandon(self, server: ServerConnection, pool: Pool) -> None:
-        """Return a server whose client left, rolling back whatever it left open."""
+        """Return a server whose client left, rolling back whatever it left open.
+
+        Requests still running are cancelled and their replies drained within
+        _DRAIN_TIMEOUT; a transaction left open is rolled back; then the server
+        goes back to the pool. A server the client left in the middle of a
+        message is closed: the rest of that message will never come.
+        """
         server.unlink()
         reset = pool.settings.mode == "session" or pool.settings.server_reset_query_always
+        if not self._framer.at_boundary:
+            log.info("%s left in the middle of a message; closing %s", self._describe(), server)
+            server.close_when_released = True
+            pool.release(server, reset=False)
+            return
         if server.tracker.can_release():
             pool.release(server, reset=reset)
             return

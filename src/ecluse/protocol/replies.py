@@ -10,7 +10,9 @@ entry here, in wire order, with one of three actions:
     SKIP     ecluse injected it: the server's reply is swallowed
     FAKE     ecluse answers it: ``fake`` bytes go to the client when every
              request before it has been answered, exactly where the server's
-             reply would have been
+             reply would have been (``fake`` may be a function, called then,
+             for a reply that depends on the state at that point, such as the
+             transaction status in a ReadyForQuery)
 
 Rules (PostgreSQL's, from the protocol's message-flow chapter):
 1. Parse, Bind, Close answer with one message ('1', '2', '3'); Describe of a
@@ -60,6 +62,7 @@ _COMPLETES = {
 _STATEMENTS_DROPPED = (b"DEALLOCATE ALL\0", b"DISCARD ALL\0")
 
 Undo = Callable[[bytes | None], None]
+Fake = bytes | Callable[[], bytes]
 
 
 class Expected:
@@ -67,7 +70,7 @@ class Expected:
 
     __slots__ = ("action", "fake", "kind", "ok", "undo")
 
-    def __init__(self, kind: int, action: int, fake: bytes, undo: Undo | None,
+    def __init__(self, kind: int, action: int, fake: Fake, undo: Undo | None,
                  ok: Callable[[], None] | None):
         self.kind = kind
         self.action = action
@@ -98,7 +101,7 @@ class ReplyQueue:
         self._skipping = False
 
     # --- requests ------------------------------------------------------------
-    def add(self, kind: int, action: int = FORWARD, fake: bytes = b"",
+    def add(self, kind: int, action: int = FORWARD, fake: Fake = b"",
             undo: Undo | None = None, ok: Callable[[], None] | None = None) -> None:
         """Record a request, in the order it reaches (or would reach) the server."""
         if self._skipping:
@@ -117,7 +120,8 @@ class ReplyQueue:
             return b""
         out = []
         while q and q[0].action == FAKE:
-            out.append(q.popleft().fake)
+            fake = q.popleft().fake
+            out.append(fake if isinstance(fake, bytes) else fake())
         return b"".join(out)
 
     # --- replies -------------------------------------------------------------

@@ -13,7 +13,12 @@ Rules (from the protocol's message-flow chapter):
    next Sync, so a ReadyForQuery settles every request before it.
 3. Extended-protocol messages not yet followed by Sync keep the server busy
    (a Flush does not end the batch).
-No I/O here; the relay calls the ``on_*`` methods in stream order.
+4. An ErrorResponse ends COPY IN at once. A Query's COPY then gets its
+   ReadyForQuery; an Execute's COPY skips to the next Sync. Either way every
+   Sync the client sends from then on is read outside COPY and earns one, and
+   the client's late CopyData/CopyDone/CopyFail are dropped.
+No I/O here; the relay calls the ``on_*`` methods in stream order, including
+every ErrorResponse.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ecluse.protocol.codes import (
     BE_COPY_IN_RESPONSE,
     BE_COPY_OUT_RESPONSE,
     BE_EMPTY_QUERY_RESPONSE,
+    BE_ERROR_RESPONSE,
     BE_PORTAL_SUSPENDED,
     BE_READY_FOR_QUERY,
     FE_BIND,
@@ -40,6 +46,7 @@ from ecluse.protocol.codes import (
     FE_SYNC,
     STATUS_IDLE,
 )
+from ecluse.protocol.frontend import encode_copy_fail, encode_parse, encode_sync
 
 # Queue entries: what the client sent that the server will answer, in order.
 _Q = 0  # Query or FunctionCall: ends with ReadyForQuery
@@ -53,18 +60,27 @@ _COPY_ENDS = frozenset({FE_COPY_DONE, FE_COPY_FAIL})
 _COPY_IN_STARTS = frozenset({BE_COPY_IN_RESPONSE, BE_COPY_BOTH_RESPONSE})
 _EARNS_READY = frozenset({_Q, _S})
 
+# What ecluse sends to finish a departed client's requests (see finish_abandoned).
+_ABANDON_COPY = encode_copy_fail("ecluse: client disconnected")
+# A Parse that cannot succeed in any state (a syntax error, or skipped after an
+# earlier error), then the Sync that ends the batch.
+_ABANDON_BATCH = encode_parse("", "ecluse: client disconnected, batch rolled back") + \
+    encode_sync()
+
 
 class RequestTracker:
     """Count outstanding requests on one server link."""
 
-    __slots__ = ("_client_copying", "_ignore_syncs", "_open_batch", "_queue", "copy_in",
+    __slots__ = ("_client_copying", "_copy_by_execute", "_open_batch", "_queue", "copy_in",
                  "copy_out", "status")
 
     def __init__(self) -> None:
         self._queue: deque[int] = deque()
         self._open_batch = False  # extended messages sent since the last Sync
-        self._client_copying = False  # server is in COPY IN, the client has not ended it
-        self._ignore_syncs = False  # ...so the Syncs it sends now are ignored
+        # Server is in COPY IN and the client has not ended it: the Syncs the
+        # client sends now are ignored.
+        self._client_copying = False
+        self._copy_by_execute = False  # the current COPY IN came from an Execute
         self.copy_in = False
         self.copy_out = False
         self.status = STATUS_IDLE
@@ -78,7 +94,7 @@ class RequestTracker:
         if msg_type in _SIMPLE:
             self._queue.append(_Q)
         elif msg_type == FE_SYNC:
-            if self._ignore_syncs:
+            if self._client_copying:
                 return
             self._queue.append(_S)
             self._open_batch = False
@@ -88,7 +104,7 @@ class RequestTracker:
                 self._queue.append(_E)
         elif msg_type in _COPY_ENDS:
             if self._client_copying:
-                self._client_copying = self._ignore_syncs = False
+                self._client_copying = False
             else:
                 self._queue.append(_COPY_END)
 
@@ -103,11 +119,15 @@ class RequestTracker:
                     break
             self.status = status
             self.copy_in = self.copy_out = False
-            self._client_copying = self._ignore_syncs = False
+            self._client_copying = False
         elif msg_type in (BE_COMMAND_COMPLETE, BE_EMPTY_QUERY_RESPONSE, BE_PORTAL_SUSPENDED):
             self.copy_in = self.copy_out = False
             if q and q[0] == _E:
                 q.popleft()
+        elif msg_type == BE_ERROR_RESPONSE:
+            if self.copy_in:
+                self._leave_copy_in_on_error()
+            self.copy_out = False
         elif msg_type in _COPY_IN_STARTS:
             self.copy_in = True
             self._enter_copy_in()
@@ -128,6 +148,7 @@ class RequestTracker:
         if not q:
             return
         head = q[0]
+        self._copy_by_execute = head == _E
         rest = list(q)[1:]
         kept = [head]
         found_end = False
@@ -141,10 +162,24 @@ class RequestTracker:
             kept.append(entry)
         self._queue = deque(kept)
         self._client_copying = not found_end
-        self._ignore_syncs = not found_end
         if head == _E and _S not in kept:
             # The server ends an Execute's COPY only at the next Sync, and every
             # Sync sent so far was ignored: the batch is open again.
+            self._open_batch = True
+
+    def _leave_copy_in_on_error(self) -> None:
+        """The server failed the COPY IN (bad data, CopyFail, cancel, ...).
+
+        Syncs already sent were read in COPY IN and stay ignored. The server
+        reads every later one outside COPY: an Execute's COPY skips to the
+        first of them, a Query's COPY is already answered by the ReadyForQuery
+        that follows this error. The client may or may not still send
+        CopyDone/CopyFail (libpq does, others just Sync): if it does, the
+        server drops it and it is queued as a stale copy end, like any late one.
+        """
+        self.copy_in = False
+        self._client_copying = False
+        if self._copy_by_execute and _S not in self._queue:
             self._open_batch = True
 
     # --- questions -----------------------------------------------------------
@@ -163,6 +198,44 @@ class RequestTracker:
         if self._open_batch or self.copy_in:
             return False
         return all(e == _COPY_END for e in self._queue)
+
+    def awaits_copy_end(self) -> bool:
+        """True while the server is in COPY IN and the client has not ended it.
+
+        Only a CopyDone or CopyFail (from the client, or from ecluse when the
+        client is gone) can move the server on.
+        """
+        return self.copy_in and self._client_copying
+
+    def finish_abandoned(self) -> bytes:
+        """Return what to send so a server finishes the requests of a departed client.
+
+        The messages are recorded as sent. The caller must have forwarded the
+        client's messages up to a message boundary. Returns b"" when the server
+        will finish on its own (every batch closed, no COPY IN left waiting);
+        otherwise:
+
+        - CopyFail, first: it aborts a COPY IN the client never ended, even one
+          whose CopyInResponse has not arrived yet, and the server drops it
+          outside COPY;
+        - with an extended batch open, or an Execute not yet answered (it may
+          turn out to be a COPY, which ignores the Syncs after it), a Parse
+          that fails and a Sync. A plain
+          Sync would commit what the client left half done, whereas PostgreSQL
+          rolls back a client that disconnects before its Sync; after the
+          error, the Sync rolls back instead. It earns exactly one
+          ReadyForQuery whether the server is in COPY, skipping to Sync after
+          an error, or neither.
+        """
+        if self.is_done():
+            return b""
+        out = [_ABANDON_COPY]
+        self.on_client_message(FE_COPY_FAIL)
+        if self._open_batch or _E in self._queue:
+            out.append(_ABANDON_BATCH)
+            self.on_client_message(FE_PARSE)
+            self.on_client_message(FE_SYNC)
+        return b"".join(out)
 
     def can_release(self) -> bool:
         """True when the server may go back to the pool in transaction mode."""

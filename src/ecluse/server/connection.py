@@ -28,12 +28,7 @@ from ecluse.protocol.backend import (
     decode_parameter_status,
 )
 from ecluse.protocol.framing import Framer
-from ecluse.protocol.frontend import (
-    encode_copy_fail,
-    encode_query,
-    encode_sync,
-    encode_terminate,
-)
+from ecluse.protocol.frontend import encode_query, encode_terminate
 from ecluse.protocol.messages import BackendKeyData, ErrorResponse
 from ecluse.protocol.replies import ReplyQueue
 from ecluse.protocol.tracker import RequestTracker
@@ -261,6 +256,8 @@ class ServerConnection(asyncio.Protocol):
                         return
             elif msg_type in _TRACKED_REPLIES:
                 tracker.on_server_message(msg_type)
+            elif msg_type == _E:
+                tracker.on_server_message(_E)  # ends a COPY IN (tracker rule 4)
             elif msg_type == _S:
                 ps = decode_parameter_status(raw[5:])
                 self.params[ps.name] = ps.value
@@ -300,7 +297,7 @@ class ServerConnection(asyncio.Protocol):
                     client.on_server_ready(self)
                     if self.client is not client:
                         return
-            elif msg_type in _TRACKED_REPLIES:
+            elif msg_type in _TRACKED_REPLIES or msg_type == _E:
                 tracker.on_server_message(msg_type)
         if out:
             client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
@@ -353,12 +350,22 @@ class ServerConnection(asyncio.Protocol):
 
     # --- abandoned requests ------------------------------------------------
     def drain(self, finished: Callable[[], None]) -> None:
-        """Discard replies to requests a departed client left outstanding.
+        """Finish and discard the requests a departed client left outstanding.
 
-        ``finished`` runs once the tracker says every request was answered.
+        The client's messages must have reached the server whole: a server left
+        in the middle of one cannot be drained and must be closed instead. What
+        the server still needs to finish (a CopyFail for a COPY IN nobody will
+        end; a failing Parse and a Sync for an open batch, so that nothing half
+        done commits) is sent now. ``finished`` runs once every request was
+        answered; the transaction may still be open.
         """
         self._draining = finished
-        if self.tracker.is_done():
+        tracker = self.tracker
+        if not tracker.is_done():
+            finish = tracker.finish_abandoned()
+            if finish:
+                self.send(finish)
+        if tracker.is_done():
             self._finish_drain()
 
     def _on_drain_pieces(self, pieces) -> None:
@@ -371,14 +378,15 @@ class ServerConnection(asyncio.Protocol):
                 if tracker.is_done():
                     self._finish_drain()
                     return
-            elif msg_type in _TRACKED_REPLIES:
+            elif msg_type in _TRACKED_REPLIES or msg_type == _E:
                 tracker.on_server_message(msg_type)
-                if msg_type == codes.BE_COPY_IN_RESPONSE or \
-                        msg_type == codes.BE_COPY_BOTH_RESPONSE:
-                    # Nobody will finish this COPY: fail it so the server recovers.
-                    self.send(encode_copy_fail("client disconnected") + encode_sync())
-                    tracker.on_client_message(codes.FE_COPY_FAIL)
-                    tracker.on_client_message(codes.FE_SYNC)
+                if tracker.awaits_copy_end():
+                    # A COPY IN that drain() could not foresee: end it too.
+                    self.send(tracker.finish_abandoned())
+            elif msg_type == _S:
+                # Keep params true for the next client's parameter sync.
+                ps = decode_parameter_status(raw[5:])
+                self.params[ps.name] = ps.value
 
     def _finish_drain(self) -> None:
         finished, self._draining = self._draining, None

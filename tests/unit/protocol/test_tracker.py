@@ -11,7 +11,7 @@ and the last ReadyForQuery said 'I'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -246,6 +246,133 @@ def test_copy_that_fails_to_start_counts_later_syncs():
     assert _run(t, "<Z:I").can_release()
 
 
+def test_error_during_execute_copy_then_sync_without_copy_done():
+    """The client sees the COPY fail and sends Sync with no CopyDone: that Sync,
+    read after the error, ends the skip and earns the ReadyForQuery."""
+    t = _run(RequestTracker(), ">P >B >E >S <1 <2 <G >d >d <E")
+    assert not t.copy_in and not t.can_release() and t.expected_ready == 0
+    _run(t, ">S")
+    assert t.expected_ready == 1 and not t.can_release()
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_error_during_execute_copy_syncs_sent_during_copy_stay_ignored():
+    t = _run(RequestTracker(), ">P >B >E <1 <2 <G >S >d >H >S <E")
+    assert t.expected_ready == 0 and not t.can_release()
+    _run(t, ">S <Z:I")
+    assert t.can_release() and t.expected_ready == 0
+
+
+def test_error_during_execute_copy_late_copy_done_is_dropped():
+    """libpq sends CopyDone and Sync after it sees the error: the server drops
+    the CopyDone and answers the Sync; nothing stale is left for a later COPY."""
+    t = _run(RequestTracker(), ">P >B >E >S <1 <2 <G >d <E >c >S")
+    assert t.expected_ready == 1
+    _run(t, "<Z:I")
+    assert t.can_release()
+    _run(t, ">Q <G >d >c <C")
+    assert not t.can_release()
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_error_during_simple_copy_sync_before_its_ready_for_query():
+    """A Sync sent between the COPY's ErrorResponse and its ReadyForQuery is
+    read outside COPY and earns a ReadyForQuery of its own."""
+    t = _run(RequestTracker(), ">Q <G >d <E >S")
+    assert t.expected_ready == 2
+    _run(t, "<Z:I")
+    assert not t.can_release()
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_cancel_during_execute_copy_waits_for_the_clients_sync():
+    t = _run(RequestTracker(), ">P >B >E >S <1 <2 <G <E")
+    assert not t.can_release()
+    _run(t, ">c >S <Z:I")
+    assert t.can_release()
+
+
+def test_error_during_copy_out_ends_it():
+    t = _run(RequestTracker(), ">Q <H <d")
+    assert t.copy_out
+    _run(t, "<E")
+    assert not t.copy_out and not t.can_release()
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_error_outside_copy_changes_nothing():
+    t = _run(RequestTracker(), ">P >B >E >S <1 <E")
+    assert t.expected_ready == 1 and not t.can_release()
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_awaits_copy_end():
+    t = _run(RequestTracker(), ">Q")
+    assert not t.awaits_copy_end()
+    _run(t, "<G >d")
+    assert t.awaits_copy_end()
+    _run(t, ">c")
+    assert not t.awaits_copy_end() and t.copy_in
+    t = _run(RequestTracker(), ">Q <G <E")
+    assert not t.awaits_copy_end()
+
+
+# --- finish_abandoned: what ecluse sends for a client that left -------------------------
+
+def _types(data: bytes) -> str:
+    """The message types in a run of encoded frontend messages."""
+    out, pos = [], 0
+    while pos < len(data):
+        out.append(chr(data[pos]))
+        pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+    assert pos == len(data)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("script", ["", ">Q <C <Z:I", ">Q <C <Z:T", ">P >B >E >S <1 <2 <C <Z:I"])
+def test_finish_abandoned_sends_nothing_when_nothing_waits(script):
+    t = _run(RequestTracker(), script)
+    assert t.finish_abandoned() == b""
+
+
+@pytest.mark.parametrize(("script", "sent", "replies"), [
+    # A query still running: the CopyFail is dropped after it.
+    (">Q <T <D", "f", "<D <C <Z:I"),
+    # A closed extended batch still running: its Execute might yet start a COPY
+    # (which would ignore the Sync), so a failing Parse and a Sync follow.
+    (">P >B >E >S <1 <2 <D", "fPS", "<C <Z:I <E <Z:I"),
+    (">P >B >E >S", "fPS", "<1 <2 <G <E <Z:I"),
+    # COPY IN by Query, data half sent: CopyFail ends it.
+    (">Q <G >d", "f", "<E <Z:I"),
+    # COPY IN by Execute: CopyFail, then the Sync the skip needs.
+    (">P >B >E >S <1 <2 <G >d", "fPS", "<E <Z:I"),
+    # The COPY has not been answered yet, by Query and by Execute.
+    (">Q", "f", "<G <E <Z:I"),
+    (">P >B >E", "fPS", "<1 <2 <G <E <Z:I"),
+    # Flush without Sync: the batch is rolled back, not committed.
+    (">P >B >E >H <1 <2 <C", "fPS", "<E <Z:I"),
+    (">P >B >D >H <1 <2 <T", "fPS", "<E <Z:I"),
+    # An error already made the server skip: the Parse is skipped too.
+    (">P >B >E <1 <E", "fPS", "<Z:I"),
+    # Client sent its CopyDone but not the Sync.
+    (">P >B >E <1 <2 <G >d >c <C", "fPS", "<E <Z:I"),
+])
+def test_finish_abandoned(script, sent, replies):
+    t = _run(RequestTracker(), script)
+    assert _types(t.finish_abandoned()) == sent
+    assert not t.can_release()
+    _run(t, replies)
+    assert t.can_release() and t.expected_ready == 0 and not t.copy_in
+    assert t.finish_abandoned() == b""
+
+
+def test_finish_abandoned_in_a_transaction_block():
+    t = _run(RequestTracker(), ">Q <C <Z:T >P >B >E >H <1 <2 <C")
+    assert _types(t.finish_abandoned()) == "fPS"
+    _run(t, "<E <Z:E")
+    assert t.is_done() and not t.can_release()  # the caller rolls back
+
+
 def test_reset_forgets_everything():
     t = _run(RequestTracker(), ">P >B >E >Q <G")
     t.reset()
@@ -329,8 +456,8 @@ class Server:
                 return []  # ignored during COPY IN
             if msg_type == "d":
                 return self._copy_error() if meaning else []
-            if msg_type == "f":
-                return self._copy_error()
+            if msg_type in ("f", "P", "B", "D", "E", "Q", "F"):
+                return self._copy_error()  # any non-copy message aborts COPY IN
             assert msg_type == "c", msg_type
             simple = self.mode == "copy_simple"
             self.mode = "normal"
@@ -357,6 +484,11 @@ class Server:
         if msg_type == "S":
             return [self._ready()]
         if msg_type == "P":
+            if meaning == FAIL:  # a Parse that fails (ecluse's, for a departed client)
+                self.mode = "skip"
+                if self.txn == "T":
+                    self.txn = "E"
+                return [("E", "")]
             return [("1", "")]
         if msg_type == "B":
             return [("2", "")]
@@ -398,18 +530,26 @@ def extended_batch(draw):
     return [*msgs, ("S", None)]
 
 
-def _copy_body(draw) -> list[tuple[str, object]]:
+WAIT = "wait"  # meaning of a Sync the client sends only after it saw the error
+
+
+def _copy_body(draw, extended: bool) -> list[tuple[str, object]]:
+    """CopyData then CopyDone or CopyFail (and the Sync an Execute's COPY needs),
+    or a bad CopyData and, once the client has seen the error, a bare Sync."""
     n = draw(st.integers(min_value=0, max_value=3))
+    if draw(st.integers(min_value=0, max_value=3)) == 0:
+        return [*[("d", False)] * n, ("d", True), ("S", WAIT)]
     bad = draw(st.one_of(st.none(), st.integers(min_value=0, max_value=max(n - 1, 0))))
     data: list[tuple[str, object]] = [("d", i == bad) for i in range(n)]
-    return [*data, (draw(st.sampled_from(["c", "c", "f"])), None)]
+    end = [(draw(st.sampled_from(["c", "c", "f"])), None)]
+    return [*data, *end, *([("S", None)] if extended else [])]
 
 
 @st.composite
 def simple_copy(draw):
     start = draw(st.sampled_from([COPY, COPY, COPY_FAILS]))
     sync = [("S", None)] if draw(st.booleans()) else []  # a library that always syncs
-    return [("Q", [start]), *sync, *_copy_body(draw)]
+    return [("Q", [start]), *sync, *_copy_body(draw, extended=False)]
 
 
 @st.composite
@@ -418,7 +558,7 @@ def extended_copy(draw):
     head = [("P", None), ("B", None), ("E", start)]
     if draw(st.booleans()):
         head.append(("S", None))  # libpq syncs before it knows this is a COPY
-    return [*head, *_copy_body(draw), ("S", None)]
+    return [*head, *_copy_body(draw, extended=True)]
 
 
 requests = st.lists(
@@ -428,63 +568,111 @@ requests = st.lists(
 )
 
 
-@dataclass
-class Trace:
-    """Client messages with the replies each one causes, in server order."""
-
-    sent: list[str] = field(default_factory=list)
-    replies: list[list[tuple[str, str]]] = field(default_factory=list)
-    idle: list[bool] = field(default_factory=list)  # idle[n]: server waits for nothing
+def _message_types(data: bytes) -> list[str]:
+    return list(_types(data))
 
 
-def _trace(reqs: list[list[tuple[str, object]]]) -> Trace:
-    server = Server()
-    trace = Trace(idle=[True])
-    for req in reqs:
-        for msg_type, meaning in req:
-            trace.sent.append(msg_type)
-            trace.replies.append(server.receive(msg_type, meaning))
-            trace.idle.append(not server.is_waiting())
-    assert server.mode == "normal"
-    return trace
+class Exchange:
+    """One client, the model server and the tracker, stepped in a causally valid order.
+
+    Each client message is answered by the model as soon as it is sent (the
+    model has no timing), and its replies are delivered to the tracker later,
+    in order, interleaved with further client messages.
+    """
+
+    def __init__(self, tracker: RequestTracker):
+        self.tracker = tracker
+        self.server = Server()
+        self.sent: list[str] = []
+        self.replies: list[list[tuple[str, str]]] = []
+        self.delivered: list[int] = []
+        self.cursor = 0  # the message whose replies are being delivered
+        self.last_status = "I"
+
+    def send(self, msg_type: str, meaning: object, to_tracker: bool = True) -> None:
+        self.sent.append(msg_type)
+        self.replies.append(self.server.receive(msg_type, meaning))
+        self.delivered.append(0)
+        if to_tracker:
+            self.tracker.on_client_message(ord(msg_type))
+
+    def can_reply(self) -> bool:
+        while self.cursor < len(self.sent) and \
+                self.delivered[self.cursor] == len(self.replies[self.cursor]):
+            self.cursor += 1
+        return self.cursor < len(self.sent)
+
+    def reply(self) -> None:
+        i = self.cursor
+        msg_type, status = self.replies[i][self.delivered[i]]
+        self.delivered[i] += 1
+        self.tracker.on_server_message(ord(msg_type), ord(status) if status else 0)
+        if msg_type == "Z":
+            self.last_status = status
+
+    def saw_error(self) -> bool:
+        """True once the client has every reply up to the last message's first error."""
+        if not self.sent:
+            return True
+        last = len(self.sent) - 1
+        if any(self.delivered[i] < len(self.replies[i]) for i in range(last)):
+            return False
+        kinds = [t for t, _ in self.replies[last]]
+        need = kinds.index("E") + 1 if "E" in kinds else len(kinds)
+        return self.delivered[last] >= need
+
+    def check(self) -> None:
+        # Free exactly when the server has answered everything it was sent and
+        # needs nothing more to finish a request. A client may still owe late
+        # copy messages the server will drop (pgbouncer #1470): that is free.
+        answered = all(d == len(r) for d, r in zip(self.delivered, self.replies, strict=True))
+        expected = not self.server.is_waiting() and answered and self.last_status == "I"
+        assert self.tracker.can_release() == expected, (
+            f"after {self.sent} and replies {self.delivered} of {self.replies}")
+
+
+def _drive(reqs, data, depart_at: int | None) -> Exchange:
+    msgs = [m for req in reqs for m in req]
+    ex = Exchange(RequestTracker())
+    n_sent = 0
+    departed = False
+    limit = len(msgs) if depart_at is None else min(depart_at, len(msgs))
+    while True:
+        can_reply = ex.can_reply()
+        can_depart = depart_at is not None and not departed and n_sent == limit
+        can_send = not departed and n_sent < limit and (
+            msgs[n_sent][1] != WAIT or ex.saw_error())
+        if can_depart and (not can_reply or data.draw(st.booleans())):
+            departed = True
+            for msg_type in _message_types(ex.tracker.finish_abandoned()):
+                ex.send(msg_type, FAIL if msg_type == "P" else None, to_tracker=False)
+        elif can_send and (not can_reply or data.draw(st.booleans())):
+            ex.send(*msgs[n_sent])
+            n_sent += 1
+        elif can_reply:
+            ex.reply()
+        else:
+            break
+        ex.check()
+    return ex
 
 
 @settings(max_examples=400, deadline=None)
 @given(reqs=requests, data=st.data())
 def test_tracker_agrees_with_a_model_server(reqs, data):
-    trace = _trace(reqs)
-    tracker = RequestTracker()
-    n_sent = 0
-    delivered = [0] * len(trace.sent)  # replies delivered per client message
-    reply_cursor = 0  # the client message whose replies are being delivered
-    last_status = "I"
+    ex = _drive(reqs, data, depart_at=None)
+    assert ex.server.mode == "normal"
+    assert ex.tracker.can_release() == (ex.last_status == "I")
+    assert ex.tracker.expected_ready == 0
 
-    def all_answered() -> bool:
-        return all(delivered[i] == len(trace.replies[i]) for i in range(n_sent))
 
-    while n_sent < len(trace.sent) or reply_cursor < len(trace.sent):
-        while reply_cursor < n_sent and delivered[reply_cursor] == len(
-                trace.replies[reply_cursor]):
-            reply_cursor += 1
-        can_reply = reply_cursor < n_sent
-        can_send = n_sent < len(trace.sent)
-        if not can_reply and not can_send:
-            break
-        if can_send and (not can_reply or data.draw(st.booleans())):
-            tracker.on_client_message(ord(trace.sent[n_sent]))
-            n_sent += 1
-        else:
-            msg_type, status = trace.replies[reply_cursor][delivered[reply_cursor]]
-            delivered[reply_cursor] += 1
-            tracker.on_server_message(ord(msg_type), ord(status) if status else 0)
-            if msg_type == "Z":
-                last_status = status
-        # Free exactly when the server has answered everything it was sent and
-        # needs nothing more to finish a request. A client may still owe late
-        # copy messages the server will drop (pgbouncer #1470): that is free.
-        expected = trace.idle[n_sent] and all_answered() and last_status == "I"
-        assert tracker.can_release() == expected, (
-            f"after {trace.sent[:n_sent]} and replies {delivered[:n_sent]} of "
-            f"{trace.replies[:n_sent]}")
-    assert tracker.can_release() == (last_status == "I")
-    assert tracker.expected_ready == 0
+@settings(max_examples=400, deadline=None)
+@given(reqs=requests, data=st.data())
+def test_finish_abandoned_leaves_the_model_server_free(reqs, data):
+    """The client leaves at any message boundary; what finish_abandoned sends
+    makes the server answer everything, and the tracker knows exactly when."""
+    n = sum(len(r) for r in reqs)
+    ex = _drive(reqs, data, depart_at=data.draw(st.integers(min_value=0, max_value=n)))
+    assert ex.server.mode == "normal" and not ex.server.is_waiting()
+    assert ex.tracker.is_done() and ex.tracker.expected_ready == 0
+    assert ex.tracker.can_release() == (ex.last_status == "I")
