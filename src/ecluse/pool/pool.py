@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
+from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.codes import STATUS_IDLE
 from ecluse.server.connection import ServerConnection, ServerState
@@ -78,6 +79,7 @@ class Pool:
         self.last_error: Exception | None = None
         self.paused = False
         self.closed = False
+        self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
         self.known_statements: dict[str, None] = {}
@@ -379,8 +381,23 @@ class Pool:
         if self.waiters:
             self._dispatch()
 
+    def listen_hub(self) -> ListenHub:
+        """Return the pool's LISTEN/NOTIFY hub (pool/listener.py), made on first use.
+
+        A hub closed by close_all() is replaced while the pool itself stays open.
+        """
+        hub = self._listen_hub
+        if hub is None or (hub.closed and not self.closed):
+            hub = self._listen_hub = ListenHub(self)
+        return hub
+
     def close_all(self, predicate: Callable[[ServerConnection], bool] | None = None) -> None:
-        """Close idle servers now and mark busy ones to close on release."""
+        """Close idle servers now and mark busy ones to close on release.
+
+        Without ``predicate`` the LISTEN hub's connection is closed too.
+        """
+        if predicate is None and self._listen_hub is not None:
+            self._listen_hub.close()
         for server in list(self.idle):
             if predicate is None or predicate(server):
                 self._set_state(server, ServerState.USED)
