@@ -2,7 +2,9 @@
 
 Starts a throwaway PostgreSQL cluster, loads pgbench's tables, starts each pooler
 once with the same PgBouncer-format config, then runs ``pgbench -S`` for every
-(target, clients, protocol), repeating the whole grid --repeat times with the
+(target, clients, protocol), protocol being pgbench's -M simple, extended or
+prepared (skipped, and reported "unsupported", where a target cannot do it),
+repeating the whole grid --repeat times with the
 targets taken round-robin inside each repetition, so that drift on the machine
 (thermal, other load) is shared out between them. Medians go to stdout and to
 bench/results/ as JSON, a PNG plot and a markdown table. See bench/README.md.
@@ -34,16 +36,22 @@ from procstat import tree_cpu_seconds
 from targets import EcluseTarget, PgBouncerTarget, PoolerTarget, Target, first_line
 from workload import clean_env, find_pgbench, pgbench_command, run_pgbench
 
+import ecluse
 from ecluse.devcluster import PgCluster, ensure_postgres_installed
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 TARGETS = ("direct", "pgbouncer", "ecluse")
-PROTOCOLS = ("simple", "extended")
+PROTOCOLS = ("simple", "extended", "prepared")
 DBNAME = "bench"
 USER = "postgres"
 QUICK_DURATION = 3
 DEFAULT_DURATION = 10
+DEFAULT_REPEAT = 3
+DEFAULT_CLIENTS = [1, 10, 100, 500]
+# --quick: one pass over fewer client counts, about 2 minutes for the 3 targets x 3 protocols.
+QUICK_REPEAT = 1
+QUICK_CLIENTS = [1, 10, 100]
 
 
 def _int_list(text: str) -> list[int]:
@@ -74,16 +82,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, metavar="S",
                    help=f"seconds per pgbench run (default {DEFAULT_DURATION}, "
                         f"{QUICK_DURATION} with --quick)")
-    p.add_argument("--repeat", type=int, default=3, metavar="R",
-                   help="repetitions of the whole grid; medians are reported (default 3)")
-    p.add_argument("--clients", type=_int_list, default=[1, 10, 100, 500],
-                   help="pgbench client counts (default 1,10,100,500)")
+    p.add_argument("--repeat", type=int, metavar="R",
+                   help=f"repetitions of the whole grid; medians are reported (default "
+                        f"{DEFAULT_REPEAT}, {QUICK_REPEAT} with --quick)")
+    p.add_argument("--clients", type=_int_list,
+                   help="pgbench client counts (default "
+                        f"{','.join(map(str, DEFAULT_CLIENTS))}, "
+                        f"{','.join(map(str, QUICK_CLIENTS))} with --quick)")
     p.add_argument("--protocols", type=_choices(PROTOCOLS), default=list(PROTOCOLS),
-                   help="pgbench -M modes (default simple,extended)")
+                   help=f"pgbench -M modes (default {','.join(PROTOCOLS)})")
     p.add_argument("--targets", type=_choices(TARGETS), default=list(TARGETS),
                    help="what to benchmark (default direct,pgbouncer,ecluse)")
     p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_DURATION} s runs and a shorter warm-up")
+                   help=f"{QUICK_DURATION} s runs, {QUICK_REPEAT} repetition, clients "
+                        f"{','.join(map(str, QUICK_CLIENTS))} and a shorter warm-up "
+                        "(each can still be set explicitly)")
     p.add_argument("--pool-size", type=int, default=20,
                    help="default_pool_size of both poolers (default 20)")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
@@ -92,6 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
+    if args.repeat is None:
+        args.repeat = QUICK_REPEAT if args.quick else DEFAULT_REPEAT
+    if args.clients is None:
+        args.clients = list(QUICK_CLIENTS if args.quick else DEFAULT_CLIENTS)
     if args.duration < 1 or args.repeat < 1 or args.pool_size < 1 or args.scale < 1:
         p.error("--duration, --repeat, --pool-size and --scale must be positive")
     return args
@@ -125,8 +142,11 @@ class Bench:
         self.cluster: PgCluster | None = None
         self.targets: list[Target] = []
         self.skipped: dict[str, str] = {}
+        self.unsupported: dict[tuple[str, str], str] = {}  # (target, protocol) -> why
+        self.reported_failures: set[tuple[str, str]] = set()
         self.pgbench = ""
         self.runs: list[dict] = []
+        self.loadavg_start = list(os.getloadavg())
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
@@ -188,6 +208,10 @@ class Bench:
             if isinstance(target, PoolerTarget):
                 say(f"{name} listening on {target.host}:{target.port} (pid {target.pid})")
             self.targets.append(target)
+            for protocol in self.args.protocols:
+                if (why := target.unsupported(protocol)) is not None:
+                    self.unsupported[name, protocol] = why
+                    say(f"not running {name} with -M {protocol}: {why}")
 
     def cleanup(self) -> None:
         """Stop the poolers, then PostgreSQL, then remove the temp directory."""
@@ -237,7 +261,8 @@ class Bench:
             rotated = self.targets[k:] + self.targets[:k]
             for clients in self.args.clients:
                 for protocol in self.args.protocols:
-                    order += [(rep, target, clients, protocol) for target in rotated]
+                    order += [(rep, target, clients, protocol) for target in rotated
+                              if (target.name, protocol) not in self.unsupported]
         return order
 
     def measure(self, rep: int, target: Target, clients: int, protocol: str) -> dict:
@@ -270,7 +295,22 @@ class Bench:
         run["postgres_cpu_s_per_1k_tx"] = (run["postgres_cpu_s"] / kilo_tx
                                            if run["postgres_cpu_s"] is not None and kilo_tx
                                            else None)
+        if result.error:
+            run["pgbench_output"] = result.output
+            if isinstance(target, PoolerTarget):
+                run["pooler_log_tail"] = target.log_tail(30)
         return run
+
+    def report_failure(self, run: dict) -> None:
+        """Print pgbench's output and the pooler's log the first time a combination fails."""
+        key = (run["target"], run["protocol"])
+        if key in self.reported_failures:
+            return
+        self.reported_failures.add(key)
+        say(f"{run['target']} -M {run['protocol']} failed; pgbench said:\n"
+            + (run.get("pgbench_output") or "(nothing)"))
+        if run.get("pooler_log_tail"):
+            say(run["pooler_log_tail"])
 
     def run_all(self) -> None:
         order = self.schedule()
@@ -290,6 +330,8 @@ class Bench:
                 summary += f" [{run['error']}]"
             say(f"[{n:>3}/{len(order)}] rep {rep + 1} {target.name:<9} {protocol:<8} "
                 f"c={clients:<4} {summary}")
+            if run.get("error"):
+                self.report_failure(run)
             time.sleep(0.5)  # let exiting backends and sockets settle
 
     # -- describing the run ------------------------------------------------------------------
@@ -303,6 +345,10 @@ class Bench:
             "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": _cpu_model(),
             "mem_total_gb": _mem_total_gb(),
+            # 1/5/15-minute load averages before the first run and after the last: other
+            # work on the machine shows up here (the benchmark itself raises them too).
+            "loadavg_start": self.loadavg_start,
+            "loadavg_end": list(os.getloadavg()),
             "kernel": platform.release(),
             "python_version": platform.python_version(),
             "python_implementation": platform.python_implementation(),
@@ -314,12 +360,15 @@ class Bench:
             "ecluse_version": first_line([sys.executable, "-m", "ecluse", "--version"]),
             "ecluse_git": first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short",
                                       "HEAD"]),
+            # The package actually run (PYTHONPATH may point at another checkout).
+            "ecluse_module": os.path.dirname(ecluse.__file__),
         }
 
     def document(self) -> dict:
         a = self.args
         names = [t.name for t in self.targets]
         order = [(t, p, c) for p in a.protocols for c in a.clients for t in names]
+        median = report.medians(self.runs, order, self.unsupported)
         return {
             "date": datetime.date.today().isoformat(),
             "finished_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -333,7 +382,10 @@ class Bench:
                          "round-robin (rotated each repetition)",
             },
             "skipped_targets": self.skipped,
-            "median": report.medians(self.runs, order),
+            "unsupported": [{"target": t, "protocol": p, "reason": why}
+                            for (t, p), why in self.unsupported.items()],
+            "median": median,
+            "prepared_vs_extended": report.prepared_gain(median),
             "runs": self.runs,
         }
 
@@ -388,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
     print(report.text_table(doc["median"]))
+    for line in report.gain_lines(doc["prepared_vs_extended"]):
+        print(line)
     for path in report.write_all(args.results_dir, doc):
         say(f"wrote {os.path.relpath(path)}")
     return 0

@@ -4,6 +4,12 @@ Both poolers get the same PgBouncer-format config (transaction pooling, trust
 auth, one database ``bench``), run as one process each, in their own session so
 that a Ctrl-C in the terminal reaches only us and we stop them in order.
 
+Both poolers keep server-side prepared statements per server connection
+(``max_prepared_statements = 200``), which ``pgbench -M prepared`` needs in
+transaction mode. PgBouncer learnt that in 1.21; an older PgBouncer is not run
+with ``-M prepared`` at all (``unsupported()``), since pgbench would only fail
+with ``prepared statement "P_0" already exists``.
+
 Rules:
 1. Every process started here is stopped by ``stop()``, by its own pid/group.
 2. PgBouncer refuses to run as root, so when we are root it runs as ``postgres``.
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +35,12 @@ from ecluse.devcluster import find_free_port
 PGBOUNCER_PATHS = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
 SERVER_USER = "postgres"
 BENCH_USER = "postgres"
+# Server-side prepared statements kept per server connection: ecluse's default, and the
+# value PgBouncer's own documentation suggests trying first.
+MAX_PREPARED_STATEMENTS = 200
+# The first PgBouncer that tracks protocol-level prepared statements in transaction mode.
+PGBOUNCER_PREPARED_SINCE = (1, 21)
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 class Target:
@@ -61,6 +74,10 @@ class Target:
     def version(self) -> str | None:
         return None
 
+    def unsupported(self, protocol: str) -> str | None:
+        """Return why pgbench ``-M protocol`` cannot run against this target, or None."""
+        return None
+
 
 class PoolerTarget(Target):
     """A pooler run as a child process from a config file in its own temp directory."""
@@ -81,6 +98,10 @@ class PoolerTarget(Target):
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def extra_settings(self) -> list[str]:
+        """Return ``key = value`` lines this pooler adds to the shared [pgbouncer] section."""
+        return []
+
     def config_text(self) -> str:
         """Return the PgBouncer-format config both poolers are given."""
         return "\n".join([
@@ -98,6 +119,7 @@ class PoolerTarget(Target):
             "max_client_conn = 10000",
             "log_connections = 0",
             "log_disconnections = 0",
+            *self.extra_settings(),
             "",
         ])
 
@@ -176,6 +198,7 @@ class PgBouncerTarget(PoolerTarget):
     def __init__(self, *args, executable: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.executable = executable
+        self._version = first_line([executable, "--version"])
 
     @staticmethod
     def find() -> str | None:
@@ -204,7 +227,28 @@ class PgBouncerTarget(PoolerTarget):
         return {"user": SERVER_USER, "group": SERVER_USER, "extra_groups": []}
 
     def version(self) -> str | None:
-        return first_line([self.executable, "--version"])
+        return self._version
+
+    def supports_prepared(self) -> bool:
+        """Tell whether this PgBouncer keeps prepared statements in transaction mode."""
+        numbers = parse_version(self._version)
+        return numbers is not None and numbers >= PGBOUNCER_PREPARED_SINCE
+
+    def unsupported(self, protocol: str) -> str | None:
+        if protocol != "prepared" or self.supports_prepared():
+            return None
+        need = ".".join(map(str, PGBOUNCER_PREPARED_SINCE))
+        if parse_version(self._version) is None:
+            return (f"cannot tell the PgBouncer version ({self._version!r}); "
+                    f"-M prepared needs {need}+")
+        return (f"{self._version} has no prepared statements in transaction mode; "
+                f"needs {need}+")
+
+    def extra_settings(self) -> list[str]:
+        # Older versions reject the unknown key, so it is written only where it means something.
+        if self.supports_prepared():
+            return [f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}"]
+        return []
 
 
 class EcluseTarget(PoolerTarget):
@@ -218,6 +262,10 @@ class EcluseTarget(PoolerTarget):
     def version(self) -> str | None:
         return first_line([sys.executable, "-m", "ecluse", "--version"])
 
+    def extra_settings(self) -> list[str]:
+        # ecluse's default, spelled out so that -M prepared never depends on a default moving.
+        return [f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}"]
+
     @staticmethod
     def check() -> str | None:
         """Return why ecluse cannot be benchmarked, or None when ``--help`` works."""
@@ -229,6 +277,12 @@ class EcluseTarget(PoolerTarget):
         if probe.returncode != 0:
             return (probe.stderr.strip().splitlines() or ["python -m ecluse --help failed"])[-1]
         return None
+
+
+def parse_version(text: str | None) -> tuple[int, int] | None:
+    """Return (major, minor) from a line such as ``PgBouncer 1.18.0``, or None."""
+    m = _VERSION_RE.search(text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def first_line(cmd: list[str]) -> str | None:

@@ -42,6 +42,7 @@ class PgbenchResult:
     mean_ms: float | None = None
     latency_samples: int = 0
     error: str | None = None
+    output: str = ""  # pgbench's stdout and stderr, kept to explain a failed run
 
 
 def find_pgbench(bindir: str | None = None) -> str:
@@ -66,7 +67,10 @@ def clean_env() -> dict[str, str]:
 def pgbench_command(pgbench: str, host: str, port: int, dbname: str, user: str,
                     clients: int, protocol: str, duration: int,
                     log_prefix: str | None) -> list[str]:
-    """Build the select-only pgbench command line (-j capped at 2 threads)."""
+    """Build the select-only pgbench command line (-j capped at 2 threads).
+
+    ``protocol`` is pgbench's -M: simple, extended or prepared.
+    """
     cmd = [
         pgbench, "-n", "-S", "-M", protocol, "-c", str(clients), "-j", str(min(clients, 2)),
         "-T", str(duration), "-h", host, "-p", str(port), "-U", user,
@@ -92,9 +96,15 @@ def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None) -> Pgben
         raise
     latencies = read_latencies(log_prefix) if log_prefix is not None else []
     result = parse_summary(out)
+    # stderr first (per-client errors, at most the last 30 lines), then the summary.
+    result.output = "\n".join([*err.strip().splitlines()[-30:], out.strip()]).strip()
     if proc.returncode != 0 or result.tps is None:
         tail = " | ".join((err or out).strip().splitlines()[-3:])
         result.error = f"pgbench exit {proc.returncode}: {tail}"
+    elif result.failed:
+        # pgbench exits 0 when failed transactions were only counted; still not a clean run.
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        result.error = f"{result.failed} failed transactions" + (f": {tail}" if tail else "")
     if latencies:
         latencies.sort()
         result.latency_samples = len(latencies)

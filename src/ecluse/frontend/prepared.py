@@ -84,9 +84,10 @@ class StatementRewriter:
 
     def __init__(self, known_good: dict[str, None] | None = None, enabled: bool = True) -> None:
         self.enabled = enabled  # False (max_prepared_statements = 0): names pass through
-        # Sees the SQL of each Query and Parse (kind, text); for a Query it may return
-        # the reply to fake instead of sending it (e.g. DEALLOCATE of a client name).
-        self.sql_hook: Callable[[int, bytes], rq.Fake | None] | None = None
+        # Sees the SQL of each Query and Parse (kind, text, whether the Parse names its
+        # statement); for a Query it may return the reply to fake instead of sending it
+        # (e.g. DEALLOCATE of a client name).
+        self.sql_hook: Callable[[int, bytes | None, bool], rq.Fake | None] | None = None
         self.statements: dict[bytes, ClientStatement] = {}
         # Server names some server of this pool has parsed without error, shared by
         # the pool's clients: a client may prepare one of these without a server.
@@ -173,15 +174,20 @@ class StatementRewriter:
                     self._drop_rest = not end
                     continue
                 self._skip_to_sync = False
-            if msg_type == codes.FE_QUERY and self.sql_hook is not None and end:
-                fake = self.sql_hook(codes.FE_QUERY, bytes(raw[5:-1]))
+            if msg_type == codes.FE_QUERY and self.sql_hook is not None and start:
+                # Text too long to hold whole is passed as None: the hook must assume
+                # the worst about it.
+                fake = self.sql_hook(codes.FE_QUERY, bytes(raw[5:-1]) if end else None, False)
                 if fake is not None:
                     self.replies.add(rq.QUERY, rq.FAKE, fake)
                     continue
-            elif msg_type == codes.FE_PARSE and self.sql_hook is not None and end:
-                name_end = _cstr_end(raw, 5, "Parse")
-                text = bytes(raw[name_end + 1:])
-                self.sql_hook(codes.FE_PARSE, text[:text.find(b"\0")])
+            elif msg_type == codes.FE_PARSE and self.sql_hook is not None and start:
+                if end:
+                    name_end = _cstr_end(raw, 5, "Parse")
+                    text = bytes(raw[name_end + 1:])
+                    self.sql_hook(codes.FE_PARSE, text[:text.find(b"\0")], name_end > 5)
+                else:
+                    self.sql_hook(codes.FE_PARSE, None, True)
             if not self.enabled and msg_type in _NAMING:
                 out.append(raw)
                 tracker.on_client_message(msg_type)

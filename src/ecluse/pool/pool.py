@@ -264,6 +264,9 @@ class Pool:
         reset = self.settings.server_reset_query.upper()
         if "DISCARD ALL" in reset or "DEALLOCATE ALL" in reset:
             server.prepared.clear()  # the reset dropped the server's prepared statements
+        if "DISCARD ALL" in reset or "RESET ALL" in reset:
+            server.session_settings.clear()
+            server.params.pop("search_path", None)
         server.last_used = time.monotonic()
         self._set_state(server, ServerState.IDLE)
         self._dispatch()

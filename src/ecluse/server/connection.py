@@ -110,6 +110,9 @@ class ServerConnection(asyncio.Protocol):
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self.close_when_released = False  # set by RECONNECT, lifetime, errors
+        # Settings a client SET for its session (not the tracked parameters), as the
+        # last probe or settings sync left them (server/state.py).
+        self.session_settings: dict[str, str] = {}
         self.slot_held = False  # counted in the registry's cross-pool limits
         self.cancel_in_flight = False  # a CancelRequest for this server not yet delivered
         self.after_cancels: Callable[[], None] | None = None  # run once they are
@@ -285,22 +288,28 @@ class ServerConnection(asyncio.Protocol):
                 continue
             if replies.on_reply(msg_type, raw):
                 out.append(raw)
+            if msg_type == _Z:
+                tracker.on_server_message(_Z, raw[5])
+            elif msg_type in _TRACKED_REPLIES or msg_type == _E:
+                tracker.on_server_message(msg_type)
+            # After the tracker: a fake ReadyForQuery reports the status this one set.
             fakes = replies.take_fakes()
             if fakes:
                 out.append(fakes)
-            if msg_type == _Z:
-                tracker.on_server_message(_Z, raw[5])
-                if tracker.is_done():
-                    if out:
-                        client.write_from_server(b"".join(out))
-                        out = []
-                    client.on_server_ready(self)
-                    if self.client is not client:
-                        return
-            elif msg_type in _TRACKED_REPLIES or msg_type == _E:
-                tracker.on_server_message(msg_type)
+            if msg_type == _Z and tracker.is_done():
+                if out:
+                    client.write_from_server(b"".join(out))
+                    out = []
+                client.on_server_ready(self)
+                if self.client is not client:
+                    return
         if out:
             client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+
+    @property
+    def relay_at_boundary(self) -> bool:
+        """True when no server message is partly relayed to the client."""
+        return self._framer.at_boundary
 
     # --- ecluse's own queries ----------------------------------------------
     def run_internal(self, sql: str, done: InternalDone, rows: list[Row] | None = None) -> None:
