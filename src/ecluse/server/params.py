@@ -50,7 +50,12 @@ def build_sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> s
             continue
         if current.get(name) == want:
             continue
-        stmts.append(f"SET {name} TO {quote_literal(want)}")
+        if name == "search_path":
+            # A list: SET would take the whole text as one schema name.
+            stmts.append("SELECT pg_catalog.set_config('search_path', "
+                         f"{quote_literal(want)}, false)")
+        else:
+            stmts.append(f"SET {name} TO {quote_literal(want)}")
     if not stmts:
         return None
     return ";".join(stmts)

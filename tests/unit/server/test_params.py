@@ -50,3 +50,8 @@ def test_quote_literal_cannot_be_escaped_from(value):
             out.append(ch)
             i += 1
     assert "".join(out) == value
+
+
+def test_search_path_is_set_as_a_list():
+    sql = build_sync_query({"search_path": "a, \"B c\""}, {})
+    assert sql == "SELECT pg_catalog.set_config('search_path', E'a, \"B c\"', false)"
