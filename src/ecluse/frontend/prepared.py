@@ -16,7 +16,21 @@ The replies the client did not ask for are swallowed and the ones it asked for
 are produced in wire order by a ReplyQueue (protocol/replies.py). A request
 ecluse must refuse (an unknown name, a duplicate name) gets the ErrorResponse
 PostgreSQL would send, and the client's messages up to its Sync are dropped,
-as the server would skip them.
+as the server would skip them. The server is made to fail at that same point
+(a Bind of a statement it cannot have, whose error is replaced by ecluse's):
+PostgreSQL would abort the transaction there, explicit or implicit, so that
+nothing the client sent before the error in that transaction commits.
+
+A schema change can change a statement's result type. PostgreSQL then refuses
+every Bind or Describe of a statement prepared before ("cached plan must not
+change result type", 0A000) until the client prepares it again. Statements
+shared by many clients must not dodge that: once a server reports it for a
+server name, that name is outdated pool-wide. The client statements under it
+are refused with the same error, and new ones get the next generation's name,
+so they never meet an old plan left on another server. (A client whose
+statement was described before the change and is next bound on a server that
+never had it, before any server has reported the change, still gets rows of the
+new type: nothing tells ecluse of the change without a round trip.)
 
 No I/O: the session hands over the framed client pieces and the linked server's
 PreparedCache and RequestTracker, and sends what comes back.
@@ -31,6 +45,7 @@ from collections.abc import Callable
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
+from ecluse.protocol import frontend as fe
 from ecluse.protocol import replies as rq
 from ecluse.protocol.backend import decode_error_fields
 from ecluse.protocol.framing import Piece
@@ -47,6 +62,17 @@ SERVER_NAME_PREFIX = "ecluse_"
 _NAMING = frozenset({codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRIBE, codes.FE_CLOSE})
 _PLAIN_KIND = {codes.FE_PARSE: rq.PARSE, codes.FE_BIND: rq.BIND, codes.FE_CLOSE: rq.CLOSE}
 KNOWN_GOOD_LIMIT = 10_000
+# Keys of ``known_good`` for server names whose result type changed under them.
+_OUTDATED = "!"
+# Injected where ecluse refuses a request: no server has a statement of that name, so
+# the server fails right there and skips to Sync, as it would have for the request.
+_FAILING_BIND = fe.encode_bind("", "ecluse: refused request")
+# PostgreSQL's error for a statement whose result type changed, with the routine that
+# drivers look for (asyncpg re-prepares on it).
+_PLAN_CHANGED = be.encode_error_fields({
+    "S": "ERROR", "V": "ERROR", "C": "0A000",
+    "M": "cached plan must not change result type",
+    "F": "plancache.c", "R": "RevalidateCachedQuery"})
 
 
 def server_statement_name(parse_tail: bytes) -> str:
@@ -91,6 +117,7 @@ class StatementRewriter:
         self.statements: dict[bytes, ClientStatement] = {}
         # Server names some server of this pool has parsed without error, shared by
         # the pool's clients: a client may prepare one of these without a server.
+        # Also, under _OUTDATED + name, the names whose result type changed.
         self.known_good = known_good if known_good is not None else {}
         self.replies = ReplyQueue()
         self._skip_to_sync = False  # a request was refused: drop up to Sync
@@ -104,13 +131,26 @@ class StatementRewriter:
         """Drop one client statement, as SQL DEALLOCATE would; False if unknown."""
         return self.statements.pop(name, None) is not None
 
-    def _parsed(self, cache: PreparedCache, server_name: str) -> None:
-        cache.parsed(server_name)
+    def _remember(self, key: str) -> None:
         good = self.known_good
-        if server_name not in good:
+        if key not in good:
             if len(good) >= KNOWN_GOOD_LIMIT:
                 del good[next(iter(good))]
-            good[server_name] = None
+            good[key] = None
+
+    def _parsed(self, cache: PreparedCache, server_name: str) -> None:
+        cache.parsed(server_name)
+        if _OUTDATED + server_name not in self.known_good:
+            self._remember(server_name)
+
+    def _server_name(self, parse_tail: bytes) -> str:
+        """The server name for a statement prepared now: the first generation not outdated."""
+        name = base = server_statement_name(parse_tail)
+        generation = 0
+        while _OUTDATED + name in self.known_good:
+            generation += 1
+            name = f"{base}_{generation}"
+        return name
 
     def answer_locally(self, pieces: list[Piece]) -> bytes | None:
         """Answer a batch outside any transaction without a server, or return None.
@@ -132,7 +172,7 @@ class StatementRewriter:
                 name_end = _cstr_end(raw, 5, "Parse")
                 name = bytes(raw[5:name_end])
                 tail = bytes(raw[name_end + 1:])
-                server_name = server_statement_name(tail)
+                server_name = self._server_name(tail)
                 if not name or name in self.statements or name in seen or \
                         server_name not in self.known_good:
                     return None
@@ -216,12 +256,19 @@ class StatementRewriter:
             elif msg_type == codes.FE_SYNC:
                 self.replies.add(rq.SYNC)
             elif msg_type == codes.FE_QUERY or msg_type == codes.FE_FUNCTION_CALL:
-                self.replies.add(rq.QUERY)
+                # Skipped only after an error earlier in an unsynced batch.
+                self.replies.add(rq.QUERY, undo=lambda _err: tracker.query_skipped())
         return out
 
-    def _refuse(self, message: str, sqlstate: str, end: bool) -> None:
-        """Answer the request with an error, as PostgreSQL would, and skip to Sync."""
-        self.replies.add(rq.ERROR, rq.FAKE, be.encode_error_response(message, sqlstate))
+    def _refuse(self, error: bytes, end: bool, out: list, tracker: RequestTracker) -> None:
+        """Answer the request with ``error``, as PostgreSQL would, and skip to Sync.
+
+        The server fails at the same point, so that its transaction (or the
+        batch's implicit one) is aborted just as PostgreSQL would abort it.
+        """
+        out.append(_FAILING_BIND)
+        tracker.on_client_message(codes.FE_BIND)
+        self.replies.add(rq.ERROR, rq.REPLACE, error)
         self._skip_to_sync = True
         self._drop_rest = not end
 
@@ -236,14 +283,16 @@ class StatementRewriter:
             return
         label = name.decode("utf-8", "replace")
         if not end:
-            self._refuse(f'prepared statement "{label}" is too large for ecluse to track',
-                         "54000", end)
+            self._refuse(be.encode_error_response(
+                f'prepared statement "{label}" is too large for ecluse to track', "54000"),
+                end, out, tracker)
             return
         if name in self.statements:
-            self._refuse(f'prepared statement "{label}" already exists', "42P05", end)
+            self._refuse(be.encode_error_response(
+                f'prepared statement "{label}" already exists', "42P05"), end, out, tracker)
             return
         tail = bytes(raw[name_end + 1:])
-        stmt = ClientStatement(server_statement_name(tail), tail)
+        stmt = ClientStatement(self._server_name(tail), tail)
         self.statements[name] = stmt
         statements = self.statements
 
@@ -296,11 +345,18 @@ class StatementRewriter:
         self.replies.add(rq.PARSE, rq.SKIP, b"", lambda _err: cache.parse_undone(server_name),
                          lambda: self._parsed(cache, server_name))
 
-    def _lookup(self, name: bytes, end: bool) -> ClientStatement | None:
+    def _lookup(self, name: bytes, end: bool, out: list,
+                tracker: RequestTracker) -> ClientStatement | None:
+        """The client statement to Bind or Describe; None if refused (unknown, outdated)."""
         stmt = self.statements.get(name)
         if stmt is None:
             label = name.decode("utf-8", "replace")
-            self._refuse(f'prepared statement "{label}" does not exist', "26000", end)
+            self._refuse(be.encode_error_response(
+                f'prepared statement "{label}" does not exist', "26000"), end, out, tracker)
+        elif _OUTDATED + stmt.server_name in self.known_good:
+            # Prepared before its result type changed: PostgreSQL would refuse it.
+            self._refuse(_PLAN_CHANGED, end, out, tracker)
+            return None
         return stmt
 
     def _bind(self, raw, end: bool, out: list, cache: PreparedCache,
@@ -313,7 +369,7 @@ class StatementRewriter:
             tracker.on_client_message(codes.FE_BIND)
             self.replies.add(rq.BIND)
             return
-        stmt = self._lookup(name, end)
+        stmt = self._lookup(name, end, out, tracker)
         if stmt is None:
             return
         self._ensure_prepared(stmt, out, cache, tracker)
@@ -333,7 +389,7 @@ class StatementRewriter:
             tracker.on_client_message(codes.FE_DESCRIBE)
             self.replies.add(rq.DESCRIBE_STATEMENT if kind == b"S" else rq.DESCRIBE_PORTAL)
             return
-        stmt = self._lookup(name, True)
+        stmt = self._lookup(name, True, out, tracker)
         if stmt is None:
             return
         self._ensure_prepared(stmt, out, cache, tracker)
@@ -363,18 +419,23 @@ class StatementRewriter:
 
         self.replies.add(rq.CLOSE, rq.FAKE, _CLOSE_COMPLETE, skipped)
 
-    @staticmethod
-    def _statement_failed(stmt: ClientStatement, cache: PreparedCache):
+    def _statement_failed(self, stmt: ClientStatement, cache: PreparedCache):
         server_name = stmt.server_name
 
         def undo(err: bytes | None) -> None:
             if err is None:
                 return
-            code = decode_error_fields(err[5:]).sqlstate
-            if code == "26000":
+            error = decode_error_fields(err[5:])
+            if error.sqlstate == "26000":
                 cache.discard(server_name)  # dropped behind ecluse's back: prepare again
-            elif code == "0A000":
-                # "cached plan must not change result type": re-prepare on next use.
+            elif error.sqlstate == "0A000":
+                # Its plan broke under a schema change: close it before any re-prepare.
                 cache.mark_stale(server_name)
+                if error.fields.get("R") == "RevalidateCachedQuery" or \
+                        error.message.startswith("cached plan must not change result type"):
+                    # Its result type changed: every statement under this name is
+                    # outdated, on every server of the pool (see the module docstring).
+                    self.known_good.pop(server_name, None)
+                    self._remember(_OUTDATED + server_name)
 
         return undo

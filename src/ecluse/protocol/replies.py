@@ -4,7 +4,7 @@ When ecluse rewrites the extended protocol (named prepared statements in
 transaction mode) the client and the server no longer see the same request
 stream: ecluse injects a Parse or a Close the client never sent, and answers
 some requests itself without asking the server. Each request therefore gets an
-entry here, in wire order, with one of three actions:
+entry here, in wire order, with one of four actions:
 
     FORWARD  the server answers it and the reply goes to the client
     SKIP     ecluse injected it: the server's reply is swallowed
@@ -13,6 +13,10 @@ entry here, in wire order, with one of three actions:
              reply would have been (``fake`` may be a function, called then,
              for a reply that depends on the state at that point, such as the
              transaction status in a ReadyForQuery)
+    REPLACE  ecluse injected it to fail on purpose (a request it refuses must
+             abort the server's transaction as PostgreSQL would): the server's
+             ErrorResponse is replaced by ``fake``; if the server skipped it
+             after an earlier error, nothing is sent, as for any request
 
 Rules (PostgreSQL's, from the protocol's message-flow chapter):
 1. Parse, Bind, Close answer with one message ('1', '2', '3'); Describe of a
@@ -36,6 +40,7 @@ from ecluse.protocol import codes
 FORWARD = 0
 SKIP = 1
 FAKE = 2
+REPLACE = 3
 
 # Request kinds.
 PARSE = 0
@@ -167,4 +172,8 @@ class ReplyQueue:
                 entry.undo(None)
         if not q:
             self._skipping = True
+        if head.action == REPLACE:
+            # Due now, in the server error's place (take_fakes() sends it).
+            q.appendleft(Expected(ERROR, FAKE, head.fake, None, None))
+            return False
         return True

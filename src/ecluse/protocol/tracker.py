@@ -17,6 +17,9 @@ Rules (from the protocol's message-flow chapter):
    ReadyForQuery; an Execute's COPY skips to the next Sync. Either way every
    Sync the client sends from then on is read outside COPY and earns one, and
    the client's late CopyData/CopyDone/CopyFail are dropped.
+5. A Query or FunctionCall sent while an extended batch is open (no Sync
+   yet) ends that batch with its ReadyForQuery, unless an error in the batch
+   makes the server skip it (``query_skipped``).
 No I/O here; the relay calls the ``on_*`` methods in stream order, including
 every ErrorResponse.
 """
@@ -93,6 +96,8 @@ class RequestTracker:
         """Record one message the client sent to the server."""
         if msg_type in _SIMPLE:
             self._queue.append(_Q)
+            # Its ReadyForQuery ends an open extended batch too (rule 5).
+            self._open_batch = False
         elif msg_type == FE_SYNC:
             if self._client_copying:
                 return
@@ -180,6 +185,23 @@ class RequestTracker:
         self.copy_in = False
         self._client_copying = False
         if self._copy_by_execute and _S not in self._queue:
+            self._open_batch = True
+
+    def query_skipped(self) -> None:
+        """An error in the extended batch before a Query made the server skip it.
+
+        The server now ignores everything up to the next Sync: that Query earns
+        no ReadyForQuery, and the batch is open again until a Sync is sent.
+        Only the ReplyQueue, which sees which request an error answers, can
+        tell; without it (session mode) such a sequence holds the server until
+        the client sends Sync.
+        """
+        q = self._queue
+        for i, entry in enumerate(q):
+            if entry == _Q:
+                del q[i]
+                break
+        if _S not in q:
             self._open_batch = True
 
     # --- questions -----------------------------------------------------------
