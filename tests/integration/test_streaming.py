@@ -34,4 +34,5 @@ def test_100mb_bytea_both_ways_with_bounded_memory(ecluse_factory, mode):
         grown = peak_rss(ec) - before
         # The server is fine afterwards.
         assert conn.execute("select 1").fetchone() == (1,)
+    print(f"GROWN {grown / MB:.1f} MB")
     assert grown < 40 * MB, f"ecluse peak RSS grew by {grown / MB:.0f} MB"
