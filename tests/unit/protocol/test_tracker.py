@@ -132,6 +132,30 @@ def test_error_before_sync_is_sent():
     assert _run(t, "<Z:I").can_release()
 
 
+def test_query_after_an_unsynced_batch_ends_it():
+    """asyncpg's copy_records_to_table: Parse, Describe, Flush, then a Query."""
+    t = _run(RequestTracker(), ">P >D >H <1 <t <T >Q")
+    assert not t.can_release() and t.expected_ready == 1
+    assert _run(t, "<G <C <Z:I").can_release()
+
+
+def test_query_skipped_after_an_error_in_its_batch():
+    """The server ignores the Query; only the client's later Sync is answered."""
+    t = _run(RequestTracker(), ">P >H <E >Q")
+    t.query_skipped()
+    assert not t.can_release() and not t.is_done()  # the batch waits for its Sync
+    _run(t, ">S")
+    assert not t.can_release() and t.expected_ready == 1
+    assert _run(t, "<Z:I").can_release()
+
+
+def test_query_skipped_with_the_sync_already_sent():
+    t = _run(RequestTracker(), ">P >H >Q >S <E")
+    t.query_skipped()
+    assert t.expected_ready == 1
+    assert _run(t, "<Z:I").can_release()
+
+
 def test_portal_suspended_and_empty_query():
     t = _run(RequestTracker(), ">B >E >E >S <2 <D <s <D <C <Z:I")
     assert t.can_release()
