@@ -10,7 +10,7 @@ CONFIG ?=
 PYTEST_ARGS ?= -n 2 tests
 LINT_PATHS := src tests bench
 
-.PHONY: help venv run test lint bench clean
+.PHONY: help venv run test lint bench soak clean
 
 help:
 	@echo "ecluse - make targets:"
@@ -20,6 +20,7 @@ help:
 	@echo "  make test     ruff, then the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
 	@echo "  make lint     ruff only"
 	@echo "  make bench    compare ecluse with PgBouncer and a direct connection"
+	@echo "  make soak     ~8 min of pgbench through ecluse, then consistency checks"
 	@echo "  make clean    remove .venv, .ecluse-dev and caches"
 
 venv:
@@ -41,6 +42,10 @@ test: lint
 bench:
 	@bash $(BOOTSTRAP) bench
 	$(VENV)/bin/python bench/run.py
+
+soak:
+	@bash $(BOOTSTRAP) bench
+	$(VENV)/bin/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .ecluse-dev .pytest_cache .ruff_cache .hypothesis build src/*.egg-info

@@ -109,6 +109,9 @@ def test_listen_then_query_in_one_batch(ec):
 
 
 def test_asyncpg_add_listener(ec):
+    """asyncpg LISTENs with the extended protocol: in transaction mode the LISTEN
+    runs on a server and pins the client, whose notifications then come from
+    that server, also while ecluse probes it after each transaction."""
     async def main() -> list[tuple[str, str]]:
         conn = await asyncpg.connect(ec.url())
         sender = await asyncpg.connect(ec.url())

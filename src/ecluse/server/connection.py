@@ -150,20 +150,22 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            pieces = self._framer.feed(data)
-            if self.state is ServerState.LOGIN:
-                self._on_login_pieces(pieces)
-            elif self._internal is not None:
-                self._on_internal_pieces(pieces)
-            elif self.client is not None:
-                self._relay(pieces)
-            elif self._draining is not None:
-                self._on_drain_pieces(pieces)
-            else:
-                self._on_idle_pieces(pieces)
+            self._dispatch(self._framer.feed(data))
         except RemoteProtocolError as exc:
             log.warning("server %s:%s protocol error: %s", self.host, self.port, exc.message)
             self.close(exc)
+
+    def _dispatch(self, pieces) -> None:
+        if self.state is ServerState.LOGIN:
+            self._on_login_pieces(pieces)
+        elif self._internal is not None:
+            self._on_internal_pieces(pieces)
+        elif self.client is not None:
+            self._relay(pieces)
+        elif self._draining is not None:
+            self._on_drain_pieces(pieces)
+        else:
+            self._on_idle_pieces(pieces)
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
@@ -332,7 +334,7 @@ class ServerConnection(asyncio.Protocol):
         return self._internal is not None
 
     def _on_internal_pieces(self, pieces) -> None:
-        for msg_type, raw, start, _end in pieces:
+        for i, (msg_type, raw, start, _end) in enumerate(pieces):
             if not start:
                 continue
             if msg_type == codes.BE_DATA_ROW:
@@ -359,6 +361,11 @@ class ServerConnection(asyncio.Protocol):
                 done, self._internal = self._internal, None
                 assert done is not None
                 done(self._internal_error)
+                # What followed in the same read (a notification, a notice) belongs
+                # to whoever has the server now.
+                rest = pieces[i + 1:]
+                if rest and self.state is not ServerState.CLOSED:
+                    self._dispatch(rest)
                 return
 
     # --- abandoned requests ------------------------------------------------
