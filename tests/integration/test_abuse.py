@@ -1,0 +1,75 @@
+"""Slow and stalled clients cost bounded memory and never stall the others.
+
+- A client that asks for a huge result and never reads it: ecluse stops
+  reading that server (backpressure), so its memory stays bounded, and other
+  clients keep being served by the rest of the pool.
+- Slowloris on startup: connections that send a few bytes of a startup packet
+  and stall are closed by client_login_timeout; meanwhile logins and queries
+  of well-behaved clients go through.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psycopg
+
+from ecluse.protocol.frontend import encode_query
+from ecluse.protocol.startup import encode_startup_message
+from integration.test_copy import MB, RawClient, peak_rss
+
+
+def test_client_that_never_reads_costs_bounded_memory(ecluse_factory):
+    ec = ecluse_factory({"pool_mode": "transaction", "default_pool_size": 2,
+                         "query_wait_timeout": 10})
+    stalled = RawClient(ec)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        before = peak_rss(ec)
+        # About 2 GB of rows, never read.
+        stalled.send(encode_query("select repeat('x', 1000) from generate_series(1, 2000000)"))
+        with psycopg.connect(ec.dsn(), autocommit=True) as other:
+            deadline = time.monotonic() + 4
+            served = 0
+            while time.monotonic() < deadline:
+                assert other.execute("select %s::int * 2", (served,)).fetchone() == (served * 2,)
+                served += 1
+        grown = peak_rss(ec) - before
+        assert served > 10
+        assert grown < 32 * MB, f"ecluse grew by {grown / MB:.0f} MB for a stalled client"
+    finally:
+        stalled.close()
+    # The stalled client's server is cancelled, drained and reused.
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        for _ in range(3):
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_slowloris_startups_are_closed_and_do_not_block_logins(ecluse_factory):
+    ec = ecluse_factory({"pool_mode": "transaction", "client_login_timeout": 1,
+                         "max_client_conn": 200})
+    packet = encode_startup_message({"user": "postgres", "database": "ecluse_test"})
+    slow = []
+    for _ in range(50):
+        sock = socket.create_connection((ec.host, ec.port), timeout=5)
+        sock.sendall(packet[:3])  # never finished
+        slow.append(sock)
+    try:
+        for _ in range(5):
+            with psycopg.connect(ec.dsn(), autocommit=True, connect_timeout=3) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+        time.sleep(1.5)
+        for sock in slow:
+            sock.settimeout(3)
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            # Closed by ecluse, at most after a FATAL error message.
+            assert data == b"" or data.startswith(b"E")
+    finally:
+        for sock in slow:
+            sock.close()
