@@ -55,6 +55,12 @@ class AuthFailed(EcluseError):
     sqlstate = "28P01"
 
 
+class AuthLookupFailed(EcluseError):
+    """auth_query could not tell a client's secret: auth_user's login or the query failed."""
+
+    sqlstate = "08006"
+
+
 class ClientRefused(EcluseError):
     """A client is refused before or at login (unknown database, limits, ...)."""
 

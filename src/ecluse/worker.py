@@ -13,9 +13,11 @@ import signal
 import socket
 
 from ecluse.config import Config
+from ecluse.config.tls import client_tls_context
 from ecluse.errors import EcluseError
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import FrontendSession
+from ecluse.frontend.tls import TlsListener
 from ecluse.pool.janitor import Janitor
 from ecluse.pool.registry import PoolRegistry
 
@@ -67,7 +69,7 @@ class Worker:
         self.ctx = ClientContext(config, self.registry)
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
                                lambda: self.ctx.clients)
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -75,6 +77,10 @@ class Worker:
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
                 srv = await loop.create_unix_server(self._new_session, sock=sock)
+            elif client_tls_context(self.config.settings) is not None:
+                # Peeks each connection's first byte for a direct TLS handshake.
+                srv = TlsListener(sock, self._new_session, lambda: self.ctx.config.settings)
+                srv.start()
             else:
                 srv = await loop.create_server(self._new_session, sock=sock)
             self._servers.append(srv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import psycopg
 import pytest
@@ -146,8 +147,10 @@ def test_fuzzed_connections_never_hurt_a_good_client(target, conn):
 def test_good_client_made_progress_under_fuzz(target):
     """The fuzz above is only meaningful if the good client really ran: check it does."""
     ec, good = target
-    for _ in range(30):
+    deadline = time.monotonic() + 20
+    while good.queries < 20 and time.monotonic() < deadline and not good.errors:
+        # An SSLRequest with bytes pipelined behind it: refused at once.
         exchange(ec.host, ec.port, [b"\x00\x00\x00\x08\x04\xd2\x16\x2f" + b"junk"])
     good.stop.set()
     good.join(10)
-    assert not good.errors and good.queries > 0
+    assert not good.errors and good.queries >= 20

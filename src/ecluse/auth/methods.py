@@ -43,8 +43,8 @@ from ecluse.protocol.scram import (
     SCRAM_SHA_256,
     ScramSecret,
     ScramServerExchange,
+    derive_scram_keys,
     scram_secret_from_password,
-    verify_scram_password,
 )
 
 TRUST = "trust"
@@ -93,8 +93,8 @@ def authenticate_client(method: str, user: str, secret: str | None) -> AuthGen:
                          sqlstate="28000")
     kind = secret_kind(secret) if secret is not None else None
     if method == PLAIN:
-        yield from _cleartext_exchange(user, secret, kind)
-        return AuthOutcome(PLAIN)
+        client_key = yield from _cleartext_exchange(user, secret, kind)
+        return AuthOutcome(PLAIN, scram_client_key=client_key)
     if method == MD5 and kind is not SecretKind.SCRAM_SHA_256:
         yield from _md5_exchange(user, secret)
         return AuthOutcome(MD5)
@@ -107,7 +107,13 @@ def _fail(user: str) -> AuthFailed:
 
 
 def _cleartext_exchange(user: str, secret: str | None,
-                        kind: SecretKind | None) -> Generator[bytes, bytes, None]:
+                        kind: SecretKind | None) -> Generator[bytes, bytes, bytes | None]:
+    """Check a cleartext password; return the SCRAM ClientKey when the secret is a verifier.
+
+    The key is derived anyway to check the password, and lets the server login
+    use SCRAM pass-through as after a SCRAM exchange.
+    """
+    client_key = None
     body = yield encode_authentication_cleartext()
     password = decode_password(body)
     if secret is None:
@@ -119,12 +125,15 @@ def _cleartext_exchange(user: str, secret: str | None,
     elif kind is SecretKind.SCRAM_SHA_256:
         parsed = scram_secret_of(secret)
         assert parsed is not None
-        ok = verify_scram_password(parsed, password)
+        keys = derive_scram_keys(password, parsed.salt, parsed.iterations)
+        ok = hmac.compare_digest(keys.server_key, parsed.server_key)
+        client_key = keys.client_key
     else:
         ok = hmac.compare_digest(password, secret.encode("utf-8"))
     # PostgreSQL refuses an empty password whatever is stored.
     if not ok or not password:
         raise _fail(user)
+    return client_key
 
 
 def _md5_exchange(user: str, secret: str | None) -> Generator[bytes, bytes, None]:

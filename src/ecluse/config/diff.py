@@ -48,6 +48,8 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         if getattr(old.settings, name) != getattr(new.settings, name)
     }
     settings |= _changed_keys(old.settings.extra, new.settings.extra)
+    if old.hba != new.hba:
+        settings.add("auth_hba_file")  # same file name, other rules: a change all the same
     return ConfigDiff(
         added=frozenset(new_dbs.keys() - old_dbs.keys()),
         removed=frozenset(old_dbs.keys() - new_dbs.keys()),

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from ecluse.auth.hba import HbaRule, read_hba
 from ecluse.config.connstr import BadConnStr, parse_connstr
 from ecluse.config.ini import IniDocument, IniEntry, parse_ini, read_ini
-from ecluse.config.model import Config, DatabaseConfig, Settings, UserConfig
+from ecluse.config.model import AuthType, Config, DatabaseConfig, Settings, UserConfig
 from ecluse.config.schema import (
     DATABASE_OPTIONS,
     KNOWN_UNIMPLEMENTED,
@@ -27,6 +28,7 @@ from ecluse.config.schema import (
     USER_OPTIONS,
     Parser,
 )
+from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
 from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue
 from ecluse.errors import ConfigError
@@ -58,13 +60,16 @@ def _build(doc: IniDocument, path: str) -> Config:
     databases, database_entries = _build_databases(doc.section("databases"), warnings)
     users = _build_users(doc.section("users"), warnings)
     settings, auth = _load_auth(settings, setting_entries.get("auth_file"), path)
+    settings, hba = _load_hba(settings, setting_entries, path)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_listeners(settings, setting_entries, warnings)
+    settings = _check_tls(settings, setting_entries, path)
     return Config(
         settings=settings,
         databases=MappingProxyType(databases),
         users=MappingProxyType(users),
         auth=MappingProxyType(auth),
+        hba=hba,
         path=path if os.path.isfile(path) else None,
         warnings=tuple(warnings),
     )
@@ -193,6 +198,33 @@ def _load_auth(
     return dataclasses.replace(settings, auth_file=resolved), auth
 
 
+def _load_hba(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str
+) -> tuple[Settings, tuple[HbaRule, ...] | None]:
+    """Read auth_hba_file, if set; auth_type = hba without it is an error.
+
+    A bad line is a ConfigError naming the hba file and its line.
+    """
+    entry = setting_entries.get("auth_hba_file")
+    if settings.auth_hba_file is None or entry is None:
+        if settings.auth_type is AuthType.HBA:
+            auth_entry = setting_entries["auth_type"]
+            raise ConfigError("auth_type = hba needs auth_hba_file", path=auth_entry.path,
+                              line=auth_entry.line)
+        return settings, None
+    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
+    resolved = os.path.abspath(os.path.join(base, settings.auth_hba_file))
+    try:
+        rules = read_hba(resolved)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"auth_hba_file: cannot read {resolved!r}: {reason}", path=entry.path,
+            line=entry.line
+        ) from None
+    return dataclasses.replace(settings, auth_hba_file=resolved), rules
+
+
 def _check_pool_sizes(
     settings: Settings,
     setting_entries: Mapping[str, IniEntry],
@@ -228,3 +260,29 @@ def _check_listeners(
     entry = setting_entries.get("unix_socket_dir") or setting_entries.get("listen_addr")
     where = _where(entry) if entry is not None else ""
     warnings.append(f"{where}listen_addr and unix_socket_dir are both empty: no client can connect")
+
+
+_TLS_FILES = ("client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
+              "server_tls_key_file", "server_tls_cert_file", "server_tls_ca_file")
+
+
+def _check_tls(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str
+) -> Settings:
+    """Resolve the TLS file names and load them once, so a bad file stops the load.
+
+    Relative names are taken from the main ini file's directory, as auth_file's.
+    """
+    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
+    resolved = {name: os.path.abspath(os.path.join(base, getattr(settings, name)))
+                for name in _TLS_FILES if getattr(settings, name) is not None}
+    if resolved:
+        settings = dataclasses.replace(settings, **resolved)
+    for side, build in (("client", client_tls_context), ("server", server_tls)):
+        try:
+            build(settings)
+        except TlsSettingError as exc:
+            entry = setting_entries.get(exc.setting) or setting_entries[f"{side}_tls_sslmode"]
+            raise ConfigError(f"{exc.setting}: {exc.message}", path=entry.path,
+                              line=entry.line) from None
+    return settings

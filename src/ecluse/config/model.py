@@ -15,9 +15,16 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ecluse.auth.hba import HbaRule
 
 # The name of the [databases] entry used for any database not listed.
 FALLBACK_DATABASE = "*"
+
+# PgBouncer's default auth_query.
+DEFAULT_AUTH_QUERY = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
 def _empty_mapping() -> Mapping[str, str]:
@@ -30,6 +37,21 @@ class PoolMode(enum.Enum):
     SESSION = "session"
     TRANSACTION = "transaction"
     STATEMENT = "statement"
+
+
+class SslMode(enum.Enum):
+    """PgBouncer's client_tls_sslmode and server_tls_sslmode values (libpq's names)."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+# PgBouncer's "secure" protocol set, the default of both *_tls_protocols.
+SECURE_TLS_PROTOCOLS = ("tlsv1.2", "tlsv1.3")
 
 
 class AuthType(enum.Enum):
@@ -63,6 +85,7 @@ class DatabaseConfig:
     reserve_pool: int | None = None
     pool_mode: PoolMode | None = None
     max_db_connections: int | None = None
+    max_db_client_connections: int | None = None
     connect_query: str | None = None
     client_encoding: str | None = None
     datestyle: str | None = None
@@ -70,6 +93,7 @@ class DatabaseConfig:
     application_name: str | None = None
     auth_user: str | None = None
     auth_dbname: str | None = None
+    auth_query: str | None = None
 
     def server_dbname(self) -> str:
         """Return the database name to ask the server for."""
@@ -87,6 +111,7 @@ class UserConfig:
     name: str
     pool_mode: PoolMode | None = None
     max_user_connections: int | None = None
+    max_user_client_connections: int | None = None
     pool_size: int | None = None
 
 
@@ -104,6 +129,11 @@ class Settings:
     unix_socket_mode: int = 0o777
     auth_type: AuthType = AuthType.MD5
     auth_file: str | None = None
+    # auth_query (auth/auth_query.py): how to find the secret of a user not in auth_file.
+    auth_user: str | None = None
+    auth_query: str = DEFAULT_AUTH_QUERY
+    auth_dbname: str | None = None
+    auth_hba_file: str | None = None  # pg_hba.conf rules for auth_type = hba (auth/hba.py)
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
     pool_mode: PoolMode = PoolMode.SESSION
@@ -114,6 +144,8 @@ class Settings:
     reserve_pool_timeout: float = 5.0
     max_db_connections: int = 0  # 0: unlimited
     max_user_connections: int = 0  # 0: unlimited
+    max_db_client_connections: int = 0  # clients per database; 0: unlimited
+    max_user_client_connections: int = 0  # clients per user; 0: unlimited
     server_reset_query: str = "DISCARD ALL"
     server_reset_query_always: bool = False
     server_check_query: str = "select 1"
@@ -144,6 +176,20 @@ class Settings:
     stats_period: float = 60.0
     tcp_keepalive: bool = True
     max_prepared_statements: int = 200  # per server; 0: no statement-name rewriting
+    # TLS towards clients (config/tls.py builds the contexts).
+    client_tls_sslmode: SslMode = SslMode.DISABLE
+    client_tls_key_file: str | None = None
+    client_tls_cert_file: str | None = None
+    client_tls_ca_file: str | None = None
+    client_tls_protocols: tuple[str, ...] = SECURE_TLS_PROTOCOLS
+    client_tls_ciphers: str = "default"
+    # TLS towards servers.
+    server_tls_sslmode: SslMode = SslMode.DISABLE
+    server_tls_key_file: str | None = None
+    server_tls_cert_file: str | None = None
+    server_tls_ca_file: str | None = None
+    server_tls_protocols: tuple[str, ...] = SECURE_TLS_PROTOCOLS
+    server_tls_ciphers: str = "default"
     extra: Mapping[str, str] = field(default_factory=_empty_mapping)
 
 
@@ -155,6 +201,7 @@ class Config:
     databases: Mapping[str, DatabaseConfig] = field(default_factory=_empty_mapping)
     users: Mapping[str, UserConfig] = field(default_factory=_empty_mapping)
     auth: Mapping[str, str] = field(default_factory=_empty_mapping)  # user -> secret
+    hba: tuple[HbaRule, ...] | None = None  # auth_hba_file's rules, if it is set
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -201,6 +248,16 @@ class Config:
     def max_db_connections_for(self, db: DatabaseConfig) -> int:
         """Return the database's max_db_connections, else the global one (0: unlimited)."""
         return _first(db.max_db_connections, self.settings.max_db_connections)
+
+    def max_db_client_connections_for(self, db: DatabaseConfig) -> int:
+        """Return the database's client limit, else the global one (0: unlimited)."""
+        return _first(db.max_db_client_connections, self.settings.max_db_client_connections)
+
+    def max_user_client_connections_for(self, user: str) -> int:
+        """Return the user's client limit, else the global one (0: unlimited)."""
+        user_cfg = self.users.get(user)
+        override = user_cfg.max_user_client_connections if user_cfg is not None else None
+        return _first(override, self.settings.max_user_client_connections)
 
     def max_user_connections_for(self, user: str) -> int:
         """Return the user's max_user_connections, else the global one (0: unlimited)."""

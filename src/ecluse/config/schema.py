@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from ecluse.config.model import AuthType, PoolMode
+from ecluse.config.model import AuthType, PoolMode, SslMode
 from ecluse.config.values import (
     enum_parser,
     int_parser,
@@ -23,6 +23,7 @@ from ecluse.config.values import (
     parse_optional_str,
     parse_seconds,
     parse_str,
+    parse_tls_protocols,
 )
 
 Parser = Callable[[str], Any]
@@ -31,6 +32,7 @@ _count = int_parser(minimum=0)
 _positive = int_parser(minimum=1)
 _port = int_parser(minimum=1, maximum=65535)
 _pool_mode = enum_parser(PoolMode)
+_sslmode = enum_parser(SslMode)
 
 SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
     {
@@ -40,6 +42,10 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "unix_socket_mode": parse_octal_mode,
         "auth_type": enum_parser(AuthType),
         "auth_file": parse_optional_str,
+        "auth_user": parse_optional_str,
+        "auth_query": parse_str,
+        "auth_dbname": parse_optional_str,
+        "auth_hba_file": parse_optional_str,
         "admin_users": parse_list,
         "stats_users": parse_list,
         "pool_mode": _pool_mode,
@@ -50,6 +56,8 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "reserve_pool_timeout": parse_seconds,
         "max_db_connections": _count,
         "max_user_connections": _count,
+        "max_db_client_connections": _count,
+        "max_user_client_connections": _count,
         "server_reset_query": parse_str,
         "server_reset_query_always": parse_bool,
         "server_check_query": parse_str,
@@ -80,6 +88,18 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "stats_period": parse_seconds,
         "tcp_keepalive": parse_bool,
         "max_prepared_statements": _count,
+        "client_tls_sslmode": _sslmode,
+        "client_tls_key_file": parse_optional_str,
+        "client_tls_cert_file": parse_optional_str,
+        "client_tls_ca_file": parse_optional_str,
+        "client_tls_protocols": parse_tls_protocols,
+        "client_tls_ciphers": parse_str,
+        "server_tls_sslmode": _sslmode,
+        "server_tls_key_file": parse_optional_str,
+        "server_tls_cert_file": parse_optional_str,
+        "server_tls_ca_file": parse_optional_str,
+        "server_tls_protocols": parse_tls_protocols,
+        "server_tls_ciphers": parse_str,
     }
 )
 
@@ -87,23 +107,13 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
 # into SETTINGS (and a field of Settings) is how it becomes implemented.
 KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
-        "auth_dbname",
-        "auth_hba_file",
         "auth_ident_file",
         "auth_ldap_options",
-        "auth_query",
-        "auth_user",
         "autodb_idle_timeout",
         "cancel_wait_timeout",
         "client_tls13_ciphers",
-        "client_tls_ca_file",
-        "client_tls_cert_file",
-        "client_tls_ciphers",
         "client_tls_dheparams",
         "client_tls_ecdhcurve",
-        "client_tls_key_file",
-        "client_tls_protocols",
-        "client_tls_sslmode",
         "conffile",
         "disable_pqexec",
         "dns_max_ttl",
@@ -112,8 +122,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "job_name",
         "listen_backlog",
         "log_stats",
-        "max_db_client_connections",
-        "max_user_client_connections",
         "peer_id",
         "pkt_buf",
         "query_wait_notify",
@@ -121,12 +129,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "sbuf_loopcnt",
         "server_fast_close",
         "server_tls13_ciphers",
-        "server_tls_ca_file",
-        "server_tls_cert_file",
-        "server_tls_ciphers",
-        "server_tls_key_file",
-        "server_tls_protocols",
-        "server_tls_sslmode",
         "service_name",
         "so_reuseport",
         "suspend_timeout",
@@ -160,6 +162,7 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "reserve_pool_size": ("reserve_pool", _count),
         "pool_mode": ("pool_mode", _pool_mode),
         "max_db_connections": ("max_db_connections", _count),
+        "max_db_client_connections": ("max_db_client_connections", _count),
         "connect_query": ("connect_query", parse_str),
         "client_encoding": ("client_encoding", parse_str),
         "datestyle": ("datestyle", parse_str),
@@ -167,6 +170,7 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "application_name": ("application_name", parse_str),
         "auth_user": ("auth_user", parse_optional_str),
         "auth_dbname": ("auth_dbname", parse_optional_str),
+        "auth_query": ("auth_query", parse_str),
     }
 )
 
@@ -175,6 +179,7 @@ USER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
     {
         "pool_mode": ("pool_mode", _pool_mode),
         "max_user_connections": ("max_user_connections", _count),
+        "max_user_client_connections": ("max_user_client_connections", _count),
         "pool_size": ("pool_size", _count),
     }
 )

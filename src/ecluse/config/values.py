@@ -121,3 +121,34 @@ def parse_str(text: str) -> str:
 def parse_optional_str(text: str) -> str | None:
     """Return the text, or None when it is empty (PgBouncer's "not set")."""
     return text or None
+
+
+# PgBouncer's *_tls_protocols keywords; "legacy" and "all" both allow every version.
+_TLS_VERSIONS = ("tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3")
+_TLS_KEYWORDS = {"secure": ("tlsv1.2", "tlsv1.3"), "all": _TLS_VERSIONS,
+                 "legacy": _TLS_VERSIONS}
+
+
+def parse_tls_protocols(text: str) -> tuple[str, ...]:
+    """Return the TLS versions named by "secure", "all", "legacy" or a list like "tlsv1.2,tlsv1.3".
+
+    The result is sorted oldest first. "tlsv1" is accepted for "tlsv1.0", as
+    PgBouncer does.
+    """
+    expected = ('"secure", "all", "legacy" or a comma-separated list of tlsv1.0, tlsv1.1, '
+                'tlsv1.2, tlsv1.3')
+    lowered = text.strip().lower()
+    if lowered in _TLS_KEYWORDS:
+        return _TLS_KEYWORDS[lowered]
+    found: set[str] = set()
+    for item in parse_list(lowered.replace(":", ",")):
+        name = "tlsv1.0" if item == "tlsv1" else item
+        if name in _TLS_KEYWORDS:
+            found.update(_TLS_KEYWORDS[name])
+        elif name in _TLS_VERSIONS:
+            found.add(name)
+        else:
+            raise BadValue(expected)
+    if not found:
+        raise BadValue(expected)
+    return tuple(v for v in _TLS_VERSIONS if v in found)

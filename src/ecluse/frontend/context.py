@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ecluse.auth.auth_query import AuthQueryCache
 from ecluse.config import Config
 from ecluse.pool.registry import PoolRegistry
 
@@ -29,6 +31,27 @@ class ClientContext:
     shutting_down: bool = False
     login_failures: int = 0
     tasks: set[asyncio.Task] = field(default_factory=set)
+    auth_cache: AuthQueryCache = field(default_factory=AuthQueryCache)  # auth_query results
+    # Logged-in clients per database and per user, for the client limits.
+    db_clients: Counter[str] = field(default_factory=Counter)
+    user_clients: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, database: str, user: str, db_limit: int, user_limit: int) -> str | None:
+        """Count a client in, or return the name of the limit it would exceed."""
+        if db_limit and self.db_clients[database] >= db_limit:
+            return "max_db_client_connections"
+        if user_limit and self.user_clients[user] >= user_limit:
+            return "max_user_client_connections"
+        self.db_clients[database] += 1
+        self.user_clients[user] += 1
+        return None
+
+    def leave(self, database: str, user: str) -> None:
+        """Count out a client admit() counted in."""
+        for counter, key in ((self.db_clients, database), (self.user_clients, user)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
 
     def spawn(self, coro: Coroutine) -> None:
         """Run a background coroutine, keeping a reference until it ends."""

@@ -14,6 +14,9 @@ Rules:
 2. Client bytes are forwarded as they arrive, in the batch they arrived in;
    only Terminate and the message types the tracker counts are looked at.
 3. A protocol error from this client closes this client only.
+4. TLS starts in LOGIN (SSLRequest answered 'S', or a direct handshake done by
+   frontend/tls.py's listener); from 'S' until the handshake is over, no byte
+   the client sends is read as protocol data (CVE-2021-23214).
 """
 
 from __future__ import annotations
@@ -22,10 +25,22 @@ import asyncio
 import enum
 import hmac
 import logging
+import ssl
 import time
 
-from ecluse.auth.methods import authenticate_client
-from ecluse.errors import AuthFailed, ClientRefused, EcluseError, RemoteProtocolError
+from ecluse.auth.auth_query import AuthQueryTarget
+from ecluse.auth.hba import CERT
+from ecluse.auth.methods import AuthOutcome, authenticate_client
+from ecluse.config.model import SslMode
+from ecluse.config.tls import client_tls_context
+from ecluse.errors import (
+    AuthFailed,
+    AuthLookupFailed,
+    ClientRefused,
+    EcluseError,
+    RemoteProtocolError,
+)
+from ecluse.frontend import authn
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.notify import recode_notification
 from ecluse.frontend.prepared import StatementRewriter
@@ -36,6 +51,7 @@ from ecluse.frontend.sqlscan import (
     parse_intercept,
 )
 from ecluse.frontend.startup import resolve_startup
+from ecluse.frontend.tls import accept_tls, is_postgresql_alpn
 from ecluse.pool.pool import Pool
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
@@ -71,6 +87,7 @@ _REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRI
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED_PARAMETERS)
+_TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
 class ClientState(enum.Enum):
@@ -118,12 +135,21 @@ class FrontendSession(asyncio.Protocol):
                               settings.max_packet_size,
                               inspect_max=settings.max_startup_packet_size, side="client")
         self._auth = None
+        self._secret: str | None = None  # the client's stored secret, during AUTH only
+        self._looked_up = False  # that secret came from auth_query
         self._pending: list = []  # pieces received while no server is linked
         self._pending_bytes = 0
         self._write_paused = False
         self._reading_paused = False
         self._login_timer: asyncio.TimerHandle | None = None
+        # TLS (frontend/tls.py): the context when this listener may offer it, whether
+        # the connection is encrypted, and the task detecting or running a handshake.
+        self._tls_context: ssl.SSLContext | None = None
+        self.tls = False
+        self._tls_task: asyncio.Task | None = None
+        self._tls_early: bytearray | None = None  # decrypted before start_tls returned
         self._rewriter: StatementRewriter | None = None
+        self._admitted = False  # counted in ctx's per-database/per-user client limits
         # Session state in transaction/statement mode (see _on_sql and _start_probe).
         self.session_settings: dict[str, str] = {}  # SET by the client, replayed on link
         self.pinned: list[str] | None = None  # why the client keeps its server
@@ -160,10 +186,17 @@ class FrontendSession(asyncio.Protocol):
         if timeout > 0:
             self._login_timer = asyncio.get_running_loop().call_later(
                 timeout, self._on_login_timeout)
+        if isinstance(peer, tuple):  # PostgreSQL offers no TLS on unix sockets either
+            self._tls_context = client_tls_context(self.ctx.config.settings)
+        if transport.get_extra_info("ssl_object") is not None:
+            self._on_direct_tls(transport)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         try:
+            if self._tls_task is not None:
+                self._on_tls_setup_data(data)
+                return
             if self.state is ClientState.LOGIN:
                 self._on_startup_data(data)
                 return
@@ -220,6 +253,12 @@ class FrontendSession(asyncio.Protocol):
                     # Data pipelined behind an encryption request is refused
                     # (CVE-2021-3935 class), whatever we answer.
                     raise RemoteProtocolError("received unencrypted data after SSL request")
+                if isinstance(msg, SSLRequest) and self.tls:
+                    raise RemoteProtocolError("SSLRequest on an encrypted connection")
+                if isinstance(msg, SSLRequest) and self._tls_context is not None:
+                    self.transport.write(b"S")
+                    self._start_tls_task(self._accept_tls())
+                    return
                 self.transport.write(b"N")
             elif isinstance(msg, CancelRequest):
                 self._on_cancel_request(msg)
@@ -233,6 +272,7 @@ class FrontendSession(asyncio.Protocol):
 
     def _on_startup_message(self, msg: StartupMessage) -> None:
         settings = self.ctx.config.settings
+        self._refuse_cleartext()
         validate_startup_params(msg.params)
         startup = resolve_startup(msg.params, settings.ignore_startup_parameters)
         self.user, self.database = startup.user, startup.database
@@ -247,6 +287,12 @@ class FrontendSession(asyncio.Protocol):
         db = self.ctx.config.database(self.database)
         if db is None:
             raise ClientRefused(f'database "{self.database}" does not exist', sqlstate="3D000")
+        config = self.ctx.config
+        limit = self.ctx.admit(self.database, self.user, config.max_db_client_connections_for(db),
+                               config.max_user_client_connections_for(self.user))
+        if limit is not None:
+            raise ClientRefused(f"no more connections allowed ({limit})", sqlstate="53300")
+        self._admitted = True
         if "application_name" in self.params and settings.application_name_add_host:
             self.params["application_name"] += f" - {self.peer}"
         self._set_state(ClientState.AUTH)
@@ -254,8 +300,49 @@ class FrontendSession(asyncio.Protocol):
             self.transport.write(be.encode_negotiate_protocol_version(
                 codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
         self.pool = self.ctx.registry.get_pool(db, self.user)
-        method = settings.auth_type.value
-        secret = self.ctx.config.auth.get(self.user)
+        cfg = self.ctx.config
+        method = authn.choose_method(cfg, cfg.hba, authn.client_address(self.transport),
+                                     self.database, self.user)
+        if method == CERT:
+            self._auth_done(authn.check_client_cert(self.transport, self.user))
+            return
+        secret = cfg.auth.get(self.user)
+        target = None
+        if secret is None and method in authn.NEEDS_SECRET:
+            target = authn.auth_query_target(cfg, db)
+        if target is None:
+            self._begin_auth(method, secret)
+            return
+        # The secret comes from the server: wait for it with the client's reading
+        # paused; nothing it sends is looked at until the exchange has begun.
+        self.pause_client_reading()
+        self.ctx.spawn(self._look_up_secret(method, target))
+
+    async def _look_up_secret(self, method: str, target: AuthQueryTarget) -> None:
+        """Run auth_query for this client's user, then start the exchange with its answer."""
+        try:
+            secret = await self.ctx.auth_cache.lookup(target, self.user, authn.run_auth_query)
+        except AuthLookupFailed as exc:
+            if self.state is ClientState.AUTH:
+                log.warning("%s auth_query as %s in %s failed: %s", self._describe(),
+                            target.auth_user, target.dbname, exc.message)
+                self.fatal(ClientRefused(
+                    f'authentication lookup failed for user "{self.user}": {exc.message}',
+                    sqlstate=exc.sqlstate))
+            return
+        if self.state is not ClientState.AUTH:
+            return  # the client left (or timed out) meanwhile
+        self.resume_client_reading()
+        try:
+            self._looked_up = True
+            self._begin_auth(method, secret)
+        except (AuthFailed, ClientRefused) as exc:
+            self.ctx.login_failures += isinstance(exc, AuthFailed)
+            log.warning("%s login failed: %s", self._describe(), exc.message)
+            self.fatal(exc)
+
+    def _begin_auth(self, method: str, secret: str | None) -> None:
+        self._secret = secret
         self._auth = authenticate_client(method, self.user, secret)
         self._step_auth(None)
 
@@ -264,18 +351,27 @@ class FrontendSession(asyncio.Protocol):
             out = next(self._auth) if body is None else self._auth.send(body)
         except StopIteration as stop:
             self._auth = None
-            # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
-            self.transport.write(stop.value.final_message + be.encode_authentication_ok())
-            self._set_state(ClientState.WELCOME)
-            self._start_welcome()
+            self._auth_done(stop.value)
             return
         self.transport.write(out)
+
+    def _auth_done(self, outcome: AuthOutcome) -> None:
+        assert self.pool is not None
+        authn.share_login_secret(self.pool, self.user, outcome, self._secret, self._looked_up)
+        self._secret = None
+        # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
+        self.transport.write(outcome.final_message + be.encode_authentication_ok())
+        self._set_state(ClientState.WELCOME)
+        self._start_welcome()
 
     def _on_auth_pieces(self, pieces) -> None:
         for i, (msg_type, raw, _start, _end) in enumerate(pieces):
             if self.state is not ClientState.AUTH:
                 self._queue_pieces(pieces[i:])
                 return
+            if self._auth is None:
+                # auth_query is still running: no authentication request was sent yet.
+                raise RemoteProtocolError("unexpected message before the authentication request")
             if msg_type != codes.FE_PASSWORD:
                 raise RemoteProtocolError(
                     f"expected password response, got message type {chr(msg_type)!r}")
@@ -440,7 +536,13 @@ class FrontendSession(asyncio.Protocol):
         if self._reading_paused:
             self.resume_client_reading()
         if pieces:
-            self._forward(pieces)
+            try:
+                self._forward(pieces)
+            except RemoteProtocolError as exc:
+                # Called when the pool assigns a server, not from data_received: a
+                # malformed message buffered meanwhile must end this client here too.
+                log.warning("%s protocol error: %s", self._describe(), exc.message)
+                self.fatal(exc)
 
     # --- relaying ----------------------------------------------------------------
     def _forward(self, pieces) -> None:
@@ -782,6 +884,68 @@ class FrontendSession(asyncio.Protocol):
         elif was and not self.pinned:
             log.info("%s unpinned from %s", self._describe(), server)
 
+    # --- TLS -----------------------------------------------------------------------
+    def _start_tls_task(self, coro) -> None:
+        """Stop reading and run ``coro``; data_received refuses bytes until it ends."""
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._tls_task = asyncio.get_running_loop().create_task(coro)
+
+    def _on_direct_tls(self, transport: asyncio.BaseTransport) -> None:
+        """The listener did a direct TLS handshake (frontend/tls.py) before handing over."""
+        if not is_postgresql_alpn(transport):
+            # PostgreSQL refuses these too: such a client may not know what it reached.
+            log.warning("client %s: direct TLS connection without ALPN \"postgresql\"",
+                        self.peer)
+            self._cleanup()
+            transport.abort()
+            return
+        self.tls = True
+
+    def _on_tls_setup_data(self, data: bytes) -> None:
+        """Data while TLS is being set up: decrypted early data, or an attack."""
+        if self._tls_early is None:
+            # Reading is paused until start_tls runs: bytes now would be cleartext
+            # injected before the handshake (CVE-2021-23214 class).
+            raise RemoteProtocolError("received unencrypted data during the TLS setup")
+        # The TLS layer can deliver the client's first message just before
+        # start_tls returns the transport to answer on: keep it until then.
+        self._tls_early += data
+        if len(self._tls_early) > self.ctx.config.settings.max_startup_packet_size:
+            raise RemoteProtocolError("too much data during the TLS handshake")
+
+    async def _accept_tls(self) -> None:
+        raw = self.transport
+        assert raw is not None and self._tls_context is not None
+        self._tls_early = bytearray()
+        try:
+            tls = await accept_tls(raw, self, self._tls_context)
+        except (OSError, EOFError, TimeoutError) as exc:
+            # ssl.SSLError is an OSError. Nothing can be said in clear text now.
+            reason = str(exc) or repr(exc)
+            log.warning("%s TLS handshake failed: %s", self._describe(), reason)
+            self._tls_task = None
+            self._cleanup()
+            raw.abort()
+            return
+        self._tls_task = None
+        early, self._tls_early = self._tls_early, None
+        if self.state is ClientState.CLOSED:
+            tls.abort()
+            return
+        self.transport = tls
+        self.tls = True
+        if early:
+            self.data_received(bytes(early))
+
+    def _refuse_cleartext(self) -> None:
+        """Refuse a TCP client that did not ask for TLS when client_tls_sslmode requires it."""
+        mode = self.ctx.config.settings.client_tls_sslmode
+        if self._tls_context is not None and not self.tls and mode in _TLS_REQUIRED:
+            host = self.peer.rsplit(":", 1)[0]
+            raise ClientRefused(f'SSL required: no encryption for host "{host}" '
+                                f"(client_tls_sslmode is {mode.value})", sqlstate="28000")
+
     # --- cancel ----------------------------------------------------------------
     def _on_cancel_request(self, msg: CancelRequest) -> None:
         """A CancelRequest arrived on this new connection: route it, then close."""
@@ -840,6 +1004,9 @@ class FrontendSession(asyncio.Protocol):
         """Send a FATAL ErrorResponse and close this client."""
         if self.state is ClientState.CLOSED or self.transport is None:
             return
+        if self._tls_task is not None:  # no cleartext reply in the middle of a handshake
+            self.close()
+            return
         if isinstance(error, EcluseError):
             msg, sqlstate = error.message, error.sqlstate
         else:
@@ -859,11 +1026,17 @@ class FrontendSession(asyncio.Protocol):
         was = self.state
         self.state = ClientState.CLOSED
         self.ctx.clients.discard(self)
+        if self._admitted:
+            self._admitted = False
+            self.ctx.leave(self.database, self.user)
         if self.cancel_pid and self.ctx.cancel_keys.get(self.cancel_pid) is self:
             del self.ctx.cancel_keys[self.cancel_pid]
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            self._tls_task = None
         if was is ClientState.WAITING and self.pool is not None:
             self.pool.cancel_wait(self)
         if self._listening and self.pool is not None:

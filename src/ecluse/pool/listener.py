@@ -415,7 +415,10 @@ class ListenHub:
         params.setdefault("application_name", "ecluse listener")
         done: asyncio.Future = loop.create_future()
         host = s.host or "/tmp"
-        server = ServerConnection(self._hooks, login(params, s.password), host, s.port, done)
+        password = s.password if s.password is not None else pool.auth_secret
+        server = ServerConnection(self._hooks, login(params, password, scram_keys=pool.scram_keys),
+                                  host, s.port, done,
+                                  tls=None if host.startswith("/") else s.server_tls)
         server.slot_held = True
         registry.note_launch(pool)
         try:

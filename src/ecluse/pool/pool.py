@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ecluse.config.tls import ServerTls
 from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
 from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
@@ -60,6 +61,7 @@ class PoolSettings:
     server_login_retry: float
     query_wait_timeout: float
     max_prepared_statements: int = 0
+    server_tls: ServerTls | None = None  # None: server_tls_sslmode is disable
 
 
 class Pool:
@@ -83,6 +85,12 @@ class Pool:
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
         self.known_statements: dict[str, None] = {}
+        # The secret a client session learnt for this pool's user when the config
+        # has none (auth_query), and the SCRAM keys recovered from the last client
+        # that proved it knows the password (SCRAM pass-through). Set only by
+        # set_login_secret(); used by the next server logins.
+        self.auth_secret: str | None = None
+        self.scram_keys: tuple[bytes, bytes] | None = None
 
     # --- sizes -------------------------------------------------------------
     @property
@@ -290,6 +298,24 @@ class Pool:
             self.registry.on_server_closed(self)
 
     # --- launching servers -------------------------------------------------
+    def set_login_secret(self, secret: str | None,
+                         scram_keys: tuple[bytes, bytes] | None) -> None:
+        """Remember what a just-authenticated client of this pool's user proved.
+
+        ``secret`` (from auth_query) is used when the config gives the user no
+        password; ``scram_keys`` are (ClientKey, ServerKey) for SCRAM
+        pass-through. A new secret or new keys also clear a login backoff
+        that the missing ones caused, so the client does not wait
+        server_login_retry for nothing.
+        """
+        changed = False
+        if secret is not None and secret != self.auth_secret:
+            self.auth_secret, changed = secret, True
+        if scram_keys is not None and scram_keys != self.scram_keys:
+            self.scram_keys, changed = scram_keys, True
+        if changed and isinstance(self.last_error, ServerLoginFailed) and self.total() == 0:
+            self.last_error = None
+
     def launch(self) -> None:
         """Start one new server connection in the background."""
         self.launching += 1
@@ -301,10 +327,13 @@ class Pool:
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         params = {"user": s.user, "database": s.server_dbname, **s.server_params}
-        gen = login(params, s.password)
+        password = s.password if s.password is not None else self.auth_secret
+        gen = login(params, password, scram_keys=self.scram_keys)
         host = s.host or "/tmp"
+        # No TLS over unix sockets, as PgBouncer and libpq.
+        tls = None if host.startswith("/") else s.server_tls
         server = ServerConnection(self, gen, host, s.port, done,
-                                  max_prepared=s.max_prepared_statements)
+                                  max_prepared=s.max_prepared_statements, tls=tls)
         server.slot_held = True
         counted = True
         try:

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ecluse.config import Config, DatabaseConfig
+from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
 
 
@@ -72,6 +73,7 @@ class PoolRegistry:
             server_login_retry=s.server_login_retry,
             query_wait_timeout=s.query_wait_timeout,
             max_prepared_statements=s.max_prepared_statements,
+            server_tls=server_tls(s),
         )
 
     # --- cross-pool limits ---------------------------------------------------

@@ -1,14 +1,17 @@
 """ServerConnection: the asyncio Protocol of one PostgreSQL server connection.
 
-It logs in (driving server/login.py's generator), relays server bytes to the
-linked client, runs ecluse's own queries (parameter sync, reset, check), and
-drains a server whose client left mid-request.
+It asks for TLS when configured (server_tls_sslmode), logs in (driving
+server/login.py's generator), relays server bytes to the linked client, runs
+ecluse's own queries (parameter sync, reset, check), and drains a server whose
+client left mid-request.
 
 Rules:
 1. Only the owning Pool changes ``state``; this class reports events to it.
 2. Server bytes are forwarded as they arrive; only control messages are
    decoded (DESIGN.md hot-path rules).
 3. Knows nothing of clients beyond the small ``ServerLink`` interface.
+4. The server's answer to SSLRequest is one byte; anything after it before
+   the handshake closes the connection unread (CVE-2021-23222).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from ecluse.config.tls import ServerTls
 from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
 from ecluse.protocol import codes
 from ecluse.protocol.backend import (
@@ -28,9 +32,17 @@ from ecluse.protocol.backend import (
     decode_parameter_status,
 )
 from ecluse.protocol.framing import Framer
-from ecluse.protocol.frontend import encode_query, encode_terminate
+from ecluse.protocol.frontend import (
+    encode_bind,
+    encode_execute,
+    encode_parse,
+    encode_query,
+    encode_sync,
+    encode_terminate,
+)
 from ecluse.protocol.messages import BackendKeyData, ErrorResponse
 from ecluse.protocol.replies import ReplyQueue
+from ecluse.protocol.startup import encode_ssl_request
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
 
@@ -94,7 +106,8 @@ class ServerConnection(asyncio.Protocol):
     """One connection to PostgreSQL, owned by a Pool."""
 
     def __init__(self, pool: PoolHooks, login_gen, host: str, port: int | str,
-                 login_done: asyncio.Future, max_prepared: int = 0):
+                 login_done: asyncio.Future, max_prepared: int = 0,
+                 tls: ServerTls | None = None):
         self.pool = pool
         self.host = host
         self.port = port
@@ -130,6 +143,14 @@ class ServerConnection(asyncio.Protocol):
         self.on_notification: Callable[[bytes], None] | None = None
         self._draining: Callable[[], None] | None = None
         self._closing_error: Exception | None = None
+        # TLS: how to ask for it; True from SSLRequest until the login starts; True
+        # while SSLRequest awaits its one-byte answer; the handshake task; and
+        # whether the connection is encrypted.
+        self._tls = tls
+        self._tls_setup = False
+        self._tls_asked = False
+        self._tls_task: asyncio.Task | None = None
+        self.tls = False
 
     def __repr__(self) -> str:
         pid = self.key.process_id if self.key else 0
@@ -141,14 +162,26 @@ class ServerConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             self.local_addr = f"{sock[0]}:{sock[1]}"
+        if self._tls is not None:
+            self._tls_setup = self._tls_asked = True
+            transport.write(encode_ssl_request())
+            return
+        self._start_login()
+
+    def _start_login(self) -> None:
+        assert self.transport is not None
+        self._tls_setup = False
         try:
             first = next(self._login)
         except Exception as exc:  # the generator refused before the first byte
             self._fail_login(exc)
             return
-        transport.write(first)
+        self.transport.write(first)
 
     def data_received(self, data: bytes) -> None:
+        if self._tls_setup:
+            self._on_ssl_response(data)
+            return
         try:
             self._dispatch(self._framer.feed(data))
         except RemoteProtocolError as exc:
@@ -168,6 +201,9 @@ class ServerConnection(asyncio.Protocol):
             self._on_idle_pieces(pieces)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            self._tls_task = None
         previous = self.state
         self.state = ServerState.CLOSED
         error = self._closing_error or ServerGone(
@@ -190,6 +226,57 @@ class ServerConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.client is not None:
             self.client.resume_client_reading()
+
+    # --- TLS ---------------------------------------------------------------
+    def _on_ssl_response(self, data: bytes) -> None:
+        """The server's answer to SSLRequest: 'S' and nothing else, or 'N'."""
+        tls = self._tls
+        assert tls is not None and self.transport is not None
+        if not self._tls_asked or len(data) != 1:
+            # Bytes after 'S' (or 'N') before the handshake were never asked for and
+            # must not be read as the server's (CVE-2021-23222): a man in the middle
+            # could inject them.
+            self._refuse(RemoteProtocolError(
+                "server sent unencrypted data after its answer to SSLRequest"))
+            return
+        self._tls_asked = False
+        if data == b"S":
+            self.transport.pause_reading()
+            self._tls_task = asyncio.get_running_loop().create_task(self._start_tls(tls))
+        elif data == b"N" and not tls.required:
+            self._start_login()
+        elif data == b"N":
+            self._refuse(ServerLoginFailed(
+                f"server does not support SSL, but server_tls_sslmode is {tls.mode.value}",
+                sqlstate="08P01"))
+        else:
+            self._refuse(RemoteProtocolError(
+                f"server answered SSLRequest with {data!r} instead of 'S' or 'N'"))
+
+    async def _start_tls(self, tls: ServerTls) -> None:
+        loop = asyncio.get_running_loop()
+        raw = self.transport
+        assert raw is not None
+        try:
+            # server_hostname is sent as SNI; the context checks it only for verify-full.
+            new = await loop.start_tls(raw, self, tls.context, server_hostname=str(self.host))
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._tls_task = None
+            self._refuse(ServerLoginFailed(f"TLS handshake with server failed: {exc}",
+                                           sqlstate="08006"))
+            return
+        self._tls_task = None
+        if new is None or self.state is ServerState.CLOSED:
+            return
+        self.transport = new
+        self.tls = True
+        self._start_login()
+
+    def _refuse(self, exc: Exception) -> None:
+        """Fail the login and drop the connection without a word (nothing is trusted yet)."""
+        log.warning("server %s:%s: %s", self.host, self.port, exc)
+        self._fail_login(exc)
+        self.close(exc)
 
     # --- login -------------------------------------------------------------
     def _on_login_pieces(self, pieces) -> None:
@@ -315,11 +402,15 @@ class ServerConnection(asyncio.Protocol):
         return self._framer.at_boundary
 
     # --- ecluse's own queries ----------------------------------------------
-    def run_internal(self, sql: str, done: InternalDone, rows: list[Row] | None = None) -> None:
-        """Send a simple query whose replies are consumed here, not relayed.
+    def run_internal(self, sql: str, done: InternalDone, rows: list[Row] | None = None,
+                     args: Sequence[str] | None = None) -> None:
+        """Send a query whose replies are consumed here, not relayed.
 
         ``done`` gets the first ErrorResponse, or None, after ReadyForQuery.
-        With ``rows``, the DataRows of the result are appended to it.
+        With ``rows``, the DataRows of the result are appended to it. With
+        ``args`` the query goes through the extended protocol (unnamed
+        statement, text parameters $1, $2...), so values are never parsed
+        as SQL; ParseComplete and BindComplete are consumed like the rest.
         """
         assert self._internal is None and self.transport is not None
         self._internal = done
@@ -327,7 +418,13 @@ class ServerConnection(asyncio.Protocol):
         self._internal_rows = rows
         if rows is not None:
             self._framer.set_inspect(_ROWS_INSPECT)
-        self.transport.write(encode_query(sql))
+        if args is None:
+            self.transport.write(encode_query(sql))
+            return
+        self.transport.write(b"".join((
+            encode_parse("", sql),
+            encode_bind("", "", [arg.encode("utf-8") for arg in args]),
+            encode_execute(), encode_sync())))
 
     def in_internal(self) -> bool:
         """True while one of ecluse's own queries is running."""

@@ -3,6 +3,7 @@ memory by a scripted client (ecluse's own SCRAM client and scramp's)."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 
@@ -18,7 +19,12 @@ from ecluse.protocol.backend import decode_sasl_mechanisms
 from ecluse.protocol.codes import Auth
 from ecluse.protocol.frontend import encode_sasl_initial_response
 from ecluse.protocol.md5 import md5_response, md5_secret
-from ecluse.protocol.scram import ScramClientExchange, derive_scram_keys, scram_secret_from_password
+from ecluse.protocol.scram import (
+    ScramClientExchange,
+    ScramSecret,
+    derive_scram_keys,
+    scram_secret_from_password,
+)
 
 USER = "alice"
 PASSWORD = "correct horse"
@@ -144,7 +150,14 @@ def test_right_password_succeeds(method: str, kind: str) -> None:
         assert outcome.scram_client_key is not None
     else:
         assert outcome.method == method
-        assert outcome.scram_client_key is None
+        # A cleartext password checked against a verifier yields the ClientKey
+        # too (for SCRAM pass-through); md5 never can.
+        if kind == "scram":
+            verifier = ScramSecret.parse(SECRETS[kind])
+            assert outcome.scram_client_key is not None
+            assert hashlib.sha256(outcome.scram_client_key).digest() == verifier.stored_key
+        else:
+            assert outcome.scram_client_key is None
         assert outcome.final_message == b""
 
 

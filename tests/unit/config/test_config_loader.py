@@ -80,7 +80,7 @@ shutdown_timeout = 10
 workers = 4
 max_prepared_statements = 100
 ; known PgBouncer settings ecluse does not implement yet
-client_tls_sslmode = disable
+dns_max_ttl = 15
 tcp_keepidle = 30
 auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
 """
@@ -129,11 +129,8 @@ def test_realistic_settings(realistic: Path) -> None:
     assert (s.shutdown_timeout, s.workers, s.max_prepared_statements) == (10.0, 4, 100)
     assert s.logfile == "/var/log/pgbouncer/pgbouncer.log"
     assert s.pidfile == "/var/run/pgbouncer/pgbouncer.pid"
-    assert dict(s.extra) == {
-        "client_tls_sslmode": "disable",
-        "tcp_keepidle": "30",
-        "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
-    }
+    assert dict(s.extra) == {"dns_max_ttl": "15", "tcp_keepidle": "30"}
+    assert s.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
 def test_realistic_databases_users_and_auth(realistic: Path) -> None:
@@ -353,3 +350,46 @@ def test_bad_auth_file_line_names_the_auth_file(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(str(tmp_path / "nope.ini"))
+
+
+def test_auth_query_settings_global_and_per_database() -> None:
+    config = config_from_string(
+        "[databases]\n"
+        "app = host=db auth_user=pgb auth_dbname=authdb auth_query='SELECT a, b FROM f($1)'\n"
+        "other = host=db\n"
+        "[pgbouncer]\n"
+        "auth_user = admin\n"
+        "auth_dbname = postgres\n")
+    s = config.settings
+    assert (s.auth_user, s.auth_dbname) == ("admin", "postgres")
+    assert s.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    app = config.databases["app"]
+    assert (app.auth_user, app.auth_dbname, app.auth_query) == ("pgb", "authdb",
+                                                                "SELECT a, b FROM f($1)")
+    assert config.databases["other"].auth_query is None
+
+
+def test_auth_hba_file_is_loaded_relative_to_the_ini(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("host all all 10.0.0.0/8 md5\n")
+    ini = tmp_path / "ecluse.ini"
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n")
+    config = load_config(str(ini))
+    assert config.settings.auth_hba_file == str(tmp_path / "hba.conf")
+    assert config.hba is not None and [r.method for r in config.hba] == ["md5"]
+
+
+def test_bad_or_missing_hba_file(tmp_path: Path) -> None:
+    ini = tmp_path / "ecluse.ini"
+    ini.write_text("[pgbouncer]\nauth_type = hba\n")
+    with pytest.raises(ConfigError, match="auth_type = hba needs auth_hba_file"):
+        load_config(str(ini))
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = missing.conf\n")
+    with pytest.raises(ConfigError, match="auth_hba_file: cannot read") as err:
+        load_config(str(ini))
+    assert err.value.line == 3
+    (tmp_path / "hba.conf").write_text("local all all trust\nhost all all 10.0.0.0/8 ident\n")
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(ini))
+    assert (err.value.path, err.value.line) == (str(tmp_path / "hba.conf"), 2)
+    assert 'authentication method "ident" is not supported' in err.value.message

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecluse.protocol import backend as be
+from ecluse.protocol.frontend import decode_bind, decode_parse
 from ecluse.server.connection import _RELAY_INSPECT, ServerConnection, ServerState
 
 
@@ -102,3 +103,29 @@ def test_messages_after_an_internal_query_reach_the_client(cuts):
     assert bytes(client.data) == AFTER + be.encode_parameter_status("TimeZone", "UTC")
     assert server.params["TimeZone"] == "UTC"
     assert not server.in_internal()
+
+
+def test_internal_query_with_args_uses_the_extended_protocol():
+    """auth_query's path: the argument is a bound parameter, never part of the SQL."""
+    server, _client = linked_server()
+    server.unlink()
+    rows: list = []
+    done: list = []
+    name = "x' OR '1'='1"
+    server.run_internal("SELECT usename, passwd FROM pg_shadow WHERE usename=$1", done.append,
+                        rows, args=[name])
+    (sent,) = server.transport.written
+    kinds = []
+    pos = 0
+    while pos < len(sent):
+        length = int.from_bytes(sent[pos + 1:pos + 5], "big")
+        kinds.append((chr(sent[pos]), sent[pos + 5:pos + 1 + length]))
+        pos += 1 + length
+    assert [k for k, _ in kinds] == ["P", "B", "E", "S"]
+    parse = decode_parse(kinds[0][1])
+    assert parse.query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    assert decode_bind(kinds[1][1]).params == (name.encode(),)
+    server.data_received(be.encode_parse_complete() + be.encode_bind_complete()
+                         + be.encode_data_row([b"u", None]) + be.encode_command_complete("SELECT 1")
+                         + be.encode_ready_for_query(b"I"))
+    assert done == [None] and rows == [[b"u", None]]

@@ -1,0 +1,192 @@
+"""TLS contexts built from the client_tls_* and server_tls_* settings (stdlib ``ssl``).
+
+The client side context is what ecluse presents to its clients (server_side);
+the server side one is what it uses as a TLS client of PostgreSQL.
+
+Rules:
+1. Contexts depend on the settings alone and are cached by their values, so
+   every session of a worker shares one, and a reload that changes a file
+   name builds a new one. (A certificate renewed under the same file name is
+   read at the next restart.)
+2. A setting that cannot be honoured raises TlsSettingError naming it; the
+   loader turns it into a ConfigError at that setting's line, so a bad key
+   or certificate stops ecluse at start or reload, not at the first client.
+3. Meanings are PgBouncer's: on the client side verify-ca and verify-full
+   both require a client certificate signed by client_tls_ca_file, and
+   disable/allow/prefer/require never look at one; on the server side only
+   verify-ca/verify-full check the server's certificate, and only
+   verify-full its host name.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import warnings
+from dataclasses import dataclass
+
+from ecluse.config.model import Settings, SslMode
+
+# ALPN name of the PostgreSQL protocol (PostgreSQL 17; required for direct TLS).
+ALPN_POSTGRESQL = "postgresql"
+
+_VERSIONS = {
+    "tlsv1.0": ssl.TLSVersion.TLSv1,
+    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+}
+# libtls cipher keywords PgBouncer accepts; the first group keeps OpenSSL's
+# defaults, which are already the secure choice.
+_DEFAULT_CIPHERS = frozenset({"default", "secure", "normal", "fast"})
+_ALL_CIPHERS = frozenset({"all", "legacy", "compat", "insecure"})
+_VERIFYING = frozenset({SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
+
+
+class TlsSettingError(ValueError):
+    """A TLS setting cannot be honoured; ``setting`` names the key to blame."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """How to open TLS towards a PostgreSQL server."""
+
+    mode: SslMode
+    context: ssl.SSLContext
+
+    @property
+    def required(self) -> bool:
+        """True when a server answering 'N' to SSLRequest must be refused."""
+        return self.mode in (SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL)
+
+    def server_hostname(self, host: str) -> str | None:
+        """Return the name to check the certificate against (verify-full only)."""
+        return host if self.mode is SslMode.VERIFY_FULL else None
+
+
+def client_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """Return the context for TLS with clients, or None when client_tls_sslmode is disable.
+
+    Raises TlsSettingError when a file does not load or a value is refused.
+    """
+    if settings.client_tls_sslmode is SslMode.DISABLE:
+        return None
+    return _client_context(settings.client_tls_sslmode, settings.client_tls_key_file,
+                           settings.client_tls_cert_file, settings.client_tls_ca_file,
+                           settings.client_tls_protocols, settings.client_tls_ciphers)
+
+
+def server_tls(settings: Settings) -> ServerTls | None:
+    """Return how to do TLS with servers, or None when server_tls_sslmode is disable.
+
+    Raises TlsSettingError when a file does not load or a value is refused.
+    """
+    if settings.server_tls_sslmode is SslMode.DISABLE:
+        return None
+    return _server_tls(settings.server_tls_sslmode, settings.server_tls_key_file,
+                       settings.server_tls_cert_file, settings.server_tls_ca_file,
+                       settings.server_tls_protocols, settings.server_tls_ciphers)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_context(mode: SslMode, key_file: str | None, cert_file: str | None,
+                    ca_file: str | None, protocols: tuple[str, ...],
+                    ciphers: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _set_protocols(ctx, protocols, "client_tls_protocols")
+    _set_ciphers(ctx, ciphers, "client_tls_ciphers")
+    if key_file is None:
+        raise TlsSettingError("client_tls_key_file",
+                              f"must be set when client_tls_sslmode is {mode.value}")
+    if cert_file is None:
+        raise TlsSettingError("client_tls_cert_file",
+                              f"must be set when client_tls_sslmode is {mode.value}")
+    _load_chain(ctx, cert_file, key_file, "client_tls")
+    if mode in _VERIFYING:
+        if ca_file is None:
+            raise TlsSettingError("client_tls_ca_file",
+                                  f"must be set when client_tls_sslmode is {mode.value}")
+        _load_ca(ctx, ca_file, "client_tls_ca_file")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    # Offered on every handshake; a direct TLS connection must select it.
+    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ctx
+
+
+@functools.lru_cache(maxsize=8)
+def _server_tls(mode: SslMode, key_file: str | None, cert_file: str | None,
+                ca_file: str | None, protocols: tuple[str, ...], ciphers: str) -> ServerTls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _set_protocols(ctx, protocols, "server_tls_protocols")
+    _set_ciphers(ctx, ciphers, "server_tls_ciphers")
+    if mode in _VERIFYING:
+        ctx.check_hostname = mode is SslMode.VERIFY_FULL
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ca_file is not None:
+            _load_ca(ctx, ca_file, "server_tls_ca_file")
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        # PgBouncer's require/prefer/allow: encryption without authentication.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if (key_file is None) != (cert_file is None):
+        missing = "server_tls_key_file" if key_file is None else "server_tls_cert_file"
+        raise TlsSettingError(missing, "a client certificate needs both the key and the "
+                              "certificate file")
+    if key_file is not None and cert_file is not None:
+        _load_chain(ctx, cert_file, key_file, "server_tls")
+    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ServerTls(mode, ctx)
+
+
+def _set_protocols(ctx: ssl.SSLContext, protocols: tuple[str, ...], setting: str) -> None:
+    """Allow the versions from the oldest to the newest named (a gap cannot be expressed)."""
+    versions = [_VERSIONS[name] for name in protocols]
+    with warnings.catch_warnings():
+        # TLS 1.0/1.1 are deprecated in ssl; "legacy" asks for them on purpose.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            ctx.minimum_version = min(versions)
+            ctx.maximum_version = max(versions)
+        except (ValueError, ssl.SSLError) as exc:
+            raise TlsSettingError(setting, f"not supported here: {exc}") from None
+
+
+def _set_ciphers(ctx: ssl.SSLContext, ciphers: str, setting: str) -> None:
+    keyword = ciphers.strip().lower()
+    if keyword in _DEFAULT_CIPHERS:
+        return
+    try:
+        ctx.set_ciphers("ALL:!aNULL:!eNULL" if keyword in _ALL_CIPHERS else ciphers)
+    except ssl.SSLError:
+        raise TlsSettingError(setting, f"no cipher matches {ciphers!r}") from None
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str, prefix: str) -> None:
+    for setting, path in ((f"{prefix}_cert_file", cert_file), (f"{prefix}_key_file", key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise TlsSettingError(setting, f"cannot read {path!r}: {exc.strerror}") from None
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise TlsSettingError(f"{prefix}_cert_file",
+                              f"cannot load certificate {cert_file!r} with key {key_file!r}: "
+                              f"{reason}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, ca_file: str, setting: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=ca_file)
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise TlsSettingError(setting, f"cannot load {ca_file!r}: {reason}") from None
