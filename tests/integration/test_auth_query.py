@@ -184,3 +184,39 @@ def test_search_path_of_auth_user_cannot_shadow_pg_shadow(ecluse_factory, pg):
     finally:
         pg.psql("DROP SCHEMA evil CASCADE;", dbname="ecluse_test")
         pg.psql("DROP ROLE authq;")
+
+
+def test_expired_password_is_refused_as_postgresql_does(ecluse_factory, pg):
+    """CVE-2025-2291: a password past the role's VALID UNTIL must not log in."""
+    pg.psql("CREATE ROLE expuser LOGIN PASSWORD 'exppass' VALID UNTIL '2001-01-01'")
+    try:
+        ec = ecluse_factory({"auth_type": "md5", "auth_user": "postgres"})
+        assert login_sqlstate(ec, "expuser", "exppass") == "28P01"
+        pg.psql("ALTER ROLE expuser VALID UNTIL 'infinity'")
+        fresh = ecluse_factory({"auth_type": "md5", "auth_user": "postgres"})  # no cache
+        assert login_sqlstate(fresh, "expuser", "exppass") is None
+    finally:
+        pg.psql("DROP ROLE expuser")
+
+
+def test_client_startup_parameters_never_reach_the_lookup(ecluse_factory, pg):
+    """CVE-2025-12819: the client's startup parameters (here a search_path) are
+    not applied to the connection that runs auth_query."""
+    pg.psql("CREATE SCHEMA malicious_schema;"
+            "CREATE FUNCTION public.ecluse_lookup(u text, OUT usename name, OUT passwd text) "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            "IF pg_catalog.current_setting('search_path') LIKE '%malicious%' THEN "
+            "RAISE EXCEPTION 'client search_path reached the auth connection'; END IF; "
+            "SELECT s.usename, s.passwd INTO usename, passwd FROM pg_catalog.pg_shadow s "
+            "WHERE s.usename = u; END $$;", dbname="ecluse_test")
+    try:
+        ec = ecluse_factory({"auth_type": "md5", "auth_user": "postgres",
+                             "auth_query": "SELECT * FROM public.ecluse_lookup($1)"})
+        dsn = ec.dsn(user="md5user", password=pg.passwords["md5user"])
+        with psycopg.connect(dsn, options="-c search_path=malicious_schema,public",
+                             autocommit=True) as conn:
+            assert conn.execute("select current_user, current_setting('search_path')"
+                                ).fetchone() == ("md5user", "malicious_schema,public")
+    finally:
+        pg.psql("DROP SCHEMA malicious_schema; DROP FUNCTION public.ecluse_lookup(text);",
+                dbname="ecluse_test")

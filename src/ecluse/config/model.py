@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 FALLBACK_DATABASE = "*"
 
 # PgBouncer's default auth_query.
-DEFAULT_AUTH_QUERY = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+# PgBouncer's query, schema-qualified, and refusing a password past its VALID UNTIL
+# (CVE-2025-2291: PostgreSQL would refuse it too).
+DEFAULT_AUTH_QUERY = ("SELECT usename, CASE WHEN valuntil < pg_catalog.now() THEN NULL "
+                      "ELSE passwd END FROM pg_catalog.pg_shadow WHERE usename = $1")
 
 
 def _empty_mapping() -> Mapping[str, str]:

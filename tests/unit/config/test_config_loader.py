@@ -16,6 +16,7 @@ from ecluse.config import (
     config_from_string,
     load_config,
 )
+from ecluse.config.model import DEFAULT_AUTH_QUERY
 from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS
 from ecluse.errors import ConfigError
 
@@ -362,7 +363,7 @@ def test_auth_query_settings_global_and_per_database() -> None:
         "auth_dbname = postgres\n")
     s = config.settings
     assert (s.auth_user, s.auth_dbname) == ("admin", "postgres")
-    assert s.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    assert s.auth_query == DEFAULT_AUTH_QUERY and "valuntil" in s.auth_query
     app = config.databases["app"]
     assert (app.auth_user, app.auth_dbname, app.auth_query) == ("pgb", "authdb",
                                                                 "SELECT a, b FROM f($1)")
