@@ -10,14 +10,26 @@ transaction mode. PgBouncer learnt that in 1.21; an older PgBouncer is not run
 with ``-M prepared`` at all (``unsupported()``), since pgbench would only fail
 with ``prepared statement "P_0" already exists``.
 
+Each target comes plain or with TLS towards pgbench (``tls``): a TLS pooler is a
+second instance with ``client_tls_sslmode = require`` and a throwaway self-signed
+certificate (``make_tls_files``), so that a plain client is refused rather than
+measured by mistake; pgbench is told its sslmode through ``Target.sslmode``.
+Poolers always talk plain TCP to PostgreSQL (``server_tls_sslmode = disable``,
+written out because PgBouncer's default is prefer and the bench cluster has
+``ssl = on``), so the TLS figures are the cost of client-side TLS alone.
+
 Rules:
 1. Every process started here is stopped by ``stop()``, by its own pid/group.
-2. PgBouncer refuses to run as root, so when we are root it runs as ``postgres``.
+2. PgBouncer refuses to run as root, so when we are root it runs as ``postgres``;
+   so does PostgreSQL, and the TLS key belongs to ``postgres`` (mode 0600), which
+   both of them and a root ecluse can read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import os
 import pwd
 import re
@@ -26,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from procstat import tree_cpu_seconds
 from workload import clean_env
@@ -41,17 +54,118 @@ MAX_PREPARED_STATEMENTS = 200
 # The first PgBouncer that tracks protocol-level prepared statements in transaction mode.
 PGBOUNCER_PREPARED_SINCE = (1, 21)
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+# The bench's certificate: RSA 2048, the common default; pgbench connects once per client
+# (no -C) and its tps excludes connection time, so the handshake is not what is measured.
+_TLS_KEY_BITS = 2048
+_TLS_DAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A self-signed certificate and its key, PEM files the servers can read."""
+
+    cert_file: str
+    key_file: str
+    description: str
+
+
+def make_tls_files(directory: str) -> TlsFiles:
+    """Write a throwaway self-signed certificate for localhost/127.0.0.1 into ``directory``.
+
+    Uses the ``cryptography`` package (the test extra), else ``openssl req``. When we
+    are root, the key is given to the ``postgres`` user: PostgreSQL refuses a key it
+    cannot read or one that others may read, and PgBouncer runs as that user too.
+    Raises RuntimeError when neither way works.
+    """
+    os.makedirs(directory, mode=0o711, exist_ok=True)
+    cert_file = os.path.join(directory, "server.crt")
+    key_file = os.path.join(directory, "server.key")
+    try:
+        _write_cert_with_cryptography(cert_file, key_file)
+        how = "cryptography"
+    except ImportError:
+        _write_cert_with_openssl(cert_file, key_file)
+        how = "openssl req"
+    os.chmod(key_file, 0o600)
+    os.chmod(cert_file, 0o644)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(SERVER_USER)
+        for path in (directory, cert_file, key_file):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    return TlsFiles(cert_file, key_file,
+                    f"self-signed RSA {_TLS_KEY_BITS} certificate made with {how}")
+
+
+def _write_cert_with_cryptography(cert_file: str, key_file: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=_TLS_KEY_BITS)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_TLS_DAYS))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    # Created 0600 before the key is written, so it is never readable by others.
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_file, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_cert_with_openssl(cert_file: str, key_file: str) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("TLS needs the cryptography package or the openssl command")
+    done = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", f"rsa:{_TLS_KEY_BITS}", "-nodes", "-sha256",
+         "-days", str(_TLS_DAYS), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", key_file, "-out", cert_file],
+        capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {done.stderr.strip()}")
 
 
 class Target:
-    """Where pgbench connects; the base class is the direct connection to PostgreSQL."""
+    """Where pgbench connects; the base class is the direct connection to PostgreSQL.
+
+    With ``tls``, pgbench connects with sslmode=require, otherwise with sslmode=disable
+    (the bench cluster speaks TLS when the run has any TLS rows, so libpq's default,
+    prefer, would quietly use it).
+    """
 
     name = "direct"
 
-    def __init__(self, host: str, port: int, dbname: str):
+    def __init__(self, host: str, port: int, dbname: str, tls: TlsFiles | None = None):
         self.host = host
         self.port = port
         self.dbname = dbname
+        self.tls = tls
+
+    @property
+    def sslmode(self) -> str:
+        """The libpq sslmode pgbench and psql use towards this target."""
+        return "require" if self.tls is not None else "disable"
+
+    @property
+    def label(self) -> str:
+        """The name with the TLS flag, for messages: ``ecluse`` or ``ecluse+tls``."""
+        return f"{self.name}+tls" if self.tls is not None else self.name
 
     @property
     def pid(self) -> int | None:
@@ -83,8 +197,8 @@ class PoolerTarget(Target):
     """A pooler run as a child process from a config file in its own temp directory."""
 
     def __init__(self, workdir: str, pg_host: str, pg_port: int, dbname: str, pool_size: int,
-                 psql: str):
-        super().__init__("127.0.0.1", find_free_port("127.0.0.1"), dbname)
+                 psql: str, tls: TlsFiles | None = None):
+        super().__init__("127.0.0.1", find_free_port("127.0.0.1"), dbname, tls)
         self.workdir = workdir
         self.pg_host = pg_host
         self.pg_port = pg_port
@@ -101,6 +215,14 @@ class PoolerTarget(Target):
     def extra_settings(self) -> list[str]:
         """Return ``key = value`` lines this pooler adds to the shared [pgbouncer] section."""
         return []
+
+    def tls_settings(self) -> list[str]:
+        """Return the client_tls_* lines: require TLS from clients, or nothing when plain."""
+        if self.tls is None:
+            return []
+        return ["client_tls_sslmode = require",
+                f"client_tls_key_file = {self.tls.key_file}",
+                f"client_tls_cert_file = {self.tls.cert_file}"]
 
     def config_text(self) -> str:
         """Return the PgBouncer-format config both poolers are given."""
@@ -119,6 +241,9 @@ class PoolerTarget(Target):
             "max_client_conn = 10000",
             "log_connections = 0",
             "log_disconnections = 0",
+            # Plain towards PostgreSQL in every case; see the module docstring.
+            "server_tls_sslmode = disable",
+            *self.tls_settings(),
             *self.extra_settings(),
             "",
         ])
@@ -148,15 +273,15 @@ class PoolerTarget(Target):
         deadline = time.monotonic() + timeout
         while True:
             if not self.is_alive():
-                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.label} exited at start:\n{self.log_tail()}")
             probe = subprocess.run(
                 [self.psql, "-X", "-A", "-t", "-h", self.host, "-p", str(self.port),
                  "-U", BENCH_USER, "-d", self.dbname, "-c", "select 1"],
-                capture_output=True, text=True, timeout=15, env=clean_env())
+                capture_output=True, text=True, timeout=15, env=clean_env(self.sslmode))
             if probe.returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not answer within {timeout:.0f} s: "
+                raise RuntimeError(f"{self.label} did not answer within {timeout:.0f} s: "
                                    f"{probe.stderr.strip()}\n{self.log_tail()}")
             time.sleep(0.2)
 

@@ -57,10 +57,16 @@ def find_pgbench(bindir: str | None = None) -> str:
     return found
 
 
-def clean_env() -> dict[str, str]:
-    """Return our environment without PG* variables, which could redirect pgbench or psql."""
+def clean_env(sslmode: str | None = None) -> dict[str, str]:
+    """Return our environment without PG* variables, which could redirect pgbench or psql.
+
+    With ``sslmode`` (libpq's: disable, require, ...), PGSSLMODE is set to it; without,
+    libpq's default (prefer) applies.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
+    if sslmode is not None:
+        env["PGSSLMODE"] = sslmode
     return env
 
 
@@ -80,13 +86,15 @@ def pgbench_command(pgbench: str, host: str, port: int, dbname: str, user: str,
     return [*cmd, dbname]
 
 
-def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None) -> PgbenchResult:
+def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None,
+                sslmode: str | None = None) -> PgbenchResult:
     """Run ``cmd``, parse the summary and, with ``log_prefix``, the latency logs.
 
-    pgbench is killed if it outlives ``timeout`` seconds or if we are interrupted.
+    ``sslmode`` goes to pgbench as PGSSLMODE (see clean_env). pgbench is killed if it
+    outlives ``timeout`` seconds or if we are interrupted.
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=clean_env(),
+                            stderr=subprocess.PIPE, text=True, env=clean_env(sslmode),
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -355,6 +355,8 @@ class Pool:
             if isinstance(exc, TimeoutError):
                 exc = ServerGone("server connect timeout (server_connect_timeout)")
             server.close(exc)
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: the failure is reported just below
             self._on_launch_failed(server, exc)
             return
         self.last_error = None
