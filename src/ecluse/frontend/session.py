@@ -17,12 +17,16 @@ Rules:
 4. TLS starts in LOGIN (SSLRequest answered 'S', or a direct handshake done by
    frontend/tls.py's listener); from 'S' until the handshake is over, no byte
    the client sends is read as protocol data (CVE-2021-23214).
+
+Split out: authentication lookups (frontend/authn.py), TLS accept
+(frontend/tls.py), and the SQL ecluse must see in transaction mode — session
+state, DEALLOCATE, LISTEN — in the SessionStateKeeping mixin
+(frontend/statekeeping.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import hmac
 import logging
 import ssl
@@ -42,15 +46,10 @@ from ecluse.errors import (
 )
 from ecluse.frontend import authn
 from ecluse.frontend.context import ClientContext
-from ecluse.frontend.notify import recode_notification
 from ecluse.frontend.prepared import StatementRewriter
-from ecluse.frontend.sqlscan import (
-    Intercept,
-    find_custom_settings,
-    may_leave_session_state,
-    parse_intercept,
-)
 from ecluse.frontend.startup import resolve_startup
+from ecluse.frontend.statekeeping import SessionStateKeeping
+from ecluse.frontend.states import TRANSITIONS, ClientState
 from ecluse.frontend.tls import accept_tls, is_postgresql_alpn
 from ecluse.pool.pool import Pool
 from ecluse.protocol import backend as be
@@ -58,12 +57,10 @@ from ecluse.protocol import codes
 from ecluse.protocol.framing import Framer
 from ecluse.protocol.messages import (
     CancelRequest,
-    ErrorResponse,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
 )
-from ecluse.protocol.replies import Fake
 from ecluse.protocol.startup import (
     decode_startup_packet,
     startup_packet_length,
@@ -73,7 +70,7 @@ from ecluse.protocol.startup import (
 from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
 from ecluse.server.params import TRACKED_PARAMETERS, build_sync_query
-from ecluse.server.state import SessionState, build_probe_sql, build_settings_sync, parse_probe
+from ecluse.server.state import build_settings_sync
 
 log = logging.getLogger("ecluse.client")
 
@@ -86,32 +83,10 @@ _REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRI
                               codes.FE_CLOSE, codes.FE_QUERY})
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
-_TRACKED_LOWER = frozenset(name.lower() for name in TRACKED_PARAMETERS)
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
-class ClientState(enum.Enum):
-    LOGIN = "login"
-    AUTH = "auth"
-    WELCOME = "welcome"
-    IDLE = "idle"
-    WAITING = "waiting"
-    LINKED = "active"
-    CLOSED = "closed"
-
-
-_TRANSITIONS = {
-    ClientState.LOGIN: {ClientState.AUTH, ClientState.CLOSED},
-    ClientState.AUTH: {ClientState.WELCOME, ClientState.CLOSED},
-    ClientState.WELCOME: {ClientState.IDLE, ClientState.CLOSED},
-    ClientState.IDLE: {ClientState.WAITING, ClientState.LINKED, ClientState.CLOSED},
-    ClientState.WAITING: {ClientState.LINKED, ClientState.IDLE, ClientState.CLOSED},
-    ClientState.LINKED: {ClientState.IDLE, ClientState.CLOSED},
-    ClientState.CLOSED: set(),
-}
-
-
-class FrontendSession(asyncio.Protocol):
+class FrontendSession(SessionStateKeeping, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     def __init__(self, ctx: ClientContext):
@@ -169,7 +144,7 @@ class FrontendSession(asyncio.Protocol):
         return f"<client {self.peer} {self.database}/{self.user} {self.state.value}>"
 
     def _set_state(self, state: ClientState) -> None:
-        if state not in _TRANSITIONS[self.state]:
+        if state not in TRANSITIONS[self.state]:
             raise RuntimeError(f"client state {self.state} -> {state} not allowed")
         self.state = state
 
@@ -649,240 +624,6 @@ class FrontendSession(asyncio.Protocol):
         if server is not None:
             server.unlink()
         self._set_state(ClientState.IDLE)
-
-    # --- SQL that ecluse must see: session state, DEALLOCATE, LISTEN -----------
-    def _on_sql(self, kind: int, sql: bytes | None, named: bool) -> Fake | None:
-        """Rewriter hook: the text of each Query and Parse sent to a server."""
-        if sql is None:
-            self._suspect = True  # too long to scan: assume the worst
-            return None
-        text = sql.decode("utf-8", "replace")
-        if not may_leave_session_state(text):
-            return None
-        self._suspect = True
-        custom = find_custom_settings(text)
-        if custom is None:
-            self._custom_unknown = True
-        else:
-            self._custom_names.update(custom)
-        if kind == codes.FE_PARSE:
-            # A named statement can run again in any later transaction.
-            self._always_probe = self._always_probe or named
-            return None
-        intercept = parse_intercept(text)
-        if intercept is None:
-            return None
-        if intercept.kind == "unlisten":
-            self._unlisten(intercept)  # the server runs it too: harmless there
-        elif intercept.kind == "deallocate" and not intercept.all:
-            return self._fake_deallocate(intercept)
-        return None
-
-    def _fake_deallocate(self, intercept: Intercept) -> Fake | None:
-        """DEALLOCATE of the client's protocol-level statements, answered by ecluse.
-
-        The server knows them under other names; SQL-prepared ones it does know
-        are left to it.
-        """
-        rewriter = self._rewriter
-        assert rewriter is not None
-        names = [name.encode() for name in intercept.names]
-        if not all(name in rewriter.statements for name in names):
-            return None
-        server = self.server
-
-        def reply() -> bytes:
-            status = server.tracker.status if server is not None else codes.STATUS_IDLE
-            if status == codes.STATUS_FAILED:
-                return be.encode_error_response(
-                    "current transaction is aborted, commands ignored until end of "
-                    "transaction block", "25P02") + be.encode_ready_for_query(b"E")
-            for name in names:
-                rewriter.deallocate(name)
-            return b"".join(be.encode_command_complete(tag) for tag in intercept.tags) + \
-                be.encode_ready_for_query(bytes((status,)))
-        return reply
-
-    def _answer_idle_sql(self, pieces, start: int) -> bool:
-        """Answer a DEALLOCATE, LISTEN or UNLISTEN query without a server, if it is one.
-
-        Only a whole simple Query first in the batch; the rest of the batch is
-        handled after it, in order.
-        """
-        msg_type, raw, is_start, end = pieces[start]
-        if msg_type != codes.FE_QUERY or not (is_start and end):
-            return False
-        text = bytes(raw[5:-1]).decode("utf-8", "replace")
-        if not may_leave_session_state(text):
-            return False
-        intercept = parse_intercept(text)
-        if intercept is None:
-            return False
-        rest = pieces[start + 1:]
-        rewriter = self._rewriter
-        assert rewriter is not None and self.pool is not None
-        if intercept.kind == "deallocate":
-            names = [name.encode() for name in intercept.names]
-            if intercept.all:
-                rewriter.forget_all()
-            elif all(name in rewriter.statements for name in names):
-                for name in names:
-                    rewriter.deallocate(name)
-            else:
-                return False  # the server gives the error
-            self._write_completion(intercept)
-        elif intercept.kind == "unlisten":
-            self._unlisten(intercept)
-            self._write_completion(intercept)
-        else:
-            self._listen(intercept)
-            if self._hub_waits:
-                self._buffer(rest)
-                return True
-        if rest:
-            self._queue_pieces(rest)
-        return True
-
-    def _write_completion(self, intercept: Intercept) -> None:
-        self.transport.write(
-            b"".join(be.encode_command_complete(tag) for tag in intercept.tags)
-            + be.encode_ready_for_query(b"I"))
-        if self._notify_backlog:
-            self._flush_notifications()
-
-    def _listen(self, intercept: Intercept) -> None:
-        """Subscribe through the pool's hub; answer once every LISTEN is effective."""
-        assert self.pool is not None
-        hub = self.pool.listen_hub()
-        errors: list[ErrorResponse] = []
-        remaining = len(intercept.names)
-        self._hub_waits += 1
-        self._listening = True
-
-        def done(error: ErrorResponse | None) -> None:
-            nonlocal remaining
-            if error is not None:
-                errors.append(error)
-            remaining -= 1
-            if remaining:
-                return
-            self._hub_waits -= 1
-            if self.state is ClientState.CLOSED:
-                return
-            if errors:
-                self.transport.write(be.encode_error_fields(dict(errors[0].fields))
-                                     + be.encode_ready_for_query(b"I"))
-            else:
-                self._write_completion(intercept)
-            if self._pending and not self._hub_waits:
-                pieces, self._pending = self._pending, []
-                self._pending_bytes = 0
-                if self._reading_paused:
-                    self.resume_client_reading()
-                self._queue_pieces(pieces)
-
-        for name in intercept.names:
-            hub.subscribe(name, self, done)
-
-    def _unlisten(self, intercept: Intercept) -> None:
-        if not self._listening or self.pool is None:
-            return
-        hub = self.pool.listen_hub()
-        if intercept.all:
-            hub.unsubscribe_all(self)
-        else:
-            for name in intercept.names:
-                hub.unsubscribe(name, self)
-
-    def deliver_notification(self, raw: bytes) -> None:
-        """NotificationSink: a NOTIFY on a channel this client LISTENs to via the hub."""
-        if self.state is ClientState.CLOSED or self.transport is None:
-            return
-        raw = recode_notification(raw, self.params.get("client_encoding", "UTF8"))
-        server = self.server
-        busy = self._hub_waits or self._probing or self.state is ClientState.WELCOME or (
-            server is not None and not (server.tracker.is_done() and server.relay_at_boundary))
-        if busy:
-            # Mid-reply: a notification must not cut into the server's messages.
-            self._notify_backlog.append(raw)
-        else:
-            self.transport.write(raw)
-
-    def on_server_notification(self, raw: bytes) -> None:
-        """ServerLink: a notification that arrived during one of ecluse's own queries."""
-        if self.transport is not None and self.state is not ClientState.CLOSED:
-            self._notify_backlog.append(raw)
-
-    def _flush_notifications(self) -> None:
-        backlog, self._notify_backlog = self._notify_backlog, []
-        if self.transport is not None:
-            self.transport.write(b"".join(backlog))
-
-    def _start_probe(self, server: ServerConnection) -> None:
-        """Ask the server what session state the client left, before giving it back.
-
-        Runs after a transaction whose SQL may have changed settings or made
-        state that lives on after it, and after every transaction of a pinned
-        client. The client's next requests wait until the answer is in.
-        """
-        self._probing = True
-        rows: list = []
-        names = self._custom_names.union(n for n in server.session_settings if "." in n)
-        server.run_internal(build_probe_sql(names),
-                            lambda err: self._on_probe(server, rows, err), rows)
-
-    def _on_probe(self, server: ServerConnection, rows: list, error) -> None:
-        self._probing = False
-        if self.server is not server or self.state is not ClientState.LINKED:
-            return  # the client left meanwhile; _abandon dealt with the server
-        state: SessionState | None = None
-        if error is None and len(rows) == 1:
-            try:
-                state = parse_probe(rows[0])
-            except ValueError as exc:
-                log.warning("session state probe on %s: %s", server, exc)
-        else:
-            log.warning("session state probe failed on %s: %s", server,
-                        error.message if error is not None else f"{len(rows)} rows")
-        if state is None:
-            # Unknown state must not reach another client: keep it from the pool.
-            server.close_when_released = True
-            self.pinned = None
-        else:
-            self._apply_probe(server, state)
-        self._suspect = False
-        if self._notify_backlog:
-            self._flush_notifications()
-        if self.pinned:
-            self._flush_pending()
-            return
-        self._release_server(server)
-        if self._pending and self.state is ClientState.IDLE:
-            pieces, self._pending = self._pending, []
-            self._pending_bytes = 0
-            if self._reading_paused:
-                self.resume_client_reading()
-            self._queue_pieces(pieces)
-
-    def _apply_probe(self, server: ServerConnection, state: SessionState) -> None:
-        settings = {name: value for name, value in state.settings.items()
-                    if name.lower() not in _TRACKED_LOWER}
-        self.session_settings = settings
-        server.session_settings = dict(settings)
-        if "search_path" in state.settings:
-            self.params["search_path"] = server.params["search_path"] = state.search_path
-        else:
-            self.params.pop("search_path", None)
-            server.params.pop("search_path", None)
-        was = self.pinned
-        pins = list(state.pins)
-        if self._custom_unknown:
-            pins.append("set_config of a setting named at run time")
-        self.pinned = pins or None
-        if self.pinned and not was:
-            log.info("%s pinned to %s: %s", self._describe(), server, ", ".join(self.pinned))
-        elif was and not self.pinned:
-            log.info("%s unpinned from %s", self._describe(), server)
 
     # --- TLS -----------------------------------------------------------------------
     def _start_tls_task(self, coro) -> None:
