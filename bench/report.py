@@ -6,6 +6,8 @@ Rules:
    and without the ``bench`` extra.
 3. A (target, protocol) that cannot run is shown as "unsupported" and a run that
    failed gives no number: neither is ever turned into a figure.
+4. A row is one (target, protocol, tls, clients); ratios only ever compare rows that
+   differ in one of those (prepared vs extended, or TLS vs plain), never across targets.
 """
 
 from __future__ import annotations
@@ -17,34 +19,40 @@ import shutil
 import statistics
 from collections.abc import Iterable
 
-COLUMNS = ("target", "protocol", "clients", "tps", "p50 ms", "p99 ms", "cpu s/1k tx",
-           "prepared/extended")
+COLUMNS = ("target", "protocol", "tls", "clients", "tps", "p50 ms", "p99 ms", "cpu s/1k tx",
+           "prepared/extended", "tls/plain")
+# Without a single TLS row the table keeps its plain-only shape.
+_TLS_COLUMNS = ("tls", "tls/plain")
+TLS_COLUMNS = ("target", "protocol", "clients", "plain tps", "tls tps", "tls/plain",
+               "cpu s/1k tx plain", "cpu s/1k tx tls")
 _METRICS = ("tps", "p50_ms", "p99_ms", "cpu_s_per_1k_tx", "postgres_cpu_s_per_1k_tx")
 _TARGET_COLORS = {"direct": "C0", "pgbouncer": "C1", "ecluse": "C2"}
 
 
-def medians(runs: list[dict], order: Iterable[tuple[str, str, int]],
+def medians(runs: list[dict], order: Iterable[tuple[str, str, bool, int]],
             unsupported: dict[tuple[str, str], str] | None = None) -> list[dict]:
-    """Return one row per (target, protocol, clients) with the median of each metric.
+    """Return one row per (target, protocol, tls, clients) with the median of each metric.
 
     Only runs without an error count: a pgbench run with aborted clients or failed
     transactions gives no number. A row whose runs all failed has status "failed"
     and None for every metric; a (target, protocol) in ``unsupported`` gets a row
-    with status "unsupported" and the reason, and no metrics. Prepared rows also get
-    ``tps_vs_extended``, their TPS over the extended row's for the same target and
-    clients (None when either is missing).
+    with status "unsupported" and the reason, and no metrics, with or without TLS.
+    Prepared rows also get ``tps_vs_extended``, their TPS over the extended row's for
+    the same target, tls and clients; TLS rows get ``tps_vs_plain`` and
+    ``cpu_vs_plain``, over the plain row's for the same target, protocol and clients
+    (None when either side is missing). Runs without a "tls" key count as plain.
     """
     unsupported = unsupported or {}
     rows = []
-    for target, protocol, clients in order:
-        row: dict = {"target": target, "protocol": protocol, "clients": clients}
+    for target, protocol, tls, clients in order:
+        row: dict = {"target": target, "protocol": protocol, "tls": tls, "clients": clients}
         if (target, protocol) in unsupported:
             row.update(status="unsupported", reason=unsupported[target, protocol], runs=0,
                        errors=0, **dict.fromkeys(_METRICS))
             rows.append(row)
             continue
-        group = [r for r in runs if (r["target"], r["protocol"], r["clients"])
-                 == (target, protocol, clients)]
+        group = [r for r in runs if (r["target"], r["protocol"], r.get("tls", False),
+                                     r["clients"]) == (target, protocol, tls, clients)]
         if not group:
             continue
         usable = [r for r in group if not r.get("error")]
@@ -55,17 +63,37 @@ def medians(runs: list[dict], order: Iterable[tuple[str, str, int]],
             row[metric] = statistics.median(values) if values else None
         rows.append(row)
     _add_prepared_ratios(rows)
+    _add_tls_ratios(rows)
     return rows
 
 
 def _add_prepared_ratios(rows: list[dict]) -> None:
-    extended = {(r["target"], r["clients"]): r["tps"] for r in rows
+    extended = {(r["target"], r["tls"], r["clients"]): r["tps"] for r in rows
                 if r["protocol"] == "extended"}
     for row in rows:
         if row["protocol"] != "prepared":
             continue
-        base = extended.get((row["target"], row["clients"]))
-        row["tps_vs_extended"] = row["tps"] / base if row["tps"] and base else None
+        base = extended.get((row["target"], row["tls"], row["clients"]))
+        row["tps_vs_extended"] = _quotient(row["tps"], base)
+
+
+def _add_tls_ratios(rows: list[dict]) -> None:
+    plain = {(r["target"], r["protocol"], r["clients"]): r for r in rows if not r["tls"]}
+    for row in rows:
+        if not row["tls"]:
+            continue
+        base = plain.get((row["target"], row["protocol"], row["clients"]), {})
+        row["tps_vs_plain"] = _quotient(row["tps"], base.get("tps"))
+        row["cpu_vs_plain"] = _quotient(row["cpu_s_per_1k_tx"], base.get("cpu_s_per_1k_tx"))
+
+
+def _quotient(value: float | None, base: float | None) -> float | None:
+    return value / base if value and base else None
+
+
+def _geomean(values: Iterable[float | None]) -> float | None:
+    ratios = [v for v in values if v]
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
 
 
 def prepared_gain(rows: list[dict]) -> dict[str, dict]:
@@ -77,7 +105,7 @@ def prepared_gain(rows: list[dict]) -> dict[str, dict]:
     """
     gains: dict[str, dict] = {}
     for row in rows:
-        if row["protocol"] != "prepared":
+        if row["protocol"] != "prepared" or row["tls"]:
             continue
         if row["status"] == "unsupported":
             gains[row["target"]] = {"unsupported": row["reason"]}
@@ -85,12 +113,50 @@ def prepared_gain(rows: list[dict]) -> dict[str, dict]:
         entry = gains.setdefault(row["target"], {"by_clients": {}, "geomean": None})
         entry["by_clients"][row["clients"]] = row.get("tps_vs_extended")
     for entry in gains.values():
-        ratios = [v for v in entry.get("by_clients", {}).values() if v]
-        if ratios:
-            entry["geomean"] = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        entry["geomean"] = _geomean(entry.get("by_clients", {}).values())
     if not any(r["protocol"] == "extended" for r in rows):
         return {}
     return gains
+
+
+def tls_cost(rows: list[dict]) -> dict[str, dict]:
+    """Return, per target, TLS TPS over plain TPS (below 1: what TLS costs).
+
+    ``{target: {"by_protocol": {protocol: {clients: ratio} or {"unsupported": reason}},
+    "geomean": ratio}}``, the geometric mean taken over every (protocol, clients) pair
+    with a ratio. Empty when the run had no TLS rows.
+    """
+    cost: dict[str, dict] = {}
+    for row in rows:
+        if not row["tls"]:
+            continue
+        entry = cost.setdefault(row["target"], {"by_protocol": {}, "geomean": None})
+        if row["status"] == "unsupported":
+            entry["by_protocol"][row["protocol"]] = {"unsupported": row["reason"]}
+            continue
+        entry["by_protocol"].setdefault(row["protocol"], {})[row["clients"]] = (
+            row.get("tps_vs_plain"))
+    for entry in cost.values():
+        entry["geomean"] = _geomean(
+            v for per in entry["by_protocol"].values() if "unsupported" not in per
+            for v in per.values())
+    return cost
+
+
+def tls_lines(cost: dict[str, dict]) -> list[str]:
+    """Return one sentence per target on TLS vs plain TPS, for the summaries."""
+    lines = []
+    for target, entry in cost.items():
+        parts = []
+        for protocol, per in entry["by_protocol"].items():
+            if "unsupported" in per:
+                parts.append(f"{protocol} unsupported")
+                continue
+            parts.append(f"{protocol}: " + ", ".join(
+                f"{c} client{'s' * (int(c) != 1)} {_ratio(v)}" for c, v in per.items()))
+        lines.append(f"{target}: TLS/plain TPS {_ratio(entry['geomean'])} "
+                     f"(geometric mean; {'; '.join(parts)})")
+    return lines
 
 
 def gain_lines(gains: dict[str, dict]) -> list[str]:
@@ -118,43 +184,99 @@ def _fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _cells(row: dict) -> list[str]:
-    ratio = _ratio(row.get("tps_vs_extended")) if row["protocol"] == "prepared" else ""
+def _cpu(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _columns(rows: list[dict]) -> tuple[str, ...]:
+    if any(r["tls"] for r in rows):
+        return COLUMNS
+    return tuple(c for c in COLUMNS if c not in _TLS_COLUMNS)
+
+
+def _cells(row: dict, columns: tuple[str, ...]) -> list[str]:
+    prepared = _ratio(row.get("tps_vs_extended")) if row["protocol"] == "prepared" else ""
+    tls = _ratio(row.get("tps_vs_plain")) if row["tls"] else ""
+    cells = {"target": row["target"], "protocol": row["protocol"],
+             "tls": "on" if row["tls"] else "off", "clients": str(row["clients"])}
     if row["status"] != "ok":
         # "unsupported": never run; "failed": every run failed (see the JSON for why).
-        return [row["target"], row["protocol"], str(row["clients"]), row["status"],
-                "-", "-", "-", "-" if ratio else ""]
-    cpu = row["cpu_s_per_1k_tx"]
-    tps = _fmt(row["tps"], 0)
-    if row["errors"]:
-        tps += f" ({row['errors']}/{row['runs']} failed)"
-    return [
-        row["target"], row["protocol"], str(row["clients"]), tps,
-        _fmt(row["p50_ms"], 3), _fmt(row["p99_ms"], 3),
-        "n/a" if cpu is None else f"{cpu:.4f}", ratio,
-    ]
+        cells.update({"tps": row["status"], "p50 ms": "-", "p99 ms": "-",
+                      "cpu s/1k tx": "-", "prepared/extended": "-" if prepared else "",
+                      "tls/plain": "-" if tls else ""})
+    else:
+        tps = _fmt(row["tps"], 0)
+        if row["errors"]:
+            tps += f" ({row['errors']}/{row['runs']} failed)"
+        cells.update({"tps": tps, "p50 ms": _fmt(row["p50_ms"], 3),
+                      "p99 ms": _fmt(row["p99_ms"], 3),
+                      "cpu s/1k tx": _cpu(row["cpu_s_per_1k_tx"]),
+                      "prepared/extended": prepared, "tls/plain": tls})
+    return [cells[c] for c in columns]
 
 
-def text_table(rows: list[dict]) -> str:
-    """Return the median rows as an aligned plain-text table."""
-    body = [list(COLUMNS)] + [_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+def _tls_pairs(rows: list[dict]) -> list[list[str]]:
+    """Return the TLS table's cells: one line per TLS row, beside its plain row."""
+    plain = {(r["target"], r["protocol"], r["clients"]): r for r in rows if not r["tls"]}
+    body = []
+    for row in rows:
+        if not row["tls"]:
+            continue
+        base = plain.get((row["target"], row["protocol"], row["clients"]))
+        sides = (base, row)
+        body.append([
+            row["target"], row["protocol"], str(row["clients"]),
+            *(_fmt(r["tps"], 0) if r and r["status"] == "ok" else r["status"] if r else "n/a"
+              for r in sides),
+            _ratio(row.get("tps_vs_plain")) if row["status"] == "ok" else "-",
+            *(_cpu(r["cpu_s_per_1k_tx"]) if r and r["status"] == "ok" else "-"
+              for r in sides),
+        ])
+    return body
+
+
+def _aligned(columns: tuple[str, ...], body: list[list[str]], left: int) -> str:
+    """Return an aligned plain-text table; the first ``left`` columns are left-aligned."""
+    body = [list(columns), *body]
+    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
     lines = []
     for n, line in enumerate(body):
-        cells = [c.ljust(w) if i < 2 else c.rjust(w)
+        cells = [c.ljust(w) if i < left else c.rjust(w)
                  for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        lines.append("  ".join(cells))
+        lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+def _markdown(columns: tuple[str, ...], body: list[list[str]], left: int) -> str:
+    """Return a GitHub markdown table; the first ``left`` columns are left-aligned."""
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join([":---"] * left + ["---:"] * (len(columns) - left)) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict]) -> str:
+    """Return the median rows as an aligned plain-text table."""
+    columns = _columns(rows)
+    return _aligned(columns, [_cells(r, columns) for r in rows], columns.index("clients"))
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Return the median rows as a GitHub markdown table (numbers right-aligned)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join([":---", ":---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    columns = _columns(rows)
+    return _markdown(columns, [_cells(r, columns) for r in rows], columns.index("clients"))
+
+
+def tls_text_table(rows: list[dict]) -> str:
+    """Return plain and TLS TPS side by side, with their ratio, as plain text."""
+    return _aligned(TLS_COLUMNS, _tls_pairs(rows), 2)
+
+
+def tls_markdown_table(rows: list[dict]) -> str:
+    """Return plain and TLS TPS side by side, with their ratio, as markdown."""
+    return _markdown(TLS_COLUMNS, _tls_pairs(rows), 2)
 
 
 def markdown_report(doc: dict) -> str:
@@ -165,6 +287,11 @@ def markdown_report(doc: dict) -> str:
     if gains:
         gains = ("\n\nWhat `-M prepared` gains over `-M extended` (ratio of median TPS):"
                  f"\n{gains}")
+    tls = ""
+    if doc.get("tls_cost"):
+        lines = "".join(f"\n- {line}" for line in tls_lines(doc["tls_cost"]))
+        tls = ("\n\nTLS between pgbench and the target against plain TCP (TLS rows: "
+               f"{s['tls']}):\n\n{tls_markdown_table(doc['median'])}\n{lines}")
     return (
         f"pgbench -S (select-only), {s['duration_s']} s per run, median of "
         f"{s['repeat']} interleaved runs, scale {s['scale']}, pool size {s['pool_size']}; "
@@ -172,8 +299,10 @@ def markdown_report(doc: dict) -> str:
         f"{m['postgres_version']}, {m['pgbouncer_version'] or 'PgBouncer n/a'}, "
         f"{m['ecluse_version'] or 'ecluse n/a'}. "
         "cpu s/1k tx is the pooler's CPU seconds per 1,000 transactions; "
-        "prepared/extended is a prepared row's TPS over the extended row's."
-        f"{skipped}\n\n{markdown_table(doc['median'])}{gains}\n"
+        "prepared/extended is a prepared row's TPS over the extended row's"
+        + ("; tls/plain a TLS row's TPS over the plain row's." if doc.get("tls_cost")
+           else ".")
+        + f"{skipped}\n\n{markdown_table(doc['median'])}{gains}{tls}\n"
     )
 
 
@@ -186,7 +315,8 @@ def write_json(path: str, doc: dict) -> None:
 def plot(path: str, doc: dict) -> None:
     """Draw TPS against clients: one subplot per protocol, one line per target, log x.
 
-    A target that cannot run a protocol is named in that panel instead of drawn.
+    TLS rows are dashed lines in their target's colour. A target that cannot run a
+    protocol is named in that panel instead of drawn.
     """
     import matplotlib
 
@@ -202,23 +332,29 @@ def plot(path: str, doc: dict) -> None:
     top = 0.0
     for ax, protocol in zip(axes[0], protocols, strict=True):
         notes = []
-        for target in targets:
+        for target, tls in [(t, tls) for t in targets for tls in (False, True)]:
+            label = f"{target} + TLS" if tls else target
             color = _TARGET_COLORS.get(target)
-            rows = [r for r in doc["median"]
-                    if r["target"] == target and r["protocol"] == protocol]
+            rows = [r for r in doc["median"] if r["target"] == target
+                    and r["protocol"] == protocol and r.get("tls", False) == tls]
+            if not rows and tls:
+                continue  # TLS not measured with this protocol
             if any(r["status"] == "unsupported" for r in rows):
-                notes.append(f"{target}: unsupported")
+                if not tls:
+                    notes.append(f"{target}: unsupported")
                 continue
             rows = [r for r in rows if r["tps"] is not None]
             if not rows:
-                notes.append(f"{target}: no result")
+                notes.append(f"{label}: no result")
                 continue
             (line,) = ax.plot([r["clients"] for r in rows], [r["tps"] for r in rows],
-                              marker="o", label=target, color=color)
-            handles.setdefault(target, line)
+                              marker="o", label=label, color=color,
+                              linestyle="--" if tls else "-", markerfacecolor=(
+                                  "white" if tls else None))
+            handles.setdefault(label, line)
             raw = [r for r in doc["runs"] if r["target"] == target
-                   and r["protocol"] == protocol and r["tps"] is not None
-                   and not r.get("error")]
+                   and r["protocol"] == protocol and r.get("tls", False) == tls
+                   and r["tps"] is not None and not r.get("error")]
             ax.scatter([r["clients"] for r in raw], [r["tps"] for r in raw],
                        s=10, alpha=0.35, color=line.get_color())
             top = max(top, *(r["tps"] for r in rows), *(r["tps"] for r in raw))
@@ -236,11 +372,12 @@ def plot(path: str, doc: dict) -> None:
     # loop would freeze the range before the later panels' data is in.
     axes[0][0].set_ylim(0, top * 1.08 or 1)
     axes[0][0].set_ylabel("transactions per second (median)")
-    ordered = [t for t in targets if t in handles]
+    ordered = [label for t in targets for label in (t, f"{t} + TLS") if label in handles]
     axes[0][-1].legend([handles[t] for t in ordered], ordered, loc="best")
     m = doc["machine"]
+    tls = ", dashed: TLS" if doc.get("tls_cost") else ""
     fig.suptitle(f"ecluse vs PgBouncer vs direct - {doc['date']}, {m['nproc']} cores, "
-                 f"{s['duration_s']} s x {s['repeat']}, pool size {s['pool_size']}")
+                 f"{s['duration_s']} s x {s['repeat']}, pool size {s['pool_size']}{tls}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,6 +4,8 @@ Starts a throwaway PostgreSQL cluster, loads pgbench's tables, starts each poole
 once with the same PgBouncer-format config, then runs ``pgbench -S`` for every
 (target, clients, protocol), protocol being pgbench's -M simple, extended or
 prepared (skipped, and reported "unsupported", where a target cannot do it),
+each plain and, for the --tls-protocols, over TLS (PGSSLMODE=require towards a
+cluster with ssl = on and a second instance of each pooler that requires TLS),
 repeating the whole grid --repeat times with the
 targets taken round-robin inside each repetition, so that drift on the machine
 (thermal, other load) is shared out between them. Medians go to stdout and to
@@ -33,7 +35,15 @@ from pathlib import Path
 
 import report
 from procstat import tree_cpu_seconds
-from targets import EcluseTarget, PgBouncerTarget, PoolerTarget, Target, first_line
+from targets import (
+    EcluseTarget,
+    PgBouncerTarget,
+    PoolerTarget,
+    Target,
+    TlsFiles,
+    first_line,
+    make_tls_files,
+)
 from workload import clean_env, find_pgbench, pgbench_command, run_pgbench
 
 import ecluse
@@ -52,6 +62,8 @@ DEFAULT_CLIENTS = [1, 10, 100, 500]
 # --quick: one pass over fewer client counts, about 2 minutes for the 3 targets x 3 protocols.
 QUICK_REPEAT = 1
 QUICK_CLIENTS = [1, 10, 100]
+# --quick measures TLS with one protocol only (the first asked for, simple by default).
+QUICK_TLS_PROTOCOLS = 1
 
 
 def _int_list(text: str) -> list[int]:
@@ -93,9 +105,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"pgbench -M modes (default {','.join(PROTOCOLS)})")
     p.add_argument("--targets", type=_choices(TARGETS), default=list(TARGETS),
                    help="what to benchmark (default direct,pgbouncer,ecluse)")
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure every target with TLS between pgbench and it "
+                        "(default on)")
+    p.add_argument("--tls-protocols", type=_choices(PROTOCOLS),
+                   help="the -M modes measured with TLS too (default all of --protocols; "
+                        "with --quick only the first)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_DURATION} s runs, {QUICK_REPEAT} repetition, clients "
-                        f"{','.join(map(str, QUICK_CLIENTS))} and a shorter warm-up "
+                        f"{','.join(map(str, QUICK_CLIENTS))}, TLS with one protocol and a "
+                        "shorter warm-up "
                         "(each can still be set explicitly)")
     p.add_argument("--pool-size", type=int, default=20,
                    help="default_pool_size of both poolers (default 20)")
@@ -109,6 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = QUICK_REPEAT if args.quick else DEFAULT_REPEAT
     if args.clients is None:
         args.clients = list(QUICK_CLIENTS if args.quick else DEFAULT_CLIENTS)
+    if not args.tls:
+        args.tls_protocols = []
+    elif args.tls_protocols is None:
+        ordered = [m for m in PROTOCOLS if m in args.protocols]
+        args.tls_protocols = ordered[:QUICK_TLS_PROTOCOLS] if args.quick else ordered
+    elif unknown := [m for m in args.tls_protocols if m not in args.protocols]:
+        p.error(f"--tls-protocols {','.join(unknown)} not among --protocols")
     if args.duration < 1 or args.repeat < 1 or args.pool_size < 1 or args.scale < 1:
         p.error("--duration, --repeat, --pool-size and --scale must be positive")
     return args
@@ -140,13 +166,17 @@ class Bench:
         self.logdir = os.path.join(self.tmp, "pgbench-logs")
         os.makedirs(self.logdir)
         self.cluster: PgCluster | None = None
-        self.targets: list[Target] = []
+        self.tls: TlsFiles | None = None
+        self.targets: list[Target] = []  # plain and TLS instances, in TARGETS order
         self.skipped: dict[str, str] = {}
         self.unsupported: dict[tuple[str, str], str] = {}  # (target, protocol) -> why
-        self.reported_failures: set[tuple[str, str]] = set()
+        self.reported_failures: set[tuple[str, str, bool]] = set()
         self.pgbench = ""
         self.runs: list[dict] = []
         self.loadavg_start = list(os.getloadavg())
+        # Read now, not at the end: the checkout may get new commits during a long run.
+        self.git_head = first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short",
+                                    "HEAD"])
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
@@ -171,10 +201,17 @@ class Bench:
         self.pgbench = find_pgbench(bindir)
         max_clients = max(self.args.clients)
         self.cluster = PgCluster(os.path.join(self.tmp, "pgdata"))
-        self.cluster.init(settings={
+        settings = {
             "max_connections": str(max(700, max_clients + 100)),
             "shared_buffers": "256MB",
-        })
+        }
+        if self.args.tls_protocols:
+            self.tls = make_tls_files(os.path.join(self.tmp, "tls"))
+            say(f"TLS with a {self.tls.description}")
+            # Plain rows still connect with sslmode=disable: TLS is offered, not imposed.
+            settings.update(ssl="on", ssl_cert_file=self.tls.cert_file,
+                            ssl_key_file=self.tls.key_file)
+        self.cluster.init(settings=settings)
         say(f"starting PostgreSQL on {self.cluster.host}:{self.cluster.port}")
         self.cluster.start()
         self.cluster.psql(f"CREATE DATABASE {DBNAME}")
@@ -188,30 +225,36 @@ class Bench:
         assert self.cluster is not None
         host, port = self.cluster.host, self.cluster.port
         psql = shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
+        variants = [None, self.tls] if self.tls is not None else [None]
         for name in names:
-            workdir = os.path.join(self.tmp, name)
-            target: Target
-            if name == "direct":
-                target = Target(host, port, DBNAME)
-            elif name == "pgbouncer":
-                target = PgBouncerTarget(workdir, host, port, DBNAME, self.args.pool_size, psql,
-                                         executable=PgBouncerTarget.find() or "pgbouncer")
-            else:
-                target = EcluseTarget(workdir, host, port, DBNAME, self.args.pool_size, psql)
-            try:
-                target.start()
-            except RuntimeError as exc:
-                target.stop()
-                self.skipped[name] = f"did not start: {str(exc).splitlines()[0]}"
-                say(f"skipping {name}: {exc}")
-                continue
-            if isinstance(target, PoolerTarget):
-                say(f"{name} listening on {target.host}:{target.port} (pid {target.pid})")
-            self.targets.append(target)
-            for protocol in self.args.protocols:
-                if (why := target.unsupported(protocol)) is not None:
-                    self.unsupported[name, protocol] = why
-                    say(f"not running {name} with -M {protocol}: {why}")
+            for tls in variants:
+                workdir = os.path.join(self.tmp, name + ("-tls" if tls else ""))
+                target: Target
+                if name == "direct":
+                    target = Target(host, port, DBNAME, tls)
+                elif name == "pgbouncer":
+                    target = PgBouncerTarget(
+                        workdir, host, port, DBNAME, self.args.pool_size, psql, tls,
+                        executable=PgBouncerTarget.find() or "pgbouncer")
+                else:
+                    target = EcluseTarget(workdir, host, port, DBNAME, self.args.pool_size,
+                                          psql, tls)
+                try:
+                    target.start()
+                except RuntimeError as exc:
+                    target.stop()
+                    self.skipped[target.label] = f"did not start: {str(exc).splitlines()[0]}"
+                    say(f"skipping {target.label}: {exc}")
+                    continue
+                if isinstance(target, PoolerTarget):
+                    say(f"{target.label} listening on {target.host}:{target.port} "
+                        f"(pid {target.pid})")
+                self.targets.append(target)
+                for protocol in self.args.protocols:
+                    if (why := target.unsupported(protocol)) is not None:
+                        if (name, protocol) not in self.unsupported:
+                            say(f"not running {name} with -M {protocol}: {why}")
+                        self.unsupported[name, protocol] = why
 
     def cleanup(self) -> None:
         """Stop the poolers, then PostgreSQL, then remove the temp directory."""
@@ -221,7 +264,7 @@ class Bench:
             try:
                 target.stop()
             except Exception as exc:
-                say(f"stopping {target.name}: {exc}")
+                say(f"stopping {target.label}: {exc}")
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -245,15 +288,17 @@ class Bench:
         for target in self.targets:
             cmd = pgbench_command(self.pgbench, target.host, target.port, DBNAME, USER,
                                   10, "simple", seconds, None)
-            result = run_pgbench(cmd, timeout=seconds + 60, log_prefix=None)
+            result = run_pgbench(cmd, timeout=seconds + 60, log_prefix=None,
+                                 sslmode=target.sslmode)
             if result.error:
-                say(f"warm-up of {target.name}: {result.error}")
+                say(f"warm-up of {target.label}: {result.error}")
 
     def schedule(self) -> list[tuple[int, Target, int, str]]:
         """Return the run order: per repetition the whole grid, targets innermost.
 
         The target order rotates from one repetition to the next, so no target always
-        runs right after the same neighbour.
+        runs right after the same neighbour. A TLS instance takes part only for the
+        --tls-protocols.
         """
         order = []
         for rep in range(self.args.repeat):
@@ -262,25 +307,29 @@ class Bench:
             for clients in self.args.clients:
                 for protocol in self.args.protocols:
                     order += [(rep, target, clients, protocol) for target in rotated
-                              if (target.name, protocol) not in self.unsupported]
+                              if (target.name, protocol) not in self.unsupported
+                              and (target.tls is None
+                                   or protocol in self.args.tls_protocols)]
         return order
 
     def measure(self, rep: int, target: Target, clients: int, protocol: str) -> dict:
         """Run pgbench once against ``target`` and return the raw figures."""
         a = self.args
-        run: dict = {"target": target.name, "protocol": protocol, "clients": clients,
+        run: dict = {"target": target.name, "protocol": protocol,
+                     "tls": target.tls is not None, "clients": clients,
                      "rep": rep + 1, "duration_s": a.duration}
         if not target.is_alive():
-            run["error"] = f"{target.name} is not running"
+            run["error"] = f"{target.label} is not running"
             return run
-        prefix = os.path.join(self.logdir, f"{target.name}-{protocol}-{clients}-{rep}")
+        prefix = os.path.join(self.logdir, f"{target.label}-{protocol}-{clients}-{rep}")
         cmd = pgbench_command(self.pgbench, target.host, target.port, DBNAME, USER,
                               clients, protocol, a.duration, prefix)
         pg_pid = self.postmaster_pid()
         cpu0 = target.cpu_seconds()
         pg0 = tree_cpu_seconds(pg_pid) if pg_pid else None
         started = time.monotonic()
-        result = run_pgbench(cmd, timeout=a.duration + 120 + clients, log_prefix=prefix)
+        result = run_pgbench(cmd, timeout=a.duration + 120 + clients, log_prefix=prefix,
+                             sslmode=target.sslmode)
         run["wall_s"] = round(time.monotonic() - started, 3)
         cpu1 = target.cpu_seconds()
         pg1 = tree_cpu_seconds(pg_pid) if pg_pid else None
@@ -303,11 +352,12 @@ class Bench:
 
     def report_failure(self, run: dict) -> None:
         """Print pgbench's output and the pooler's log the first time a combination fails."""
-        key = (run["target"], run["protocol"])
+        key = (run["target"], run["protocol"], run["tls"])
         if key in self.reported_failures:
             return
         self.reported_failures.add(key)
-        say(f"{run['target']} -M {run['protocol']} failed; pgbench said:\n"
+        tls = " over TLS" if run["tls"] else ""
+        say(f"{run['target']} -M {run['protocol']}{tls} failed; pgbench said:\n"
             + (run.get("pgbench_output") or "(nothing)"))
         if run.get("pooler_log_tail"):
             say(run["pooler_log_tail"])
@@ -328,7 +378,7 @@ class Bench:
                 summary = "no result"
             if run.get("error"):
                 summary += f" [{run['error']}]"
-            say(f"[{n:>3}/{len(order)}] rep {rep + 1} {target.name:<9} {protocol:<8} "
+            say(f"[{n:>3}/{len(order)}] rep {rep + 1} {target.label:<13} {protocol:<8} "
                 f"c={clients:<4} {summary}")
             if run.get("error"):
                 self.report_failure(run)
@@ -358,16 +408,18 @@ class Bench:
             "pgbouncer_version": (pgbouncer.version() if pgbouncer
                                   else first_line([pgb_exe, "--version"]) if pgb_exe else None),
             "ecluse_version": first_line([sys.executable, "-m", "ecluse", "--version"]),
-            "ecluse_git": first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short",
-                                      "HEAD"]),
+            "ecluse_git": self.git_head,  # of this checkout, at the start of the run
             # The package actually run (PYTHONPATH may point at another checkout).
             "ecluse_module": os.path.dirname(ecluse.__file__),
         }
 
     def document(self) -> dict:
         a = self.args
-        names = [t.name for t in self.targets]
-        order = [(t, p, c) for p in a.protocols for c in a.clients for t in names]
+        names = list(dict.fromkeys(t.name for t in self.targets))
+        started = {(t.name, t.tls is not None) for t in self.targets}
+        order = [(t, p, tls, c) for p in a.protocols for c in a.clients for t in names
+                 for tls in (False, True) if (t, tls) in started
+                 and (not tls or p in a.tls_protocols)]
         median = report.medians(self.runs, order, self.unsupported)
         return {
             "date": datetime.date.today().isoformat(),
@@ -376,6 +428,12 @@ class Bench:
             "settings": {
                 "duration_s": a.duration, "repeat": a.repeat, "clients": a.clients,
                 "protocols": a.protocols, "targets": names, "pool_size": a.pool_size,
+                "tls_protocols": a.tls_protocols,
+                "tls": (None if self.tls is None else
+                        f"{self.tls.description}; pgbench PGSSLMODE=require on TLS rows, "
+                        "disable on plain rows; PostgreSQL ssl = on; each pooler a second "
+                        "instance with client_tls_sslmode = require; poolers to "
+                        "PostgreSQL always plain (server_tls_sslmode = disable)"),
                 "scale": a.scale, "quick": a.quick, "workload": "pgbench -S (select-only)",
                 "pgbench_threads": "min(clients, 2)",
                 "order": "per repetition: clients, then protocol, then targets "
@@ -386,6 +444,7 @@ class Bench:
                             for (t, p), why in self.unsupported.items()],
             "median": median,
             "prepared_vs_extended": report.prepared_gain(median),
+            "tls_cost": report.tls_cost(median),
             "runs": self.runs,
         }
 
@@ -440,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
     print(report.text_table(doc["median"]))
-    for line in report.gain_lines(doc["prepared_vs_extended"]):
+    if doc["tls_cost"]:
+        print()
+        print(report.tls_text_table(doc["median"]))
+    for line in [*report.gain_lines(doc["prepared_vs_extended"]),
+                 *report.tls_lines(doc["tls_cost"])]:
         print(line)
     for path in report.write_all(args.results_dir, doc):
         say(f"wrote {os.path.relpath(path)}")
