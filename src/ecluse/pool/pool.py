@@ -79,8 +79,9 @@ class Pool:
         self.default_params: dict[str, str] | None = None
         self.last_failure: float = 0.0
         self.last_error: Exception | None = None
-        self.paused = False
+        self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
         self.closed = False
+        self.assignments = 0  # servers handed to clients, for SHOW STATS
         self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
@@ -154,6 +155,7 @@ class Pool:
             server = self._take_idle()
             if server is not None:
                 self._set_state(server, ServerState.ACTIVE)
+                self.assignments += 1
                 return server
         if self.login_failing():
             client.on_wait_failed(self._login_error())
@@ -166,6 +168,11 @@ class Pool:
         self.waiters.push(waiter)
         self._dispatch()
         return None
+
+    def resume(self) -> None:
+        """End a PAUSE: serve the clients queued meanwhile."""
+        self.paused = False
+        self._dispatch()
 
     def cancel_wait(self, client: WaitingClient) -> bool:
         """Remove a client from the queue; True if it was waiting."""
@@ -217,7 +224,9 @@ class Pool:
             if waiter is None:
                 break
             self._set_state(server, ServerState.ACTIVE)
+            self.assignments += 1
             if not waiter.assign(server):  # pragma: no cover - pop skips done waiters
+                self.assignments -= 1
                 self._set_state(server, ServerState.IDLE)
         needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
         while needed > 0 and self.can_launch():

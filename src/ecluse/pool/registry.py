@@ -22,6 +22,10 @@ class PoolRegistry:
         self.pools: dict[tuple[str, str], Pool] = {}
         self._db_servers: Counter[str] = Counter()
         self._user_servers: Counter[str] = Counter()
+        # PAUSE (admin/commands.py): databases paused, or all; pools created
+        # meanwhile start paused too.
+        self.paused_dbs: set[str] = set()
+        self.paused_all = False
 
     def __iter__(self) -> Iterator[Pool]:
         return iter(list(self.pools.values()))
@@ -33,6 +37,7 @@ class PoolRegistry:
         pool = self.pools.get(key)
         if pool is None:
             pool = Pool(self, self._pool_settings(db, client_user, server_user))
+            pool.paused = self.paused_all or db.name in self.paused_dbs
             self.pools[key] = pool
         return pool
 

@@ -1,0 +1,1 @@
+"""The PgBouncer-compatible admin console: a virtual database answered without a server."""
