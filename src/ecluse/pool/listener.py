@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ecluse.errors import EcluseError, ServerGone, ServerLoginFailed
 from ecluse.protocol.messages import ErrorResponse
-from ecluse.server.connection import ServerConnection, ServerState
+from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
 
 if TYPE_CHECKING:
@@ -423,11 +423,7 @@ class ListenHub:
         registry.note_launch(pool)
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                if host.startswith("/"):
-                    await loop.create_unix_connection(lambda: server,
-                                                      f"{host}/.s.PGSQL.{s.port}")
-                else:
-                    await loop.create_connection(lambda: server, host, s.port)
+                await open_socket(server, host, s.port)
                 await done
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):

@@ -25,7 +25,7 @@ from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFaile
 from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.codes import STATUS_IDLE
-from ecluse.server.connection import ServerConnection, ServerState
+from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
 
 if TYPE_CHECKING:
@@ -347,11 +347,7 @@ class Pool:
         counted = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                if host.startswith("/"):
-                    await loop.create_unix_connection(lambda: server,
-                                                      f"{host}/.s.PGSQL.{s.port}")
-                else:
-                    await loop.create_connection(lambda: server, host, s.port)
+                await open_socket(server, host, s.port)
                 self.launching -= 1
                 counted = False
                 self._set_state(server, ServerState.LOGIN)

@@ -102,6 +102,16 @@ InternalDone = Callable[[ErrorResponse | None], None]
 Row = list[bytes | None]
 
 
+async def open_socket(server: ServerConnection, host: str, port: int | str) -> None:
+    """Connect ``server`` to PostgreSQL: a unix socket when ``host`` is a directory
+    (a path starting with "/"), TCP otherwise."""
+    loop = asyncio.get_running_loop()
+    if host.startswith("/"):
+        await loop.create_unix_connection(lambda: server, f"{host}/.s.PGSQL.{port}")
+    else:
+        await loop.create_connection(lambda: server, host, port)
+
+
 class ServerConnection(asyncio.Protocol):
     """One connection to PostgreSQL, owned by a Pool."""
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from ecluse.config.tls import ServerTls
 from ecluse.errors import AuthLookupFailed, ServerGone
 from ecluse.protocol.messages import ErrorResponse
-from ecluse.server.connection import Row, ServerConnection, ServerState
+from ecluse.server.connection import Row, ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
 
 
@@ -49,10 +49,7 @@ async def run_query_once(host: str, port: int, params: Mapping[str, str],
                               tls=None if host.startswith("/") else tls)
     try:
         async with asyncio.timeout(timeout or None):
-            if host.startswith("/"):
-                await loop.create_unix_connection(lambda: server, f"{host}/.s.PGSQL.{port}")
-            else:
-                await loop.create_connection(lambda: server, host, port)
+            await open_socket(server, host, port)
             await done
             server.state = ServerState.IDLE  # owned here; no pool collection holds it
             result: asyncio.Future[ErrorResponse | None] = loop.create_future()
