@@ -71,6 +71,7 @@ class Worker:
                                lambda: self.ctx.clients)
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
+        self.ctx.begin_shutdown = self.begin_shutdown
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,6 +105,38 @@ class Worker:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def begin_shutdown(self, mode: str) -> None:
+        """Start the console's SHUTDOWN: now, or after servers or clients are gone.
+
+        WAIT_FOR_SERVERS pauses every pool and stops once no server is busy;
+        WAIT_FOR_CLIENTS stops once every client, console ones included, has
+        left. Both stop listening first, so new clients are refused, as
+        PgBouncer. Then the ordinary shutdown path runs.
+        """
+        self.ctx.shutdown_mode = mode
+        if not mode:
+            self.request_stop()
+            return
+        for srv in self._servers:
+            srv.close()
+        if mode == "WAIT_FOR_SERVERS":
+            self.registry.paused_all = True
+            for pool in self.registry:
+                pool.paused = True
+        self.ctx.spawn(self._stop_when_gone(mode))
+
+    async def _stop_when_gone(self, mode: str) -> None:
+        while not self._stop.is_set():
+            if mode == "WAIT_FOR_CLIENTS":
+                done = not self.ctx.clients
+            else:
+                done = not any(pool.active or pool.used for pool in self.registry)
+            if done:
+                log.info("SHUTDOWN %s: nothing left to wait for", mode)
+                self.request_stop()
+                return
+            await asyncio.sleep(0.05)
 
     async def shutdown(self) -> None:
         """Stop accepting, let transactions finish up to shutdown_timeout, close all."""

@@ -211,7 +211,7 @@ def _outcome(ec, user: str, query: str) -> str:
             conn.execute(query)
         except psycopg.Error as exc:
             return exc.diag.message_primary or str(exc)
-        if query == "PAUSE":
+        if query in ("PAUSE", "SUSPEND"):
             conn.execute("RESUME")  # leave the pooler as found
     return "ok"
 
@@ -221,8 +221,6 @@ def test_authorization_follows_the_command_table(ecluse_factory, name):
     """Every command of the table, as admin, stats user and unlisted user (CVE-2026-6667)."""
     ec = ecluse_factory(ADMIN_SETTINGS)
     command = COMMANDS[name]
-    as_admin = _outcome(ec, "admin", name)
-    assert "admin access needed" not in as_admin and not as_admin.startswith("refused")
     as_stats = _outcome(ec, "stats", name)
     if command.read_only:
         assert as_stats == "ok"
@@ -230,6 +228,9 @@ def test_authorization_follows_the_command_table(ecluse_factory, name):
         assert as_stats == "admin access needed"
     as_other = _outcome(ec, "postgres", name)
     assert as_other.startswith("refused") and "not allowed" in as_other
+    # Last: as admin, SHUTDOWN stops the pooler and KILL drops every client.
+    as_admin = _outcome(ec, "admin", name)
+    assert "admin access needed" not in as_admin and not as_admin.startswith("refused")
 
 
 def test_unknown_commands_and_protocol(ecluse_factory):
@@ -243,3 +244,216 @@ def test_unknown_commands_and_protocol(ecluse_factory):
         assert console.execute("show pools;").statusmessage == "SHOW"  # case, semicolon
         with pytest.raises(psycopg.OperationalError, match="simple query protocol"):
             console.execute("SHOW POOLS", prepare=True)
+
+
+# --- pooler control: DISABLE/ENABLE, RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT, ---------
+# --- SUSPEND, SHOW STATE, SHUTDOWN ---------------------------------------------------
+
+
+def psql_console(ec, command: str, user: str = "admin") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    return subprocess.run(
+        ["psql", "-X", "-A", "-h", ec.host, "-p", str(ec.port), "-U", user,
+         "-d", "pgbouncer", "-c", command],
+        capture_output=True, text=True, env=env, timeout=30)
+
+
+def in_thread(fn) -> tuple[threading.Event, list]:
+    """Run ``fn`` in a thread; return an event set when it is done and its result."""
+    done, result = threading.Event(), []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except Exception as exc:  # handed back to the test
+            result.append(exc)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, result
+
+
+def pid_of(conn: psycopg.Connection) -> int:
+    return conn.execute("select pg_backend_pid()").fetchone()[0]
+
+
+def show_state(console: psycopg.Connection) -> dict[str, str]:
+    cur = console.execute("SHOW STATE")
+    assert [d.name for d in cur.description] == ["key", "value"]
+    return dict(cur.fetchall())
+
+
+def test_disable_refuses_new_logins_and_enable_allows_them(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as old:
+        old.execute("select 1")
+        assert console.execute("DISABLE ecluse_test").statusmessage == "DISABLE"
+        with pytest.raises(psycopg.OperationalError,
+                           match="database does not allow connections: ecluse_test"):
+            psycopg.connect(ec.dsn())
+        assert old.execute("select 1").fetchone() == (1,)  # logged-in clients go on
+        with psycopg.connect(ec.dsn(dbname="postgres"), autocommit=True) as other:
+            assert other.execute("select 2").fetchone() == (2,)
+        dbs = {r[0]: r for r in console.execute("SHOW DATABASES").fetchall()}
+        assert dbs["ecluse_test"][16] == 1 and dbs["postgres"][16] == 0
+        out = psql_console(ec, "ENABLE ecluse_test")
+        assert out.returncode == 0 and "ENABLE" in out.stdout, out.stderr
+        with psycopg.connect(ec.dsn(), autocommit=True) as new:
+            assert new.execute("select 3").fetchone() == (3,)
+        for query, message in (("DISABLE", "a database is required"),
+                               ("ENABLE", "a database is required"),
+                               ("DISABLE nosuchdb", "no such database: nosuchdb"),
+                               ("DISABLE pgbouncer", "cannot disable admin db: pgbouncer")):
+            with pytest.raises(psycopg.Error, match=message):
+                console.execute(query)
+
+
+def test_reconnect_gives_new_backends_and_wait_close_waits(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as client, \
+            psycopg.connect(ec.dsn()) as busy:
+        before = pid_of(client)
+        busy_pid = pid_of(busy)  # a transaction holds this server
+        out = psql_console(ec, "RECONNECT ecluse_test")
+        assert out.returncode == 0 and "RECONNECT" in out.stdout, out.stderr
+        servers = console.execute("SHOW SERVERS").fetchall()
+        marked = [s for s in servers if s[2] == "ecluse_test" and s[13] == 1]
+        assert [s[16] for s in marked] == [busy_pid]  # the busy one: close_needed
+
+        def run_wait_close() -> str:
+            with admin_conn(ec) as other:
+                return other.execute("WAIT_CLOSE ecluse_test").statusmessage
+
+        done, result = in_thread(run_wait_close)
+        assert not done.wait(0.5), "WAIT_CLOSE answered with a marked server left"
+        assert pid_of(busy) == busy_pid  # the transaction goes on on its server
+        busy.commit()
+        assert done.wait(5) and result == ["WAIT_CLOSE"]
+        after = pid_of(client)
+        assert after not in (before, busy_pid)
+        assert console.execute("WAIT_CLOSE").statusmessage == "WAIT_CLOSE"
+        with pytest.raises(psycopg.Error, match="cannot reconnect admin db: pgbouncer"):
+            console.execute("RECONNECT pgbouncer")
+
+
+def test_kill_drops_the_databases_clients_until_resume(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as victim, \
+            psycopg.connect(ec.dsn(dbname="postgres"), autocommit=True) as bystander:
+        victim.execute("select 1")
+        bystander.execute("select 1")
+        assert console.execute("KILL ecluse_test").statusmessage == "KILL"
+        with pytest.raises(psycopg.OperationalError, match="database removed"):
+            victim.execute("select 1")
+        assert bystander.execute("select 2").fetchone() == (2,)
+        assert pool_row(console)["sv_active"] + pool_row(console)["sv_idle"] == 0
+
+        def later() -> int:
+            with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+                return conn.execute("select 3").fetchone()[0]
+
+        done, result = in_thread(later)
+        assert not done.wait(0.5), "a killed database served before RESUME"
+        console.execute("RESUME ecluse_test")
+        assert done.wait(5) and result == [3]
+        with pytest.raises(psycopg.Error, match="cannot kill admin db"):
+            console.execute("KILL pgbouncer")
+
+
+def test_kill_client_closes_exactly_that_client(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console, \
+            psycopg.connect(ec.dsn(application_name="victim"), autocommit=True) as victim, \
+            psycopg.connect(ec.dsn(application_name="keeper"), autocommit=True) as keeper:
+        victim.execute("select 1")
+        keeper.execute("select 1")
+        cur = console.execute("SHOW CLIENTS")
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        assert len({r["id"] for r in rows}) == len(rows)  # unique
+        (target,) = [r["id"] for r in rows if r["application_name"] == "victim"]
+        assert console.execute(f"KILL_CLIENT {target}").statusmessage == "KILL_CLIENT"
+        with pytest.raises(psycopg.OperationalError, match="admin forced disconnect"):
+            victim.execute("select 1")
+        assert keeper.execute("select 2").fetchone() == (2,)
+        ids = [r[20] for r in console.execute("SHOW CLIENTS").fetchall()]
+        assert target not in ids and len(ids) == len(rows) - 1
+        with pytest.raises(psycopg.Error, match="client not found"):
+            console.execute(f"KILL_CLIENT {target}")
+        with pytest.raises(psycopg.Error, match="invalid client pointer supplied"):
+            console.execute("KILL_CLIENT abc")
+
+
+def test_suspend_stops_clients_until_resume_and_show_state(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as client:
+        client.execute("select 1")
+        assert show_state(console) == {"active": "yes", "paused": "no", "suspended": "no"}
+        assert console.execute("SUSPEND").statusmessage == "SUSPEND"
+        assert show_state(console) == {"active": "no", "paused": "no", "suspended": "yes"}
+        with pytest.raises(psycopg.Error, match="already suspended/paused"):
+            console.execute("SUSPEND")
+        done, result = in_thread(lambda: client.execute("select 5").fetchone()[0])
+        assert not done.wait(0.5), "a suspended client was served"
+        console.execute("RESUME")
+        assert done.wait(5) and result == [5]
+        assert show_state(console)["active"] == "yes"
+        console.execute("PAUSE")
+        assert show_state(console) == {"active": "no", "paused": "yes", "suspended": "no"}
+        console.execute("RESUME")
+        console.execute("PAUSE postgres")
+        with pytest.raises(psycopg.Error, match="cannot suspend with paused databases"):
+            console.execute("SUSPEND")
+        console.execute("RESUME postgres")
+
+
+def test_suspend_is_undone_when_the_console_leaves(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with psycopg.connect(ec.dsn(), autocommit=True) as client:
+        client.execute("select 1")
+        with admin_conn(ec) as console:
+            console.execute("SUSPEND")
+            done, result = in_thread(lambda: client.execute("select 6").fetchone()[0])
+            assert not done.wait(0.5), "a suspended client was served"
+        assert done.wait(5) and result == [6]  # PgBouncer: no admin left, RESUME
+        with admin_conn(ec) as console:
+            assert show_state(console)["active"] == "yes"
+
+
+def test_shutdown_wait_for_clients(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with psycopg.connect(ec.dsn(), autocommit=True) as client:
+        client.execute("select 1")
+        with admin_conn(ec) as console:
+            assert console.execute("SHUTDOWN WAIT_FOR_CLIENTS").statusmessage == "SHUTDOWN"
+            with pytest.raises(psycopg.Error, match="pooler is shutting down"):
+                console.execute("RESUME")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(ec.dsn())  # no longer listening
+        time.sleep(0.3)
+        assert ec.proc.poll() is None, "exited with a client still connected"
+        assert client.execute("select 2").fetchone() == (2,)
+    assert ec.proc.wait(10) == 0
+
+
+def test_shutdown_wait_for_servers(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with psycopg.connect(ec.dsn()) as busy:
+        busy.execute("select 1")  # a transaction holds a server
+        with admin_conn(ec) as console:
+            assert console.execute("SHUTDOWN WAIT_FOR_SERVERS").statusmessage == "SHUTDOWN"
+        time.sleep(0.3)
+        assert ec.proc.poll() is None, "exited with a server busy"
+        assert busy.execute("select 2").fetchone() == (2,)
+        busy.commit()
+        assert ec.proc.wait(10) == 0
+
+
+def test_shutdown(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console:
+        with pytest.raises(psycopg.Error, match="invalid command"):
+            console.execute("SHUTDOWN NOW")
+        with pytest.raises(psycopg.OperationalError):
+            console.execute("SHUTDOWN")  # no reply: the connection closes
+    assert ec.proc.wait(10) == 0

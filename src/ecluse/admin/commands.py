@@ -8,8 +8,9 @@ walks this table.
 
 A handler takes the worker's ClientContext and the command's argument and
 returns the reply body (result rows and CommandComplete, no ReadyForQuery), or
-a coroutine producing it when the command must wait (PAUSE). It raises
-AdminError for an error the client should see.
+a coroutine producing it when the command must wait (PAUSE, WAIT_CLOSE). It
+raises AdminError for an error the client should see. Names, argument rules
+and error wording are PgBouncer's (src/admin.c, doc/usage.md).
 """
 
 from __future__ import annotations
@@ -65,10 +66,19 @@ def _show(builder: Callable[[ClientContext], bytes]) -> Callable[[ClientContext,
 
 
 _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
-         "\tSHOW LISTS\n"
+         "\tSHOW LISTS|STATE\n"
          "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n"
          "\tPAUSE [<db>]\n"
-         "\tRESUME [<db>]")
+         "\tRESUME [<db>]\n"
+         "\tDISABLE <db>\n"
+         "\tENABLE <db>\n"
+         "\tRECONNECT [<db>]\n"
+         "\tKILL [<db>]\n"
+         "\tKILL_CLIENT <client_id>\n"
+         "\tSUSPEND\n"
+         "\tSHUTDOWN\n"
+         "\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\n"
+         "\tWAIT_CLOSE [<db>]")
 
 
 def show_help(_ctx: ClientContext, _arg: str) -> Reply:
@@ -143,14 +153,212 @@ def resume(ctx: ClientContext, database: str) -> Reply:
         log.info("RESUME '%s' command issued", database)
         pools = [p for p in _target_pools(ctx, database) if not registry.paused_all]
     else:
+        if ctx.shutting_down or ctx.shutdown_mode is not None:
+            raise AdminError("pooler is shutting down")
         if not registry.paused_all and not registry.paused_dbs:
             raise AdminError("pooler is not paused/suspended")
         registry.paused_all = False
         log.info("RESUME command issued")
+        if registry.suspended:
+            _end_suspend(ctx)
         pools = [p for p in registry if p.settings.database not in registry.paused_dbs]
     for pool in pools:
         pool.resume()
     return be.encode_command_complete("RESUME")
+
+
+# --- DISABLE / ENABLE / RECONNECT ---------------------------------------------------
+
+def _require_database(ctx: ClientContext, database: str, verb: str) -> None:
+    if not database:
+        raise AdminError("a database is required")
+    _check_database(ctx, database, verb)
+
+
+def disable(ctx: ClientContext, database: str) -> Reply:
+    """Refuse new client logins to a database; its clients logged in stay."""
+    _require_database(ctx, database, "disable")
+    log.info("DISABLE '%s' command issued", database)
+    ctx.registry.disabled_dbs.add(database)
+    return be.encode_command_complete("DISABLE")
+
+
+def enable(ctx: ClientContext, database: str) -> Reply:
+    """Let a DISABLEd database take client logins again."""
+    _require_database(ctx, database, "enable")
+    log.info("ENABLE '%s' command issued", database)
+    ctx.registry.disabled_dbs.discard(database)
+    return be.encode_command_complete("ENABLE")
+
+
+def reconnect(ctx: ClientContext, database: str) -> Reply:
+    """Close idle servers now and busy ones when released, as PgBouncer's dirty tag.
+
+    A server still logging in is not marked: it was launched with the same
+    configuration, and ecluse has no RELOAD that could have changed it.
+    """
+    if database:
+        _check_database(ctx, database, "reconnect")
+        log.info("RECONNECT '%s' command issued", database)
+    else:
+        log.info("RECONNECT command issued")
+    for pool in _target_pools(ctx, database):
+        pool.close_all(lambda server: True)
+    return be.encode_command_complete("RECONNECT")
+
+
+def wait_close(ctx: ClientContext, database: str) -> Reply:
+    """Answer once no server of the database (or any) is left marked close_needed."""
+    if database:
+        if database.lower() in ADMIN_DATABASES:
+            raise AdminError(f"cannot wait in admin db: {database}")
+        if ctx.config.database(database) is None:
+            raise AdminError(f"no such database: {database}")
+        log.info("WAIT_CLOSE '%s' command issued", database)
+    else:
+        log.info("WAIT_CLOSE command issued")
+    return _wait_closed(ctx, database)
+
+
+def _servers_of(pool: Pool) -> list:
+    return [*pool.active, *pool.idle, *pool.used, *pool.login]
+
+
+async def _wait_closed(ctx: ClientContext, database: str) -> bytes:
+    # Pools created meanwhile are looked at too: harmless, they hold no marked server.
+    while any(server.close_when_released for pool in _target_pools(ctx, database)
+              for server in _servers_of(pool)):
+        await asyncio.sleep(_PAUSE_POLL)
+    return be.encode_command_complete("WAIT_CLOSE")
+
+
+# --- KILL / KILL_CLIENT ---------------------------------------------------------------
+
+def kill(ctx: ClientContext, database: str) -> Reply:
+    """Drop every client and server of a database (or all) now; keep it paused.
+
+    As PgBouncer, the database stays paused afterwards: new clients log in
+    and wait for a server until RESUME.
+    """
+    registry = ctx.registry
+    if registry.paused_all:
+        raise AdminError("already suspended/paused")
+    if database:
+        _check_database(ctx, database, "kill")
+        log.info("KILL '%s' command issued", database)
+        databases = {database}
+    else:
+        log.info("KILL command issued")
+        databases = {pool.settings.database for pool in registry}
+    registry.paused_dbs |= databases
+    for pool in _target_pools(ctx, database):
+        _kill_pool(ctx, pool)
+    return be.encode_command_complete("KILL")
+
+
+def _kill_pool(ctx: ClientContext, pool: Pool) -> None:
+    pool.paused = True
+    servers = _servers_of(pool)
+    for client in list(ctx.clients):
+        if client.pool is pool:
+            client.fatal(EcluseError("database removed", sqlstate="08P01"))
+    # The clients gave their servers back; none may serve again, busy or not.
+    pool.close_all()
+    for server in servers + _servers_of(pool):
+        server.close()
+
+
+# The client states SHOW CLIENTS lists, hence the ones KILL_CLIENT can name.
+_LISTED = frozenset({"idle", "active", "waiting"})
+
+
+def kill_client(ctx: ClientContext, arg: str) -> Reply:
+    """Close the one client whose SHOW CLIENTS id is ``arg``, with a FATAL."""
+    if not arg.isdigit():  # PgBouncer: sscanf("%llu")
+        raise AdminError("invalid client pointer supplied")
+    target = int(arg)
+    for client in list(ctx.clients):
+        if client.id == target and client.state.value in _LISTED:
+            log.info("KILL_CLIENT %d command issued (%s)", target, client)
+            client.fatal(EcluseError("admin forced disconnect", sqlstate="08P01"))
+            return be.encode_command_complete("KILL_CLIENT")
+    raise AdminError("client not found")
+
+
+# --- SUSPEND ---------------------------------------------------------------------------
+
+def suspend(ctx: ClientContext, arg: str) -> Reply:
+    """Pause every pool and stop reading from every client until RESUME.
+
+    An approximation of PgBouncer's SUSPEND, which flushes the socket buffers
+    and stops (for an online restart that hands sockets over, which ecluse
+    does not do): here no client is read from and no server handed out;
+    what servers still send is relayed. Console clients are still read, so
+    RESUME can be typed. Clients logging in meanwhile are not suspended but
+    wait for a server, their pool being paused.
+    """
+    registry = ctx.registry
+    if registry.paused_all:
+        raise AdminError("already suspended/paused")
+    if registry.paused_dbs:
+        raise AdminError("cannot suspend with paused databases")
+    log.info("SUSPEND command issued")
+    registry.paused_all = registry.suspended = True
+    for pool in registry:
+        pool.paused = True
+    for client in list(ctx.clients):
+        if client.console is None:
+            client.suspend_reading()
+    return be.encode_command_complete("SUSPEND")
+
+
+def _end_suspend(ctx: ClientContext) -> None:
+    ctx.registry.suspended = False
+    for client in list(ctx.clients):
+        client.end_suspend()
+
+
+def on_console_left(ctx: ClientContext) -> None:
+    """Undo a SUSPEND once no console client is left, as PgBouncer does.
+
+    Nobody could type RESUME any more; the clients would hang for good.
+    Called by frontend/session.py when a console client goes.
+    """
+    registry = ctx.registry
+    if not registry.suspended or any(c.console is not None for c in ctx.clients):
+        return
+    log.info("admin disappeared when suspended, doing RESUME")
+    registry.paused_all = False
+    _end_suspend(ctx)
+    for pool in registry:
+        if pool.settings.database not in registry.paused_dbs:
+            pool.resume()
+
+
+# --- SHUTDOWN --------------------------------------------------------------------------
+
+_SHUTDOWN_MODES = frozenset({"", "WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"})
+
+
+def shutdown(ctx: ClientContext, arg: str) -> Reply:
+    """Shut the worker down: at once (gracefully), or once servers or clients are gone.
+
+    Plain SHUTDOWN gets no reply, as in PgBouncer: the connection stays open
+    until the worker's shutdown path closes it. The WAIT_FOR_ modes stop
+    listening, answer, and leave the waiting to the worker.
+    """
+    mode = arg.upper()
+    if mode not in _SHUTDOWN_MODES:
+        raise AdminError(f"invalid command 'SHUTDOWN {arg}', use SHOW HELP;")
+    if ctx.begin_shutdown is None:
+        raise AdminError("shutdown not possible here")
+    if ctx.shutting_down or ctx.shutdown_mode is not None:
+        raise AdminError("pooler is shutting down")
+    log.info("SHUTDOWN%s command issued", f" {mode}" if mode else "")
+    ctx.begin_shutdown(mode)
+    if not mode:
+        return asyncio.get_running_loop().create_future()  # never answered
+    return be.encode_command_complete("SHUTDOWN")
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -168,4 +376,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("SHOW STATS_AVERAGES", _show(show.show_stats_averages), read_only=True),
     Command("PAUSE", pause, read_only=False, takes_arg=True),
     Command("RESUME", resume, read_only=False, takes_arg=True),
+    Command("DISABLE", disable, read_only=False, takes_arg=True),
+    Command("ENABLE", enable, read_only=False, takes_arg=True),
+    Command("RECONNECT", reconnect, read_only=False, takes_arg=True),
+    Command("KILL", kill, read_only=False, takes_arg=True),
+    Command("KILL_CLIENT", kill_client, read_only=False, takes_arg=True),
+    Command("SUSPEND", suspend, read_only=False),
+    Command("WAIT_CLOSE", wait_close, read_only=False, takes_arg=True),
+    Command("SHUTDOWN", shutdown, read_only=False, takes_arg=True),
+    Command("SHOW STATE", _show(show.show_state), read_only=True),
 )}

@@ -153,6 +153,7 @@ def show_databases(ctx: ClientContext) -> bytes:
     for db in cfg.databases.values():
         user = db.user or ""
         paused = ctx.registry.paused_all or db.name in ctx.registry.paused_dbs
+        disabled = db.name in ctx.registry.disabled_dbs
         rows.append([
             db.name, db.host, db.port, db.server_dbname(), db.user,
             cfg.pool_size_for(db, user), cfg.min_pool_size_for(db), cfg.reserve_pool_for(db),
@@ -161,7 +162,7 @@ def show_databases(ctx: ClientContext) -> bytes:
             None,  # load_balance_hosts: PgBouncer sends NULL for a single host
             cfg.max_db_connections_for(db), ctx.registry.db_server_count(db.name),
             cfg.max_db_client_connections_for(db), ctx.db_clients[db.name],
-            int(paused), 0,  # disabled: ecluse has no DISABLE yet
+            int(paused), int(disabled),
         ])
     return encode_result(_DATABASES, rows)
 
@@ -267,7 +268,7 @@ def show_clients(ctx: ClientContext) -> bytes:
             f"{id(c):#x}", f"{id(c.server):#x}" if c.server is not None else "", 0,
             "TLS" if c.tls else "", c.params.get("application_name", ""),
             0,  # prepared_statements: the client-side count is not kept apart yet
-            id(c) & 0x7FFFFFFF,
+            c.id,  # what KILL_CLIENT takes
         ])
     return encode_result(SOCKET_COLUMNS, rows)
 
@@ -296,6 +297,22 @@ def show_servers(ctx: ClientContext) -> bytes:
 
 def _servers_of(pool: Pool) -> list:
     return [*pool.active, *pool.idle, *pool.used, *pool.login]
+
+
+# --- SHOW STATE ----------------------------------------------------------------
+
+def show_state(ctx: ClientContext) -> bytes:
+    """The pooler-wide pause mode, as PgBouncer's one of active/paused/suspended.
+
+    PAUSE of a single database leaves the pooler "active", as in PgBouncer.
+    """
+    registry = ctx.registry
+    suspended = registry.suspended
+    paused = registry.paused_all and not suspended
+    active = not suspended and not paused
+    return encode_result([("key", "s"), ("value", "s")], [
+        ("active", "yes" if active else "no"), ("paused", "yes" if paused else "no"),
+        ("suspended", "yes" if suspended else "no")])
 
 
 # --- SHOW STATS ----------------------------------------------------------------

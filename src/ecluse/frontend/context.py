@@ -6,9 +6,10 @@ The worker builds one ClientContext and hands it to every session it accepts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,13 @@ class ClientContext:
     # Logged-in clients per database and per user, for the client limits.
     db_clients: Counter[str] = field(default_factory=Counter)
     user_clients: Counter[str] = field(default_factory=Counter)
+    # The id SHOW CLIENTS prints and KILL_CLIENT takes: unique for the worker's
+    # life, never reused (id() of a freed session could be).
+    client_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # Set by the worker: start SHUTDOWN in a mode ("", WAIT_FOR_SERVERS or
+    # WAIT_FOR_CLIENTS); frontend/ and admin/ may not import the worker.
+    begin_shutdown: Callable[[str], None] | None = None
+    shutdown_mode: str | None = None  # the SHUTDOWN mode once one was issued
 
     def admit(self, database: str, user: str, db_limit: int, user_limit: int) -> str | None:
         """Count a client in, or return the name of the limit it would exceed."""

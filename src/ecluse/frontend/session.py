@@ -34,6 +34,7 @@ import logging
 import ssl
 import time
 
+from ecluse.admin.commands import on_console_left
 from ecluse.admin.console import AdminConsole, is_admin_database, may_log_in, welcome_parameters
 from ecluse.auth.auth_query import AuthQueryTarget
 from ecluse.auth.hba import CERT
@@ -108,6 +109,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.request_started = 0.0
+        self.id = next(ctx.client_ids)  # SHOW CLIENTS' id, KILL_CLIENT's argument
         settings = ctx.config.settings
         self._inbuf = bytearray()  # startup phase only
         self._framer = Framer(codes.FRONTEND_TYPES, codes.FRONTEND_TYPES,
@@ -120,6 +122,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         self._pending_bytes = 0
         self._write_paused = False
         self._reading_paused = False
+        self._suspended = False  # SUSPEND stopped reading (see suspend_reading)
         self._login_timer: asyncio.TimerHandle | None = None
         # TLS (frontend/tls.py): the context when this listener may offer it, whether
         # the connection is encrypted, and the task detecting or running a handshake.
@@ -263,6 +266,10 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
             log.info("%s login attempt", self._describe())
         if self.ctx.shutting_down:
             raise ClientRefused("pooler is shutting down", sqlstate="57P01")
+        if self.database in self.ctx.registry.disabled_dbs:
+            # DISABLE (admin/commands.py); PgBouncer's wording and SQLSTATE.
+            raise ClientRefused(f"database does not allow connections: {self.database}",
+                                sqlstate="08P01")
         if len(self.ctx.clients) > settings.max_client_conn:
             raise ClientRefused("no more connections allowed (max_client_conn)",
                                 sqlstate="53300")
@@ -702,11 +709,30 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
     def pause_client_reading(self) -> None:
         if self.transport is not None and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pause_reading()
+            if not self._suspended:
+                self.transport.pause_reading()
 
     def resume_client_reading(self) -> None:
         if self.transport is not None and self._reading_paused:
             self._reading_paused = False
+            if not self._suspended:
+                self.transport.resume_reading()
+
+    def suspend_reading(self) -> None:
+        """Stop reading this client for SUSPEND, apart from any other pause."""
+        if self.transport is None or self._suspended or self.state is ClientState.CLOSED:
+            return
+        self._suspended = True
+        if not self._reading_paused:
+            self.transport.pause_reading()
+
+    def end_suspend(self) -> None:
+        """Read this client again after RESUME, unless another pause still holds."""
+        if not self._suspended:
+            return
+        self._suspended = False
+        if self.transport is not None and not self._reading_paused \
+                and self.state is not ClientState.CLOSED:
             self.transport.resume_reading()
 
     def _unlink(self) -> None:
@@ -857,6 +883,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         was = self.state
         self.state = ClientState.CLOSED
         self.ctx.clients.discard(self)
+        if self.console is not None:
+            on_console_left(self.ctx)
         if self._admitted:
             self._admitted = False
             self.ctx.leave(self.database, self.user)

@@ -26,6 +26,10 @@ class PoolRegistry:
         # meanwhile start paused too.
         self.paused_dbs: set[str] = set()
         self.paused_all = False
+        # SUSPEND: paused_all too, and clients are not read from.
+        self.suspended = False
+        # DISABLE: databases that refuse new client logins.
+        self.disabled_dbs: set[str] = set()
 
     def __iter__(self) -> Iterator[Pool]:
         return iter(list(self.pools.values()))

@@ -67,3 +67,42 @@ def test_login_needs_a_listed_user():
     settings = Settings(admin_users=("admin",), stats_users=("stats",))
     assert may_log_in(settings, "admin") and may_log_in(settings, "stats")
     assert not may_log_in(settings, "postgres")
+
+
+@pytest.mark.parametrize(("query", "name", "arg"), [
+    ("SHUTDOWN WAIT_FOR_CLIENTS", "SHUTDOWN", "WAIT_FOR_CLIENTS"),
+    ("kill_client 12", "KILL_CLIENT", "12"),
+    ("wait_close", "WAIT_CLOSE", ""),
+    ("show state", "SHOW STATE", ""),
+])
+def test_lookup_of_control_commands(query, name, arg):
+    command, got = make_console("admin").lookup(query)
+    assert (command.name, got) == (name, arg)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("DISABLE", b"a database is required"),
+    ("ENABLE", b"a database is required"),
+    ("DISABLE nosuchdb", b"no such database: nosuchdb"),
+    ("KILL pgbouncer", b"cannot kill admin db: pgbouncer"),
+    ("RECONNECT ecluse", b"cannot reconnect admin db: ecluse"),
+    ("WAIT_CLOSE pgbouncer", b"cannot wait in admin db: pgbouncer"),
+    ("KILL_CLIENT abc", b"invalid client pointer supplied"),
+    ("KILL_CLIENT 99", b"client not found"),
+    ("SHUTDOWN NOW", b"invalid command"),
+    ("SHUTDOWN", b"shutdown not possible here"),  # no worker behind this context
+])
+def test_control_command_errors_use_pgbouncer_wording(query, message):
+    reply = make_console("admin").answer(query)
+    assert isinstance(reply, bytes) and message_types(reply) == ["E", "Z"]
+    assert message in reply
+
+
+def test_suspend_shows_in_show_state_and_resume_undoes_it():
+    console = make_console("admin")
+    assert b"suspended" in console.answer("SHOW STATE")
+    assert message_types(console.answer("SUSPEND")) == ["C", "Z"]
+    assert console.ctx.registry.suspended and console.ctx.registry.paused_all
+    assert b"already suspended/paused" in console.answer("SUSPEND")
+    console.answer("RESUME")
+    assert not console.ctx.registry.suspended and not console.ctx.registry.paused_all
