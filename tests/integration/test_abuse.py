@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from ecluse.protocol.frontend import encode_query
+from ecluse.protocol.frontend import encode_password, encode_query
 from ecluse.protocol.startup import encode_startup_message
 from integration.test_copy import MB, RawClient, peak_rss
 
@@ -73,3 +73,27 @@ def test_slowloris_startups_are_closed_and_do_not_block_logins(ecluse_factory):
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_password_message_after_login_is_refused_not_forwarded(ecluse_factory):
+    """PostgreSQL answers a PasswordMessage outside authentication with FATAL and
+    closes: forwarded behind a query, it would kill a server after it went back
+    to the pool, under the next client. ecluse refuses it itself."""
+    ec = ecluse_factory({"pool_mode": "transaction", "default_pool_size": 1})
+    with psycopg.connect(ec.dsn(), autocommit=True) as good:
+        pid = good.execute("select pg_backend_pid()").fetchone()[0]
+        bad = RawClient(ec)
+        try:
+            bad.send(encode_query("select 1") + encode_password("late"))
+            replies = []
+            try:
+                while True:
+                    replies.append(bad.read_message())
+            except ConnectionError:
+                pass
+            fatal = [body for t, body in replies if t == b"E"]
+            assert fatal and b"C08P01" in fatal[-1]
+        finally:
+            bad.close()
+        for _ in range(3):
+            assert good.execute("select pg_backend_pid()").fetchone()[0] == pid

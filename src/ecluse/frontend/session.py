@@ -356,13 +356,17 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         self._secret = None
         # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
         self.transport.write(outcome.final_message + be.encode_authentication_ok())
+        self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(ClientState.WELCOME)
         self._start_welcome()
 
     def _on_auth_pieces(self, pieces) -> None:
         for i, (msg_type, raw, _start, _end) in enumerate(pieces):
             if self.state is not ClientState.AUTH:
-                self._queue_pieces(pieces[i:])
+                rest = pieces[i:]
+                if any(start and t == codes.FE_PASSWORD for t, _r, start, _e in rest):
+                    raise RemoteProtocolError("invalid frontend message type 'p' after login")
+                self._queue_pieces(rest)
                 return
             if self._auth is None:
                 # auth_query is still running: no authentication request was sent yet.
@@ -455,6 +459,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self._framer.set_inspect(_CONSOLE_INSPECT, 1 << 20)
+        self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(ClientState.WELCOME)
         self._set_state(ClientState.IDLE)
         if self.ctx.config.settings.log_connections:

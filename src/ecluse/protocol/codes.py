@@ -69,6 +69,11 @@ FRONTEND_TYPES = frozenset(
     }
 )
 
+# After authentication: a PasswordMessage is no longer valid. PostgreSQL answers
+# one with a FATAL error and closes, so forwarding it would let one client kill
+# a server that another client gets next.
+FRONTEND_SESSION_TYPES = FRONTEND_TYPES - {FE_PASSWORD}
+
 # Backend (server -> client) message types.
 BE_AUTHENTICATION = ord("R")
 BE_BACKEND_KEY_DATA = ord("K")

@@ -51,6 +51,10 @@ class Framer:
         self.side = side
         self.stream_oversize = stream_oversize
 
+    def set_valid(self, valid: frozenset[int]) -> None:
+        """Change which message types are accepted from now on (e.g. after login)."""
+        self._valid = valid
+
     def set_inspect(self, inspect: frozenset[int], inspect_max: int | None = None) -> None:
         """Change which types are delivered whole (e.g. after login); bytes already
         buffered keep their framing."""
