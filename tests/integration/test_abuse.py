@@ -97,3 +97,21 @@ def test_password_message_after_login_is_refused_not_forwarded(ecluse_factory):
             bad.close()
         for _ in range(3):
             assert good.execute("select pg_backend_pid()").fetchone()[0] == pid
+
+
+def test_refused_during_welcome_with_a_query_in_the_same_write(ecluse_factory):
+    """A client whose server login fails (role missing on the server, trust here)
+    sent its first query in the same packet as its startup: it gets FATAL and is
+    closed; the query left in its batch is dropped, not run by a closed session
+    (the ecluse_factory fixture fails the test on any traceback)."""
+    ec = ecluse_factory({"pool_mode": "transaction", "server_login_retry": 5})
+    packet = encode_startup_message({"user": "no_such_role", "database": "ecluse_test"})
+    for _ in range(3):  # the second and third are refused at once: login backoff
+        with socket.create_connection((ec.host, ec.port), timeout=5) as sock:
+            sock.sendall(packet + encode_query("select 1"))
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        assert b"SFATAL" in data
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)

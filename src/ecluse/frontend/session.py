@@ -502,6 +502,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
 
     # --- requests while no server is linked ------------------------------------
     def _queue_pieces(self, pieces) -> None:
+        if self.state is ClientState.CLOSED:
+            return  # e.g. refused during the welcome, with more bytes of its batch left
         if self.console is not None:
             self._on_console_pieces(pieces)
             return
