@@ -72,6 +72,7 @@ class Worker:
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
         self.ctx.begin_shutdown = self.begin_shutdown
+        self.janitor.on_stats = self._on_stats_period
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +103,20 @@ class Worker:
         for db in self.config.databases.values():
             if db.user and db.name != "*":
                 self.registry.get_pool(db, db.user)
+
+    def _on_stats_period(self, averages: dict[str, dict[str, int]]) -> None:
+        """Publish the averages to SHOW STATS_AVERAGES; log them (log_stats), as PgBouncer."""
+        self.ctx.stats_averages = averages
+        if not self.ctx.config.settings.log_stats:
+            return
+        for db, avg in sorted(averages.items()):
+            log.info("stats: %s: %d xacts/s, %d queries/s, %d client parses/s, "
+                     "%d server parses/s, %d binds/s, in %d B/s, out %d B/s, "
+                     "xact %d us, query %d us, wait %d us", db,
+                     avg["xact_count"], avg["query_count"], avg["client_parse_count"],
+                     avg["server_parse_count"], avg["bind_count"], avg["received"],
+                     avg["sent"], avg["xact_time_us"], avg["query_time_us"],
+                     avg["wait_time_us"])
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -457,3 +457,50 @@ def test_shutdown(ecluse_factory):
         with pytest.raises(psycopg.OperationalError):
             console.execute("SHUTDOWN")  # no reply: the connection closes
     assert ec.proc.wait(10) == 0
+
+
+def _stats_totals(console: psycopg.Connection, database: str = "ecluse_test") -> dict:
+    cur = console.execute("SHOW STATS_TOTALS", prepare=False)
+    names = [d.name for d in cur.description]
+    rows = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+    return {k: int(v) for k, v in rows[database].items() if k != "database"}
+
+
+def test_stats_count_real_traffic(ecluse_factory):
+    """Transactions, queries, bytes, parses, binds and times move as the client works."""
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console:
+        with psycopg.connect(ec.dsn(), autocommit=True) as client:
+            client.execute("select 1")
+            before = _stats_totals(console)
+            for i in range(10):
+                # extended protocol, unnamed: one Parse and one Bind each
+                client.execute("select %s::int", (i,), prepare=False)
+            with client.transaction():
+                client.execute("select 1")
+                client.execute("select pg_sleep(0.05)")
+            after = _stats_totals(console)
+        delta = {k: after[k] - before[k] for k in after}
+        assert delta["xact_count"] == 11  # ten autocommit statements, one block
+        assert delta["query_count"] >= 14  # BEGIN, two statements, COMMIT inside
+        assert delta["bind_count"] >= 10 and delta["server_parse_count"] >= 10
+        assert delta["client_parse_count"] >= 10
+        assert delta["bytes_received"] > 10 * len("select $1::int")
+        assert delta["bytes_sent"] > 0
+        assert delta["xact_time"] >= 50_000  # the block slept 50 ms
+        assert delta["query_time"] >= 50_000
+        assert delta["server_assignment_count"] >= 11
+        assert after["client_connect_count"] >= 1
+
+
+def test_stats_averages_follow_stats_period(ecluse_factory):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "stats_period": "1"})
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as client:
+        def busy_average() -> bool:
+            for _ in range(50):
+                client.execute("select 1")
+            cur = console.execute("SHOW STATS_AVERAGES", prepare=False)
+            names = [d.name for d in cur.description]
+            rows = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+            return int(rows.get("ecluse_test", {}).get("xact_count", 0)) > 0
+        assert wait_for(busy_average, timeout=10.0)

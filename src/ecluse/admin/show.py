@@ -26,6 +26,7 @@ from ecluse import __version__
 from ecluse.config.model import Settings
 from ecluse.protocol import backend as be
 from ecluse.protocol.messages import RowDescriptionField
+from ecluse.stats.period import totals_by_database
 
 if TYPE_CHECKING:
     from ecluse.frontend.context import ClientContext
@@ -39,25 +40,20 @@ Columns = Sequence[tuple[str, str]]
 
 VERSION_STRING = f"ecluse {__version__}"
 
-# SHOW STATS and friends (PgBouncer src/stats.c). ecluse keeps no per-database
-# traffic counters yet: only the server assignment count is real.
+# SHOW STATS and friends (PgBouncer src/stats.c), read from stats/counters.py;
+# averages are over the last stats_period (stats/period.py).
 STATS_FIELDS = ("server_assignment_count", "xact_count", "query_count", "received", "sent",
                 "xact_time", "query_time", "wait_time", "client_parse_count",
                 "server_parse_count", "bind_count", "client_connect_count")
 _TOTAL_NAMES = {"received": "total_received", "sent": "total_sent"}
 _AVG_NAMES = {"received": "avg_recv", "sent": "avg_sent"}
 _SHORT_NAMES = {"received": "bytes_received", "sent": "bytes_sent"}
+_COUNTER_OF = {"xact_time": "xact_time_us", "query_time": "query_time_us",
+               "wait_time": "wait_time_us"}  # PoolStats' names for the time fields
 
 # Columns always sent as 0 (or empty) because ecluse has no honest figure for
 # them yet. Keyed by command; a test checks each exists in that command's columns.
 NEUTRAL_COLUMNS: dict[str, frozenset[str]] = {
-    # No per-database traffic/timing counters exist yet (stats/ is empty); only
-    # server_assignment_count is counted (Pool.assignments).
-    "SHOW STATS": frozenset(
-        [_TOTAL_NAMES.get(f, f"total_{f}") for f in STATS_FIELDS[1:]]
-        + [_AVG_NAMES.get(f, f"avg_{f}") for f in STATS_FIELDS]),
-    "SHOW STATS_TOTALS": frozenset(_SHORT_NAMES.get(f, f) for f in STATS_FIELDS[1:]),
-    "SHOW STATS_AVERAGES": frozenset(_SHORT_NAMES.get(f, f) for f in STATS_FIELDS),
     # Cancel requests are forwarded at once, never queued: there is no
     # cancel-request list to count. Servers being cancelled are in sv_used.
     "SHOW POOLS": frozenset({"cl_active_cancel_req", "cl_waiting_cancel_req",
@@ -317,32 +313,37 @@ def show_state(ctx: ClientContext) -> bytes:
 
 # --- SHOW STATS ----------------------------------------------------------------
 
-def _assignments_by_db(ctx: ClientContext) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for pool in ctx.registry:
-        name = pool.settings.database
-        counts[name] = counts.get(name, 0) + pool.assignments
-    return counts
+def _totals(ctx: ClientContext) -> list[tuple[str, dict[str, int]]]:
+    """Per-database counters in SHOW STATS' field order (times in microseconds)."""
+    merged = totals_by_database(ctx.registry)
+    return [(db, _stats_row(stats.as_dict())) for db, stats in sorted(merged.items())]
+
+
+def _stats_row(counts: dict[str, int]) -> list[int]:
+    return [counts.get(_COUNTER_OF.get(f, f), 0) for f in STATS_FIELDS]
+
+
+def _averages(ctx: ClientContext) -> dict[str, list[int]]:
+    return {db: _stats_row(avg) for db, avg in ctx.stats_averages.items()}
 
 
 def show_stats(ctx: ClientContext) -> bytes:
     names = [_TOTAL_NAMES.get(f, f"total_{f}") for f in STATS_FIELDS] + \
         [_AVG_NAMES.get(f, f"avg_{f}") for f in STATS_FIELDS]
     columns = [("database", "s")] + [(n, "N") for n in names]
-    rows = [[db, count] + [0] * (len(names) - 1)
-            for db, count in sorted(_assignments_by_db(ctx).items())]
+    averages = _averages(ctx)
+    rows = [[db, *totals, *averages.get(db, [0] * len(STATS_FIELDS))]
+            for db, totals in _totals(ctx)]
     return encode_result(columns, rows)
 
 
 def show_stats_totals(ctx: ClientContext) -> bytes:
     columns = [("database", "s")] + [(_SHORT_NAMES.get(f, f), "N") for f in STATS_FIELDS]
-    rows = [[db, count] + [0] * (len(STATS_FIELDS) - 1)
-            for db, count in sorted(_assignments_by_db(ctx).items())]
-    return encode_result(columns, rows)
+    return encode_result(columns, [[db, *totals] for db, totals in _totals(ctx)])
 
 
 def show_stats_averages(ctx: ClientContext) -> bytes:
-    # Averages per stats_period need a periodic sampler ecluse does not have yet.
     columns = [("database", "s")] + [(_SHORT_NAMES.get(f, f), "N") for f in STATS_FIELDS]
-    rows = [[db] + [0] * len(STATS_FIELDS) for db in sorted(_assignments_by_db(ctx))]
+    averages = _averages(ctx)
+    rows = [[db, *averages.get(db, [0] * len(STATS_FIELDS))] for db, _ in _totals(ctx)]
     return encode_result(columns, rows)

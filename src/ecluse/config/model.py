@@ -177,6 +177,7 @@ class Settings:
     log_disconnections: bool = True
     log_pooler_errors: bool = True
     stats_period: float = 60.0
+    log_stats: bool = True  # a stats line per database every stats_period
     tcp_keepalive: bool = True
     max_prepared_statements: int = 200  # per server; 0: no statement-name rewriting
     # TLS towards clients (config/tls.py builds the contexts).

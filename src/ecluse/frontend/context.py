@@ -43,6 +43,9 @@ class ClientContext:
     # WAIT_FOR_CLIENTS); frontend/ and admin/ may not import the worker.
     begin_shutdown: Callable[[str], None] | None = None
     shutdown_mode: str | None = None  # the SHUTDOWN mode once one was issued
+    # SHOW STATS_AVERAGES: per-database averages over the last stats_period
+    # (stats/period.py), refreshed by the worker.
+    stats_averages: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def admit(self, database: str, user: str, db_limit: int, user_limit: int) -> str | None:
         """Count a client in, or return the name of the limit it would exceed."""

@@ -71,14 +71,17 @@ from ecluse.protocol.startup import (
     unsupported_protocol_options,
     validate_startup_params,
 )
+from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
 from ecluse.server.params import TRACKED_PARAMETERS, build_sync_query
 from ecluse.server.state import build_settings_sync
+from ecluse.stats.counters import PoolStats
 
 log = logging.getLogger("ecluse.client")
 
 _X = codes.FE_TERMINATE
+_P = codes.FE_PARSE
 _STRAY_WHEN_IDLE = frozenset({codes.FE_COPY_DATA, codes.FE_COPY_DONE, codes.FE_COPY_FAIL,
                               codes.FE_FLUSH})
 _RELAY_INSPECT = frozenset({_X})
@@ -109,6 +112,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.request_started = 0.0
+        self.xact_started = 0.0  # first request of the open transaction, for xact_time
         self.id = next(ctx.client_ids)  # SHOW CLIENTS' id, KILL_CLIENT's argument
         settings = ctx.config.settings
         self._inbuf = bytearray()  # startup phase only
@@ -178,6 +182,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.pool is not None:
+            self.pool.stats.received += len(data)
         try:
             if self._tls_task is not None:
                 self._on_tls_setup_data(data)
@@ -412,6 +418,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self._set_state(ClientState.IDLE)
+        self.pool.stats.client_connect_count += 1
         if self.ctx.config.settings.log_connections:
             log.info("%s login ok (pool_mode=%s)", self._describe(), self.pool.settings.mode)
         if self._pending:
@@ -630,6 +637,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         tracker = server.tracker
         if tracker.is_done():
             self.request_started = time.monotonic()
+            if not self.xact_started:
+                self.xact_started = self.request_started
         if self._rewriter is not None:
             self._forward_rewritten(pieces, server, self._rewriter)
             return
@@ -648,10 +657,16 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
     def _forward_rewritten(self, pieces, server: ServerConnection,
                            rewriter: StatementRewriter) -> None:
         terminate = False
+        parses = 0
         for i, (msg_type, _raw, start, _end) in enumerate(pieces):
-            if start and msg_type == _X:
-                pieces, terminate = pieces[:i], True
-                break
+            if start:
+                if msg_type == _X:
+                    pieces, terminate = pieces[:i], True
+                    break
+                if msg_type == _P:
+                    parses += 1
+        if parses:
+            self.pool.stats.client_parse_count += parses
         out = rewriter.rewrite(pieces, server.prepared, server.tracker)
         fakes = rewriter.replies.take_fakes()
         if fakes:
@@ -664,6 +679,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
     # --- ServerLink interface (called by the server) -------------------------
     def write_from_server(self, data) -> None:
         if self.transport is not None:
+            self.pool.stats.sent += len(data)
             self.transport.write(data)
 
     def on_server_params(self, name: str, value: str) -> None:
@@ -676,7 +692,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         assert pool is not None
         mode = pool.settings.mode
         tracker = server.tracker
-        self.request_started = 0.0
+        self._count_request(pool.stats, tracker)
         if self._notify_backlog:
             self._flush_notifications()
         if mode == "session":
@@ -693,6 +709,23 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
                         self._describe())
             self.fatal(ClientRefused("transaction blocks not allowed in statement pooling mode",
                                      sqlstate="25001"))
+
+    def _count_request(self, stats: PoolStats, tracker: RequestTracker) -> None:
+        """Add the request that just ended (and its transaction, if it ended) to stats."""
+        now = time.monotonic()
+        if self.request_started:
+            stats.add_query(now - self.request_started)
+            self.request_started = 0.0
+        if tracker.parses or tracker.binds:
+            stats.server_parse_count += tracker.parses
+            if self._rewriter is None:
+                stats.client_parse_count += tracker.parses
+            stats.bind_count += tracker.binds
+            tracker.parses = tracker.binds = 0
+        if tracker.status == codes.STATUS_IDLE and self.xact_started:
+            stats.xact_count += 1
+            stats.xact_time_us += int((now - self.xact_started) * 1_000_000)
+            self.xact_started = 0.0
 
     def _release_server(self, server: ServerConnection) -> None:
         """Give the server back between transactions (transaction/statement mode)."""
@@ -857,6 +890,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
                     if start and t in (codes.FE_QUERY, codes.FE_SYNC, codes.FE_FUNCTION_CALL))
         err = be.encode_error_response(message, sqlstate)
         ready = be.encode_ready_for_query(b"I")
+        if syncs and self.pool is not None:
+            self.pool.stats.add_error("pooler", sqlstate)
         self._set_state(ClientState.IDLE)
         if self._reading_paused:
             self.resume_client_reading()
@@ -875,6 +910,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
             msg, sqlstate = error.message, error.sqlstate
         else:
             msg, sqlstate = str(error), "08P01"
+        if self.pool is not None:
+            self.pool.stats.add_error("pooler", sqlstate)
         self.transport.write(be.encode_error_response(msg, sqlstate, severity="FATAL"))
         self.close()
 

@@ -1,4 +1,5 @@
-"""Periodic maintenance: pool sizes, server lifetimes, client and query timeouts.
+"""Periodic maintenance: pool sizes, server lifetimes, client and query timeouts,
+and the stats_period sample behind SHOW STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
 wakes while idle (DESIGN.md hot-path rules).
@@ -15,6 +16,7 @@ from typing import Protocol
 from ecluse.config import Settings
 from ecluse.errors import EcluseError
 from ecluse.pool.registry import PoolRegistry
+from ecluse.stats.period import PeriodSampler, totals_by_database
 
 log = logging.getLogger("ecluse.janitor")
 
@@ -65,6 +67,10 @@ class Janitor:
         self._settings = settings
         self._clients = clients
         self._task: asyncio.Task | None = None
+        self.sampler = PeriodSampler()
+        self._next_sample = 0.0
+        # Called with the per-database averages after each stats_period sample.
+        self.on_stats: Callable[[dict[str, dict[str, int]]], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -85,4 +91,11 @@ class Janitor:
     def run_once(self) -> None:
         for pool in self._registry:
             pool.maintain()
-        check_client_timeouts(self._clients(), self._settings(), time.monotonic())
+        now = time.monotonic()
+        settings = self._settings()
+        check_client_timeouts(self._clients(), settings, now)
+        if now >= self._next_sample:
+            self._next_sample = now + max(settings.stats_period, PERIOD)
+            averages = self.sampler.sample(totals_by_database(self._registry), now)
+            if self.on_stats is not None:
+                self.on_stats(averages)

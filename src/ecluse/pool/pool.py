@@ -27,6 +27,7 @@ from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.codes import STATUS_IDLE
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
+from ecluse.stats.counters import PoolStats
 
 if TYPE_CHECKING:
     from ecluse.pool.registry import PoolRegistry
@@ -81,7 +82,7 @@ class Pool:
         self.last_error: Exception | None = None
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
         self.closed = False
-        self.assignments = 0  # servers handed to clients, for SHOW STATS
+        self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
         self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
@@ -155,7 +156,8 @@ class Pool:
             server = self._take_idle()
             if server is not None:
                 self._set_state(server, ServerState.ACTIVE)
-                self.assignments += 1
+                self.stats.server_assignment_count += 1
+                self.stats.wait_seconds.observe(0.0)
                 return server
         if self.login_failing():
             client.on_wait_failed(self._login_error())
@@ -224,9 +226,11 @@ class Pool:
             if waiter is None:
                 break
             self._set_state(server, ServerState.ACTIVE)
-            self.assignments += 1
-            if not waiter.assign(server):  # pragma: no cover - pop skips done waiters
-                self.assignments -= 1
+            waited = waiter.waited()
+            if waiter.assign(server):
+                self.stats.server_assignment_count += 1
+                self.stats.add_wait(waited)
+            else:  # pragma: no cover - pop skips done waiters
                 self._set_state(server, ServerState.IDLE)
         needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
         while needed > 0 and self.can_launch():
@@ -344,6 +348,7 @@ class Pool:
         server = ServerConnection(self, gen, host, s.port, done,
                                   max_prepared=s.max_prepared_statements, tls=tls)
         server.slot_held = True
+        server.stats = self.stats
         counted = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):

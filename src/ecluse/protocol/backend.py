@@ -227,6 +227,24 @@ def decode_error_fields(body: bytes, notice: bool = False) -> ErrorResponse:
     return ErrorResponse(fields, is_notice=notice)
 
 
+def error_sqlstate(raw: bytes | memoryview) -> str:
+    """The SQLSTATE of a whole or partly received ErrorResponse, "" if not there.
+
+    For counting errors on the relay path: never raises, reads only the fields
+    before the code (PostgreSQL sends S, V, C first).
+    """
+    data = bytes(raw[5:])
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        end = data.find(b"\0", pos + 1)
+        if end < 0:
+            return ""
+        if data[pos] == 0x43:  # 'C'
+            return data[pos + 1:end].decode("ascii", "replace")
+        pos = end + 1
+    return ""
+
+
 def decode_parameter_status(body: bytes) -> ParameterStatus:
     r = Reader(body, "parameter status")
     name = r.cstring()

@@ -74,8 +74,17 @@ _ABANDON_BATCH = encode_parse("", "ecluse: client disconnected, batch rolled bac
 class RequestTracker:
     """Count outstanding requests on one server link."""
 
-    __slots__ = ("_client_copying", "_copy_by_execute", "_open_batch", "_queue", "copy_in",
-                 "copy_out", "status")
+    __slots__ = (
+        "_client_copying",
+        "_copy_by_execute",
+        "_open_batch",
+        "_queue",
+        "binds",
+        "copy_in",
+        "copy_out",
+        "parses",
+        "status",
+    )
 
     def __init__(self) -> None:
         self._queue: deque[int] = deque()
@@ -87,6 +96,10 @@ class RequestTracker:
         self.copy_in = False
         self.copy_out = False
         self.status = STATUS_IDLE
+        # Parse and Bind messages sent, for the pool's counters: the session
+        # takes them (and zeroes them) when the server is ready.
+        self.parses = 0
+        self.binds = 0
 
     def reset(self) -> None:
         self.__init__()
@@ -107,6 +120,10 @@ class RequestTracker:
             self._open_batch = True
             if msg_type == FE_EXECUTE:
                 self._queue.append(_E)
+            elif msg_type == FE_BIND:
+                self.binds += 1
+            elif msg_type == FE_PARSE:
+                self.parses += 1
         elif msg_type in _COPY_ENDS:
             if self._client_copying:
                 self._client_copying = False

@@ -30,6 +30,7 @@ from ecluse.protocol.backend import (
     decode_data_row,
     decode_error_fields,
     decode_parameter_status,
+    error_sqlstate,
 )
 from ecluse.protocol.framing import Framer
 from ecluse.protocol.frontend import (
@@ -45,6 +46,7 @@ from ecluse.protocol.replies import ReplyQueue
 from ecluse.protocol.startup import encode_ssl_request
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
+from ecluse.stats.counters import PoolStats
 
 log = logging.getLogger("ecluse.server")
 
@@ -138,6 +140,9 @@ class ServerConnection(asyncio.Protocol):
         # last probe or settings sync left them (server/state.py).
         self.session_settings: dict[str, str] = {}
         self.slot_held = False  # counted in the registry's cross-pool limits
+        # Its pool's counters; connections outside a pool (LISTEN hub, auth lookups)
+        # count into a throwaway one.
+        self.stats = PoolStats()
         self.cancel_in_flight = False  # a CancelRequest for this server not yet delivered
         self.after_cancels: Callable[[], None] | None = None  # run once they are
         self.local_addr = ""
@@ -348,6 +353,7 @@ class ServerConnection(asyncio.Protocol):
             if not start:
                 continue
             if msg_type == _Z:
+                self.stats.query_count += 1
                 tracker.on_server_message(_Z, raw[5])
                 if tracker.is_done():
                     client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
@@ -361,6 +367,7 @@ class ServerConnection(asyncio.Protocol):
                 tracker.on_server_message(msg_type)
             elif msg_type == _E:
                 tracker.on_server_message(_E)  # ends a COPY IN (tracker rule 4)
+                self.stats.add_error("server", error_sqlstate(raw))
             elif msg_type == _S:
                 ps = decode_parameter_status(raw[5:])
                 self.params[ps.name] = ps.value
@@ -389,9 +396,12 @@ class ServerConnection(asyncio.Protocol):
             if replies.on_reply(msg_type, raw):
                 out.append(raw)
             if msg_type == _Z:
+                self.stats.query_count += 1
                 tracker.on_server_message(_Z, raw[5])
             elif msg_type in _TRACKED_REPLIES or msg_type == _E:
                 tracker.on_server_message(msg_type)
+                if msg_type == _E:
+                    self.stats.add_error("server", error_sqlstate(raw))
             # After the tracker: a fake ReadyForQuery reports the status this one set.
             fakes = replies.take_fakes()
             if fakes:
