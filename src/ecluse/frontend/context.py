@@ -43,6 +43,10 @@ class ClientContext:
     # WAIT_FOR_CLIENTS); frontend/ and admin/ may not import the worker.
     begin_shutdown: Callable[[str], None] | None = None
     shutdown_mode: str | None = None  # the SHUTDOWN mode once one was issued
+    # Set by the worker: re-read the config files and apply them (RELOAD, SIGHUP,
+    # POST /reload). Returns None when applied, else why the new config was
+    # refused (the old one keeps running).
+    reload_config: Callable[[], str | None] | None = None
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
     # (stats/period.py), refreshed by the worker.
     stats_averages: dict[str, dict[str, int]] = field(default_factory=dict)
