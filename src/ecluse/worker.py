@@ -13,8 +13,10 @@ import signal
 import socket
 
 from ecluse.config import Config
+from ecluse.config.diff import diff_configs, keep_restart_only
+from ecluse.config.loader import load_config
 from ecluse.config.tls import client_tls_context
-from ecluse.errors import EcluseError
+from ecluse.errors import ConfigError, EcluseError
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import FrontendSession
 from ecluse.frontend.tls import TlsListener
@@ -73,6 +75,8 @@ class Worker:
         self._stop = asyncio.Event()
         self.ctx.begin_shutdown = self.begin_shutdown
         self.janitor.on_stats = self._on_stats_period
+        self.ctx.reload_config = self.reload
+        self.ctx.apply_config = self.apply_config
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,6 +92,7 @@ class Worker:
             self._servers.append(srv)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._warm_pools()
         self.janitor.start()
         log.info("ecluse %d listening on %s", os.getpid(),
@@ -103,6 +108,58 @@ class Worker:
         for db in self.config.databases.values():
             if db.user and db.name != "*":
                 self.registry.get_pool(db, db.user)
+
+    # --- reload ------------------------------------------------------------
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP received: reloading the config")
+        _reopen_logs()
+        self.reload()
+
+    def reload(self) -> str | None:
+        """Re-read the config file and auth_file; apply them if the whole is valid.
+
+        Returns None when applied, else the reason it was refused; a refused
+        config changes nothing (the running one stays, the reason is logged).
+        """
+        path = self.config.path
+        if path is None:
+            reason = "no config file to re-read (ecluse was started without one)"
+            log.warning("RELOAD refused: %s", reason)
+            return reason
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("RELOAD refused, the running config stays: %s", exc.message)
+            return exc.message
+        except OSError as exc:
+            log.error("RELOAD refused, the running config stays: cannot read %s: %s",
+                      path, exc)
+            return f"cannot read {path}: {exc}"
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        self.apply_config(new)
+        return None
+
+    def apply_config(self, new: Config) -> None:
+        """Make ``new`` the running config: settings, databases, users, auth, hba."""
+        new, kept = keep_restart_only(self.config, new)
+        for name in kept:
+            log.warning("RELOAD: %s cannot be changed online; restart ecluse to apply it",
+                        name)
+        diff = diff_configs(self.config, new)
+        if diff.is_empty():
+            log.info("RELOAD: nothing changed")
+            return
+        self.config = self.ctx.config = new
+        _apply_logging(new.settings)
+        for line in self.registry.apply_config(new):
+            log.info("RELOAD: %s", line)
+        self._warm_pools()
+        log.info("RELOAD done: databases added %s, removed %s, changed %s; settings %s; "
+                 "users %s; auth_file entries %s",
+                 sorted(diff.added) or "-", sorted(diff.removed) or "-",
+                 sorted(diff.changed) or "-", sorted(diff.settings) or "-",
+                 sorted(diff.users) or "-", len(diff.auth))
 
     def _on_stats_period(self, averages: dict[str, dict[str, int]]) -> None:
         """Publish the averages to SHOW STATS_AVERAGES; log them (log_stats), as PgBouncer."""
@@ -178,6 +235,27 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         log.info("shutdown complete")
+
+
+def _reopen_logs() -> None:
+    """Reopen logfile after logrotate moved it (ecluse/logsetup.py when present)."""
+    try:
+        from ecluse import logsetup
+    except ImportError:
+        return
+    reopen = getattr(logsetup, "reopen_logfiles", None)
+    if reopen is not None:
+        reopen()
+
+
+def _apply_logging(settings) -> None:
+    try:
+        from ecluse import logsetup
+    except ImportError:
+        return
+    apply = getattr(logsetup, "apply", None)
+    if apply is not None:
+        apply(settings)
 
 
 def _sock_name(sock: socket.socket) -> str:

@@ -68,6 +68,8 @@ def _show(builder: Callable[[ClientContext], bytes]) -> Callable[[ClientContext,
 _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
          "\tSHOW LISTS|STATE\n"
          "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n"
+         "\tSET key = arg\n"
+         "\tRELOAD\n"
          "\tPAUSE [<db>]\n"
          "\tRESUME [<db>]\n"
          "\tDISABLE <db>\n"
@@ -361,6 +363,20 @@ def shutdown(ctx: ClientContext, arg: str) -> Reply:
     return be.encode_command_complete("SHUTDOWN")
 
 
+# --- RELOAD / SET (admin/reload.py) ---------------------------------------------------
+
+def _reload(ctx: ClientContext, arg: str) -> Reply:
+    from ecluse.admin.reload import reload  # admin/reload.py imports this module
+
+    return reload(ctx, arg)
+
+
+def _set(ctx: ClientContext, arg: str) -> Reply:
+    from ecluse.admin.reload import set_setting
+
+    return set_setting(ctx, arg)
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("SHOW HELP", show_help, read_only=True),
     Command("SHOW VERSION", _show(show.show_version), read_only=True),
@@ -385,4 +401,6 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("WAIT_CLOSE", wait_close, read_only=False, takes_arg=True),
     Command("SHUTDOWN", shutdown, read_only=False, takes_arg=True),
     Command("SHOW STATE", _show(show.show_state), read_only=True),
+    Command("RELOAD", _reload, read_only=False),
+    Command("SET", _set, read_only=False, takes_arg=True),
 )}

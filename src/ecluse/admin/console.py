@@ -35,6 +35,7 @@ __all__ = ["ADMIN_DATABASES", "AdminConsole", "is_admin_database", "may_log_in"]
 _WORD = r'("(?:[^"]|"")+"|[0-9A-Za-z_]+)'
 _COMMAND = re.compile(r"^\s*" + _WORD + r"(?:\s+" + _WORD + r")?\s*(?:;\s*)?$")
 _READY = be.encode_ready_for_query(b"I")
+_SET = re.compile(r"^\s*SET\s+(.+)$", re.IGNORECASE | re.DOTALL)
 
 
 def is_admin_database(database: str) -> bool:
@@ -82,6 +83,9 @@ class AdminConsole:
 
     def lookup(self, query: str) -> tuple[Command, str]:
         """Find the command a query names, and its argument; raise AdminError if none."""
+        set_match = _SET.match(query)
+        if set_match is not None:  # SET key = value: more words than other commands
+            return COMMANDS["SET"], set_match.group(1)
         match = _COMMAND.match(query)
         if match is None:
             raise AdminError(f"invalid command '{query}', use SHOW HELP;")

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ecluse import __version__
+from ecluse.config.diff import settable
 from ecluse.config.model import Settings
 from ecluse.protocol import backend as be
 from ecluse.protocol.messages import RowDescriptionField
@@ -118,11 +119,11 @@ def show_config(ctx: ClientContext) -> bytes:
         if f.name == "extra":
             continue
         default = f.default if f.default is not dataclasses.MISSING else ""
-        # ecluse has no RELOAD or SET yet: nothing changes while it runs.
         value = getattr(settings, f.name)
         if f.name == "unix_socket_mode":  # PgBouncer prints it in octal
             value, default = f"0{value:o}", f"0{default:o}"
-        rows.append([f.name, _none_empty(value), _none_empty(default), "no"])
+        rows.append([f.name, _none_empty(value), _none_empty(default),
+                     "yes" if settable(f.name) else "no"])
     for key, value in sorted(settings.extra.items()):
         rows.append([key, value, "", "no"])
     return encode_result([("key", "s"), ("value", "s"), ("default", "s"), ("changeable", "s")],

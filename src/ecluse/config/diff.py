@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ecluse.config.model import Config, Settings
+from ecluse.config.model import Config, Settings, SslMode
 
 _SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "extra")
 
@@ -60,6 +60,49 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         users=frozenset(_changed_keys(old.users, new.users)),
         auth=frozenset(_changed_keys(old.auth, new.auth)),
     )
+
+
+# Settings a running worker cannot take from a reload: they shape the listening
+# sockets, the process or the worker count. A reload keeps their running value
+# and says so; a restart applies them. SHOW CONFIG marks them changeable = no.
+RESTART_ONLY: frozenset[str] = frozenset({
+    "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "workers", "user",
+    "pidfile"})
+
+
+# Settings naming files the loader resolves and reads (auth_file, TLS files,
+# HBA): SET refuses them; edit the file and RELOAD, so they are checked whole.
+FILE_SETTINGS: frozenset[str] = frozenset({
+    "auth_file", "auth_hba_file", "client_tls_key_file", "client_tls_cert_file",
+    "client_tls_ca_file", "server_tls_key_file", "server_tls_cert_file",
+    "server_tls_ca_file", "logfile"})
+
+
+def settable(key: str) -> bool:
+    """True for settings the console's SET may change (SHOW CONFIG's changeable)."""
+    return key in _SETTING_FIELDS and key not in RESTART_ONLY and key not in FILE_SETTINGS
+
+
+def _tls_listener_changes(old: Settings, new: Settings) -> bool:
+    """True when client TLS is switched on or off: the listener type differs.
+
+    Other client_tls_sslmode changes (prefer to require...) apply online.
+    """
+    return (old.client_tls_sslmode is SslMode.DISABLE) != \
+        (new.client_tls_sslmode is SslMode.DISABLE)
+
+
+def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """Return ``new`` with the RESTART_ONLY settings of ``old``, and the names kept."""
+    kept = sorted(name for name in RESTART_ONLY
+                  if getattr(old.settings, name) != getattr(new.settings, name))
+    if _tls_listener_changes(old.settings, new.settings):
+        kept.append("client_tls_sslmode")
+    if not kept:
+        return new, []
+    settings = dataclasses.replace(new.settings,
+                                   **{name: getattr(old.settings, name) for name in kept})
+    return dataclasses.replace(new, settings=settings), kept
 
 
 def _changed_keys(old: Mapping[str, object], new: Mapping[str, object]) -> set[str]:

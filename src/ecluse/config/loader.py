@@ -280,7 +280,7 @@ def _check_tls(
         settings = dataclasses.replace(settings, **resolved)
     for side, build in (("client", client_tls_context), ("server", server_tls)):
         try:
-            build(settings)
+            build(settings, strict=True)
         except TlsSettingError as exc:
             entry = setting_entries.get(exc.setting) or setting_entries[f"{side}_tls_sslmode"]
             raise ConfigError(f"{exc.setting}: {exc.message}", path=entry.path,

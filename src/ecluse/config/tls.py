@@ -4,13 +4,16 @@ The client side context is what ecluse presents to its clients (server_side);
 the server side one is what it uses as a TLS client of PostgreSQL.
 
 Rules:
-1. Contexts depend on the settings alone and are cached by their values, so
-   every session of a worker shares one, and a reload that changes a file
-   name builds a new one. (A certificate renewed under the same file name is
-   read at the next restart.)
+1. Contexts are cached by the settings' values and by the identity of the
+   files they name (inode, mtime, size), so every session of a worker shares
+   one, and a certificate renewed on disk is used from the next connection
+   on, without a restart.
 2. A setting that cannot be honoured raises TlsSettingError naming it; the
-   loader turns it into a ConfigError at that setting's line, so a bad key
-   or certificate stops ecluse at start or reload, not at the first client.
+   loader (strict=True) turns it into a ConfigError at that setting's line,
+   so a bad key or certificate stops ecluse at start or is refused at
+   reload. At run time a file broken on disk never fails a connection that
+   the last good context can serve: that context stays in use, and the
+   failure is logged.
 3. Meanings are PgBouncer's: on the client side verify-ca and verify-full
    both require a client certificate signed by client_tls_ca_file, and
    disable/allow/prefer/require never look at one; on the server side only
@@ -21,11 +24,15 @@ Rules:
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import ssl
 import warnings
 from dataclasses import dataclass
 
 from ecluse.config.model import Settings, SslMode
+
+log = logging.getLogger("ecluse.tls")
 
 # ALPN name of the PostgreSQL protocol (PostgreSQL 17; required for direct TLS).
 ALPN_POSTGRESQL = "postgresql"
@@ -69,34 +76,67 @@ class ServerTls:
         return host if self.mode is SslMode.VERIFY_FULL else None
 
 
-def client_tls_context(settings: Settings) -> ssl.SSLContext | None:
+def client_tls_context(settings: Settings, strict: bool = False) -> ssl.SSLContext | None:
     """Return the context for TLS with clients, or None when client_tls_sslmode is disable.
 
-    Raises TlsSettingError when a file does not load or a value is refused.
+    Raises TlsSettingError when a file does not load or a value is refused,
+    unless ``strict`` is False and a context was built before from these
+    settings (rule 2).
     """
     if settings.client_tls_sslmode is SslMode.DISABLE:
         return None
-    return _client_context(settings.client_tls_sslmode, settings.client_tls_key_file,
-                           settings.client_tls_cert_file, settings.client_tls_ca_file,
-                           settings.client_tls_protocols, settings.client_tls_ciphers)
+    args = (settings.client_tls_sslmode, settings.client_tls_key_file,
+            settings.client_tls_cert_file, settings.client_tls_ca_file,
+            settings.client_tls_protocols, settings.client_tls_ciphers)
+    return _build(_client_context, args, args[1:4], strict)
 
 
-def server_tls(settings: Settings) -> ServerTls | None:
+def server_tls(settings: Settings, strict: bool = False) -> ServerTls | None:
     """Return how to do TLS with servers, or None when server_tls_sslmode is disable.
 
-    Raises TlsSettingError when a file does not load or a value is refused.
+    Raises TlsSettingError as client_tls_context does.
     """
     if settings.server_tls_sslmode is SslMode.DISABLE:
         return None
-    return _server_tls(settings.server_tls_sslmode, settings.server_tls_key_file,
-                       settings.server_tls_cert_file, settings.server_tls_ca_file,
-                       settings.server_tls_protocols, settings.server_tls_ciphers)
+    args = (settings.server_tls_sslmode, settings.server_tls_key_file,
+            settings.server_tls_cert_file, settings.server_tls_ca_file,
+            settings.server_tls_protocols, settings.server_tls_ciphers)
+    return _build(_server_tls, args, args[1:4], strict)
+
+
+_last_good: dict[tuple, object] = {}
+
+
+def _build(builder, args: tuple, files: tuple[str | None, ...], strict: bool):
+    try:
+        built = builder(*args, _file_stamp(files))
+    except TlsSettingError as exc:
+        previous = _last_good.get(args)
+        if strict or previous is None:
+            raise
+        log.error("TLS files changed on disk and no longer load (%s); "
+                  "the previous certificates stay in use", exc)
+        return previous
+    _last_good[args] = built
+    return built
+
+
+def _file_stamp(paths: tuple[str | None, ...]) -> tuple:
+    """Identify the files' current versions, so a renewed certificate is re-read."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        out.append(None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=8)
 def _client_context(mode: SslMode, key_file: str | None, cert_file: str | None,
                     ca_file: str | None, protocols: tuple[str, ...],
-                    ciphers: str) -> ssl.SSLContext:
+                    ciphers: str, _stamp: tuple = ()) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _set_protocols(ctx, protocols, "client_tls_protocols")
     _set_ciphers(ctx, ciphers, "client_tls_ciphers")
@@ -120,7 +160,8 @@ def _client_context(mode: SslMode, key_file: str | None, cert_file: str | None,
 
 @functools.lru_cache(maxsize=8)
 def _server_tls(mode: SslMode, key_file: str | None, cert_file: str | None,
-                ca_file: str | None, protocols: tuple[str, ...], ciphers: str) -> ServerTls:
+                ca_file: str | None, protocols: tuple[str, ...], ciphers: str,
+                _stamp: tuple = ()) -> ServerTls:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _set_protocols(ctx, protocols, "server_tls_protocols")
     _set_ciphers(ctx, ciphers, "server_tls_ciphers")

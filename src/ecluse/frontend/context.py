@@ -47,6 +47,8 @@ class ClientContext:
     # POST /reload). Returns None when applied, else why the new config was
     # refused (the old one keeps running).
     reload_config: Callable[[], str | None] | None = None
+    # Set by the worker: apply an already validated Config (the console's SET).
+    apply_config: Callable[[Config], None] | None = None
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
     # (stats/period.py), refreshed by the worker.
     stats_averages: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -94,6 +94,9 @@ class Janitor:
         now = time.monotonic()
         settings = self._settings()
         check_client_timeouts(self._clients(), settings, now)
+        if self._registry.retired:
+            self._registry.drop_retired({id(c.pool) for c in self._clients()
+                                         if getattr(c, "pool", None) is not None})
         if now >= self._next_sample:
             self._next_sample = now + max(settings.stats_period, PERIOD)
             averages = self.sampler.sample(totals_by_database(self._registry), now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -82,6 +83,8 @@ class Pool:
         self.last_error: Exception | None = None
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
         self.closed = False
+        self.retired = False  # replaced by a reload: no new client, closed once unused
+        self.client_user = settings.user  # whose [users] entry sized it (registry sets it)
         self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
         self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
@@ -251,7 +254,8 @@ class Pool:
         s = self.settings
         if server.tracker.status != STATUS_IDLE or not server.tracker.is_done() \
                 or server.in_internal() or server.close_when_released or self.closed \
-                or (s.server_lifetime > 0 and server.age() > s.server_lifetime):
+                or (s.server_lifetime > 0 and server.age() > s.server_lifetime) \
+                or self.total() > s.pool_size + s.reserve_pool:  # a reload shrank it
             self._set_state(server, ServerState.USED)
             server.close()
             return
@@ -369,6 +373,12 @@ class Pool:
                 done.exception()  # retrieved: the failure is reported just below
             self._on_launch_failed(server, exc)
             return
+        if _login_identity(self.settings) != _login_identity(s):
+            # A reload changed where or how to log in while this one logged in:
+            # closing it frees its slot and launches for waiters (on_server_closed).
+            self._set_state(server, ServerState.USED)
+            server.close()
+            return
         self.last_error = None
         if self.default_params is None:
             self.default_params = dict(server.params)
@@ -435,6 +445,36 @@ class Pool:
             hub = self._listen_hub = ListenHub(self)
         return hub
 
+    def reconfigure(self, settings: PoolSettings) -> str:
+        """Take new settings from a reload (same pool mode); return what changed.
+
+        A new host, port, database, login or startup parameter reconnects every
+        server between transactions: idle ones close now, busy ones when their
+        client releases them, ones logging in as soon as they are up. Sizes and
+        timeouts apply at once; surplus idle servers close now, surplus busy
+        ones on release.
+        """
+        old, self.settings = self.settings, settings
+        changed = sorted(f.name for f in dataclasses.fields(PoolSettings)
+                         if getattr(old, f.name) != getattr(settings, f.name))
+        if _login_identity(old) != _login_identity(settings):
+            self.close_all(lambda server: True)
+            self.default_params = None  # the new server may report other parameters
+            self.known_statements.clear()  # known good on the old server only
+            self.last_error = None  # the old server's failures say nothing of the new
+        else:
+            while self.idle and self.total() > self._limit():
+                server = self.idle[0]
+                self._set_state(server, ServerState.USED)
+                server.close()
+        self.maintain()
+        return "changed " + ", ".join(changed)
+
+    def retire(self) -> None:
+        """A reload replaced this pool: nothing new joins it; idle servers go."""
+        self.retired = True
+        self.close_all(lambda server: True)
+
     def close_all(self, predicate: Callable[[ServerConnection], bool] | None = None) -> None:
         """Close idle servers now and mark busy ones to close on release.
 
@@ -449,3 +489,9 @@ class Pool:
         for server in list(self.active) + list(self.used):
             if predicate is None or predicate(server):
                 server.close_when_released = True
+
+
+def _login_identity(s: PoolSettings) -> tuple:
+    """What a server connection was opened with: a change means a new connection."""
+    return (s.host, s.port, s.server_dbname, s.user, s.password, dict(s.server_params),
+            s.connect_query, s.server_tls)

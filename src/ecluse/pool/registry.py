@@ -1,7 +1,8 @@
 """PoolRegistry: all pools of a worker, keyed by (database, user).
 
-It creates pools on demand from the configuration and enforces the limits that
-span pools: max_db_connections and max_user_connections.
+It creates pools on demand from the configuration, enforces the limits that
+span pools (max_db_connections and max_user_connections) and applies a
+reloaded configuration to the pools it holds.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ class PoolRegistry:
         self.suspended = False
         # DISABLE: databases that refuse new client logins.
         self.disabled_dbs: set[str] = set()
+        # Pools a reload replaced (pool mode changed) or whose database it removed:
+        # their clients keep them until they leave; no new client gets them.
+        self.retired: list[Pool] = []
 
     def __iter__(self) -> Iterator[Pool]:
-        return iter(list(self.pools.values()))
+        return iter([*self.pools.values(), *self.retired])
 
     def get_pool(self, db: DatabaseConfig, client_user: str) -> Pool:
         """Return the pool for a client of ``db``; create it on first use."""
@@ -41,6 +45,7 @@ class PoolRegistry:
         pool = self.pools.get(key)
         if pool is None:
             pool = Pool(self, self._pool_settings(db, client_user, server_user))
+            pool.client_user = client_user
             pool.paused = self.paused_all or db.name in self.paused_dbs
             self.pools[key] = pool
         return pool
@@ -84,6 +89,48 @@ class PoolRegistry:
             max_prepared_statements=s.max_prepared_statements,
             server_tls=server_tls(s),
         )
+
+    # --- reload -------------------------------------------------------------
+    def apply_config(self, config: Config) -> list[str]:
+        """Take a new configuration; return what it did to the pools, for the log.
+
+        Every pool recomputes its settings. Same pool mode: the pool takes the
+        new settings in place (pool/pool.py reconfigure: sizes at once, servers
+        of a changed host or login reconnected between transactions). Pool mode
+        changed or database gone: the pool is retired, its clients keep it
+        until they leave, new clients get a new pool or "no such database".
+        """
+        self.config = config
+        done: list[str] = []
+        for key, pool in list(self.pools.items()):
+            db = config.database(pool.settings.database)
+            if db is None:
+                self._retire(key, pool)
+                done.append(f"{pool.name}: database removed, draining")
+                continue
+            new = self._pool_settings(db, pool.client_user, pool.settings.user)
+            if new == pool.settings:
+                continue
+            if new.mode != pool.settings.mode:
+                self._retire(key, pool)
+                done.append(f"{pool.name}: pool_mode {pool.settings.mode} -> {new.mode}, "
+                            "new clients get a new pool")
+                continue
+            done.append(f"{pool.name}: {pool.reconfigure(new)}")
+        return done
+
+    def _retire(self, key: tuple[str, str], pool: Pool) -> None:
+        del self.pools[key]
+        self.retired.append(pool)
+        pool.retire()
+
+    def drop_retired(self, in_use: set[int]) -> None:
+        """Close retired pools no client holds any more (``in_use``: their id())."""
+        for pool in list(self.retired):
+            if id(pool) not in in_use and not pool.waiters:
+                self.retired.remove(pool)
+                pool.closed = True
+                pool.close_all()
 
     # --- cross-pool limits ---------------------------------------------------
     def may_launch(self, pool: Pool) -> bool:
