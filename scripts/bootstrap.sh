@@ -93,6 +93,11 @@ ensure_python_deps() {
     fi
     say "installing ecluse in .venv with extras [$extras]"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    # A real consumer of PgBouncer's console, run against ecluse by the tests. Without
+    # its dependencies: it pins psycopg2==2.8.5, which does not build on Python 3.11;
+    # what it needs at run time is in the test extra.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        prometheus-pgbouncer-exporter==2.1.2
     touch "$stamp"
 }
 

@@ -1,6 +1,7 @@
-"""The `ecluse` command line: PgBouncer's flags, logging, daemonizing, dev mode.
+"""The `ecluse` command line: PgBouncer's flags, daemonizing, dev mode.
 
-Wiring only: parse arguments, load the config, set up logging, start a Worker.
+Wiring only: parse arguments, load the config, set up logging (logsetup.py),
+start a Worker.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import sys
 
 import uvloop
 
-from ecluse import __version__
+from ecluse import __version__, logsetup
 from ecluse.config import Config, config_from_string, load_config
+from ecluse.config.model import Settings
 from ecluse.errors import ConfigError
+from ecluse.supervisor import Supervisor
 from ecluse.worker import Worker, listen_sockets
 
 log = logging.getLogger("ecluse")
@@ -45,22 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"start a throwaway PostgreSQL in ./{DEV_DIR} and serve it on "
                         f"127.0.0.1:{DEV_PORT}")
     return p
-
-
-def setup_logging(verbose: int, quiet: bool, logfile: str | None, daemon: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handlers: list[logging.Handler] = []
-    if logfile:
-        handlers.append(logging.FileHandler(logfile))
-    if not daemon or not logfile:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s")
-    root = logging.getLogger()
-    root.handlers.clear()
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def daemonize() -> None:
@@ -110,14 +97,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(config: Config, args: argparse.Namespace) -> int:
     s = config.settings
-    setup_logging(args.verbose or s.verbose, args.quiet, s.logfile, args.daemon)
+    try:
+        logsetup.configure(s, verbose=args.verbose, quiet=args.quiet, daemon=args.daemon)
+    except OSError as exc:
+        print(f"ecluse: cannot open logfile: {exc}", file=sys.stderr)
+        return 1
     for warning in config.warnings:
         log.warning("%s", warning)
     # Until the event loop installs its own handlers, SIGTERM still means a clean exit
     # (the pidfile is removed in the finally below).
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    several = s.workers > 1
     try:
-        sockets = listen_sockets(config)
+        sockets = listen_sockets(config, reserve=several)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
@@ -133,6 +125,8 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         if s.pidfile:
             with open(s.pidfile, "w") as f:
                 f.write(f"{os.getpid()}\n")
+        if several:
+            return Supervisor(config, sockets).run()
         uvloop.run(Worker(config, sockets).run())
     finally:
         if s.pidfile:
@@ -168,7 +162,7 @@ max_client_conn = 1000
 def run_dev(args: argparse.Namespace) -> int:
     from ecluse.devcluster import PgCluster, ensure_postgres_installed
 
-    setup_logging(args.verbose, args.quiet, None, False)
+    logsetup.configure(Settings(), verbose=args.verbose, quiet=args.quiet)
     ensure_postgres_installed()
     datadir = os.path.abspath(os.path.join(DEV_DIR, "pgdata"))
     cluster = PgCluster(datadir)

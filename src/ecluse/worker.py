@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 
+from ecluse import logsetup
+from ecluse.admin.http import HttpServer, start_http
 from ecluse.config import Config
 from ecluse.config.diff import diff_configs, keep_restart_only
 from ecluse.config.loader import load_config
@@ -22,12 +24,38 @@ from ecluse.frontend.session import FrontendSession
 from ecluse.frontend.tls import TlsListener
 from ecluse.pool.janitor import Janitor
 from ecluse.pool.registry import PoolRegistry
+from ecluse.pool.shared import LocalCounts, SharedCounts
+from ecluse.protocol.messages import BackendKeyData
+from ecluse.server.cancel import send_cancel
 
 log = logging.getLogger("ecluse")
 
 
-def listen_sockets(config: Config) -> list[socket.socket]:
-    """Bind the TCP and unix listening sockets the config asks for."""
+def has_reuseport() -> bool:
+    return hasattr(socket, "SO_REUSEPORT")
+
+
+def reuseport_socket(family: int, sockaddr, listen: bool) -> socket.socket:
+    """A TCP socket bound to ``sockaddr`` with SO_REUSEPORT, listening if asked."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(sockaddr)
+    if listen:
+        sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]:
+    """Bind the TCP and unix listening sockets the config asks for.
+
+    With ``reserve`` (the supervisor of several workers, where SO_REUSEPORT
+    exists) TCP addresses are bound with SO_REUSEPORT and not listened on:
+    each worker listens on its own twin (supervisor.py).
+    """
     s = config.settings
     socks: list[socket.socket] = []
     addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
@@ -40,6 +68,9 @@ def listen_sockets(config: Config) -> list[socket.socket]:
             if (family, sockaddr) in seen:
                 continue
             seen.add((family, sockaddr))
+            if reserve and hasattr(socket, "SO_REUSEPORT"):
+                socks.append(reuseport_socket(family, sockaddr, listen=False))
+                continue
             sock = socket.socket(family, type_, proto)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -64,15 +95,25 @@ def listen_sockets(config: Config) -> list[socket.socket]:
 class Worker:
     """Serve clients on the given sockets until told to stop."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket]):
+    def __init__(self, config: Config, sockets: list[socket.socket],
+                 counts: LocalCounts | SharedCounts | None = None, index: int = 0,
+                 workers: int = 1, rundir: str | None = None):
         self.config = config
         self.sockets = sockets
-        self.registry = PoolRegistry(config)
+        self.registry = PoolRegistry(config, counts)
         self.ctx = ClientContext(config, self.registry)
+        self.ctx.worker_index = index
+        self.workers = workers
+        self.rundir = rundir  # the node's control sockets (cancel forwarding), if several
+        if rundir is not None:
+            self.ctx.forward_to_worker = self._forward_cancel
+        self.ctx.peer_id = config.settings.peer_id
+        self.ctx.forward_to_peer = self._forward_to_peer
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
                                lambda: self.ctx.clients)
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
+        self._http: HttpServer | None = None  # metrics_listen (admin/http.py)
         self.ctx.begin_shutdown = self.begin_shutdown
         self.janitor.on_stats = self._on_stats_period
         self.ctx.reload_config = self.reload
@@ -80,6 +121,8 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.settings.metrics_listen:
+            await self._start_http(self.config.settings.metrics_listen)
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
                 srv = await loop.create_unix_server(self._new_session, sock=sock)
@@ -90,6 +133,13 @@ class Worker:
             else:
                 srv = await loop.create_server(self._new_session, sock=sock)
             self._servers.append(srv)
+        if self.rundir is not None:
+            # Other workers pass on the CancelRequests the kernel gave them for our
+            # clients through this socket, as plain CancelRequests.
+            path = os.path.join(self.rundir, f".s.PGSQL.{self.ctx.worker_index}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's predecessor
+            self._servers.append(await loop.create_unix_server(self._new_session, path))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -99,6 +149,31 @@ class Worker:
                  ", ".join(_sock_name(s) for s in self.sockets))
         await self._stop.wait()
         await self.shutdown()
+
+    async def _start_http(self, address: str) -> None:
+        try:
+            # Several workers: worker i serves port + i, each its own scrape target.
+            self._http = await start_http(self.ctx, address, port_offset=self.ctx.worker_index)
+        except (OSError, ValueError) as exc:
+            log.error("cannot serve metrics_listen = %s: %s", address, exc)
+            raise SystemExit(1) from None
+        log.info("metrics and HTTP API on http://%s", self._http.address)
+
+    def _forward_cancel(self, worker: int, process_id: int, secret: bytes) -> None:
+        if self.rundir is None or worker >= self.workers:
+            return  # not a key of this node: dropped, as PostgreSQL drops unknown keys
+        log.debug("cancel request for worker %d passed on", worker)
+        self.ctx.spawn(send_cancel(self.rundir, worker, BackendKeyData(process_id, secret)))
+
+    def _forward_to_peer(self, peer: int, process_id: int, secret: bytes) -> None:
+        """Pass a cancel on to the ecluse of the group that issued its key ([peers])."""
+        target = self.ctx.config.peers.get(peer)
+        if target is None:
+            log.debug("cancel request for unknown peer %d dropped", peer)
+            return
+        log.debug("cancel request for peer %d passed on to %s:%d", peer, target.host,
+                  target.port)
+        self.ctx.spawn(send_cancel(target.host, target.port, BackendKeyData(process_id, secret)))
 
     def _new_session(self) -> FrontendSession:
         return FrontendSession(self.ctx)
@@ -112,7 +187,7 @@ class Worker:
     # --- reload ------------------------------------------------------------
     def _on_sighup(self) -> None:
         log.info("SIGHUP received: reloading the config")
-        _reopen_logs()
+        logsetup.reopen_logfiles()
         self.reload()
 
     def reload(self) -> str | None:
@@ -151,7 +226,7 @@ class Worker:
             log.info("RELOAD: nothing changed")
             return
         self.config = self.ctx.config = new
-        _apply_logging(new.settings)
+        logsetup.apply(new.settings)
         for line in self.registry.apply_config(new):
             log.info("RELOAD: %s", line)
         self._warm_pools()
@@ -234,28 +309,9 @@ class Worker:
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
+        if self._http is not None:
+            await self._http.stop()
         log.info("shutdown complete")
-
-
-def _reopen_logs() -> None:
-    """Reopen logfile after logrotate moved it (ecluse/logsetup.py when present)."""
-    try:
-        from ecluse import logsetup
-    except ImportError:
-        return
-    reopen = getattr(logsetup, "reopen_logfiles", None)
-    if reopen is not None:
-        reopen()
-
-
-def _apply_logging(settings) -> None:
-    try:
-        from ecluse import logsetup
-    except ImportError:
-        return
-    apply = getattr(logsetup, "apply", None)
-    if apply is not None:
-        apply(settings)
 
 
 def _sock_name(sock: socket.socket) -> str:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from ecluse.admin.commands import COMMANDS
-from ecluse.admin.show import NEUTRAL_COLUMNS
+from ecluse.admin.show import EMPTY_RESULTS, NEUTRAL_COLUMNS
 
 ADMIN_SETTINGS = {"admin_users": "admin", "stats_users": "stats", "auth_type": "trust"}
 
@@ -21,6 +21,8 @@ SOCKET_COLUMNS = ["type", "user", "database", "replication", "state", "addr", "p
                   "local_addr", "local_port", "connect_time", "request_time", "wait", "wait_us",
                   "close_needed", "ptr", "link", "remote_pid", "tls", "application_name",
                   "prepared_statements", "id"]
+DEBUG_COLUMNS = ["recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain", "pkt_avail",
+                 "send_avail"]
 _STATS = ["server_assignment_count", "xact_count", "query_count", "received", "sent",
           "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count",
           "bind_count", "client_connect_count"]
@@ -49,7 +51,19 @@ PGBOUNCER_COLUMNS = {
     + [{"received": "bytes_received", "sent": "bytes_sent"}.get(f, f) for f in _STATS],
     "SHOW STATS_AVERAGES": ["database"]
     + [{"received": "bytes_received", "sent": "bytes_sent"}.get(f, f) for f in _STATS],
+    "SHOW TOTALS": ["name", "value"],
+    "SHOW SOCKETS": SOCKET_COLUMNS + DEBUG_COLUMNS,
+    "SHOW ACTIVE_SOCKETS": SOCKET_COLUMNS + DEBUG_COLUMNS,
+    "SHOW FDS": ["fd", "task", "user", "database", "addr", "port", "cancel", "link",
+                 "client_encoding", "std_strings", "datestyle", "timezone", "password",
+                 "scram_client_key", "scram_server_key"],
+    "SHOW MEM": ["name", "size", "used", "free", "memtotal"],
+    "SHOW DNS_HOSTS": ["hostname", "ttl", "addrs"],
+    "SHOW DNS_ZONES": ["zonename", "serial", "count"],
 }
+# Results that may have no rows with one idle client: nothing buffered, nothing
+# ecluse keeps (EMPTY_RESULTS in admin/show.py), no [users] section.
+MAY_BE_EMPTY = {"SHOW USERS", "SHOW ACTIVE_SOCKETS", *EMPTY_RESULTS}
 INT4, INT8, TEXT, NUMERIC = 23, 20, 25, 1700
 
 
@@ -84,7 +98,9 @@ def test_show_columns_are_pgbouncers(ecluse_factory, command):
         assert [d.name for d in cur.description] == PGBOUNCER_COLUMNS[command]
         assert cur.statusmessage == "SHOW"
         rows = cur.fetchall()
-        assert rows or command in ("SHOW USERS",)
+        assert rows or command in MAY_BE_EMPTY
+        if command in EMPTY_RESULTS:
+            assert rows == []
         # SHOW LISTS names its figures in rows, the others in columns.
         names = [r[0] for r in rows] if command == "SHOW LISTS" else PGBOUNCER_COLUMNS[command]
         for name in NEUTRAL_COLUMNS.get(command, ()):
@@ -242,8 +258,8 @@ def test_unknown_commands_and_protocol(ecluse_factory):
             assert info.value.sqlstate == "08P01"
             assert "invalid command" in info.value.diag.message_primary
         assert console.execute("show pools;").statusmessage == "SHOW"  # case, semicolon
-        with pytest.raises(psycopg.OperationalError, match="simple query protocol"):
-            console.execute("SHOW POOLS", prepare=True)
+        # The extended protocol works too (tests/integration/test_admin_extended.py).
+        assert console.execute("SHOW POOLS", prepare=True).statusmessage == "SHOW"
 
 
 # --- pooler control: DISABLE/ENABLE, RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT, ---------
@@ -504,3 +520,91 @@ def test_stats_averages_follow_stats_period(ecluse_factory):
             rows = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
             return int(rows.get("ecluse_test", {}).get("xact_count", 0)) > 0
         assert wait_for(busy_average, timeout=10.0)
+
+
+# --- SHOW TOTALS, sockets, server ids, ecluse's PREPARED_STATEMENTS and POOL_WAITS ------
+
+
+def _name_values(console: psycopg.Connection, command: str) -> dict[str, int]:
+    return {name: int(value) for name, value in console.execute(command).fetchall()}
+
+
+def test_show_totals_sums_show_stats(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console:
+        with psycopg.connect(ec.dsn(), autocommit=True) as client:
+            for i in range(5):
+                client.execute("select %s::int", (i,), prepare=False)
+        totals = _name_values(console, "SHOW TOTALS")
+        cur = console.execute("SHOW STATS")
+        names = [d.name for d in cur.description]
+        stats = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    assert list(totals)[:3] == ["total_server_assignment_count", "total_xact_count",
+                                "total_query_count"]
+    assert len(totals) == 24 and "avg_ps_bind_count" in totals
+    assert totals["total_xact_count"] == sum(int(r["total_xact_count"]) for r in stats) >= 5
+    assert totals["total_client_bytes"] == sum(int(r["total_received"]) for r in stats) > 0
+    assert totals["total_server_bytes"] == sum(int(r["total_sent"]) for r in stats) > 0
+    assert totals["total_ps_bind_count"] >= 5
+
+
+def test_show_servers_ids_are_stable_counters(ecluse_factory):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "pool_mode": "session"})
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as a, \
+            psycopg.connect(ec.dsn(), autocommit=True) as b:
+        a.execute("select 1")
+        b.execute("select 1")
+        first = {r[14]: r[20] for r in console.execute("SHOW SERVERS").fetchall()}
+        second = {r[14]: r[20] for r in console.execute("SHOW SERVERS").fetchall()}
+    assert first == second and len(first) == 2
+    ids = sorted(first.values())
+    assert ids[0] >= 1 and ids[0] != ids[1] and ids[1] < 1000  # a counter, not an address
+
+
+def test_sockets_list_clients_and_servers(ecluse_factory):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "pool_mode": "session"})
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as client:
+        client.execute("select 1")
+        cur = console.execute("SHOW SOCKETS")
+        rows = [dict(zip([d.name for d in cur.description], r, strict=True))
+                for r in cur.fetchall()]
+        states = sorted(r["state"] for r in rows)
+        assert states == ["cl_active", "sv_active"]  # the console itself is not listed
+        active = console.execute("SHOW ACTIVE_SOCKETS").fetchall()
+        assert all(r[26] or r[27] for r in active)  # pkt_avail or send_avail
+
+
+def test_stats_user_cannot_show_fds(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec, user="stats") as console:
+        with pytest.raises(psycopg.Error, match="admin access needed"):
+            console.execute("SHOW FDS")
+        assert console.execute("SHOW MEM").fetchall() == []
+
+
+def test_show_prepared_statements_and_pool_waits(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS)
+    with admin_conn(ec) as console:
+        with psycopg.connect(ec.dsn(), autocommit=True) as client:
+            for i in range(3):
+                client.execute("select %s::int + 1", (i,), prepare=True)
+                client.execute("select %s::text", (str(i),), prepare=True)
+            cur = console.execute("SHOW PREPARED_STATEMENTS")
+            assert [d.name for d in cur.description] == ["database", "user", "name", "servers",
+                                                         "pool_servers"]
+            rows = [r for r in cur.fetchall() if r[0] == "ecluse_test"]
+            assert len(rows) == 2  # two distinct statements, pooler-wide names
+            assert all(r[3] >= 1 and r[4] >= r[3] for r in rows)
+            servers = console.execute("SHOW SERVERS").fetchall()
+            held = sum(s[19] for s in servers if s[2] == "ecluse_test")
+            assert held >= 2
+        cur = console.execute("SHOW POOL_WAITS")
+        names = [d.name for d in cur.description]
+        assert names == ["database", "user", "wait_count", "wait_p50_us", "wait_p90_us",
+                         "wait_p99_us", "query_count", "query_p50_us", "query_p99_us"]
+        row = dict(zip(names, next(r for r in cur.fetchall() if r[0] == "ecluse_test"),
+                       strict=True))
+    assert row["wait_count"] >= 6 and row["query_count"] >= 6
+    # Quantiles are bucket bounds (stats/counters.py TIME_BUCKETS), in microseconds.
+    assert 100 <= row["query_p50_us"] <= row["query_p99_us"] <= 60_000_000
+    assert row["wait_p50_us"] <= row["wait_p90_us"] <= row["wait_p99_us"]

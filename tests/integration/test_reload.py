@@ -192,3 +192,13 @@ def test_reloads_under_pgbench_lose_no_transaction(ecluse_factory, pg):
     processed = int(re.search(r"number of transactions actually processed: (\d+)",
                               out.stdout).group(1))
     assert processed > 0
+
+
+def test_api_token_never_shows(ecluse_factory):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "api_token": "s3cret-token"})
+    with admin_conn(ec, user="stats") as console:
+        assert config_value(console, "api_token")[0] == "********"
+    with admin_conn(ec) as console:
+        console.execute("SET api_token = 'other-s3cret'", prepare=False)
+        assert config_value(console, "api_token")[0] == "********"
+    assert "s3cret" not in ec.log()

@@ -66,8 +66,10 @@ def _show(builder: Callable[[ClientContext], bytes]) -> Callable[[ClientContext,
 
 
 _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
-         "\tSHOW LISTS|STATE\n"
-         "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n"
+         "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE\n"
+         "\tSHOW DNS_HOSTS|DNS_ZONES\n"
+         "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n"
+         "\tSHOW PREPARED_STATEMENTS|POOL_WAITS\n"
          "\tSET key = arg\n"
          "\tRELOAD\n"
          "\tPAUSE [<db>]\n"
@@ -401,6 +403,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("WAIT_CLOSE", wait_close, read_only=False, takes_arg=True),
     Command("SHUTDOWN", shutdown, read_only=False, takes_arg=True),
     Command("SHOW STATE", _show(show.show_state), read_only=True),
+    Command("SHOW TOTALS", _show(show.show_totals), read_only=True),
+    Command("SHOW SOCKETS", _show(show.show_sockets), read_only=True),
+    Command("SHOW ACTIVE_SOCKETS", _show(show.show_active_sockets), read_only=True),
+    # Admin only, as in PgBouncer (its rows would carry cancel keys and secrets).
+    Command("SHOW FDS", _show(show.show_fds), read_only=False),
+    Command("SHOW MEM", _show(show.show_mem), read_only=True),
+    Command("SHOW DNS_HOSTS", _show(show.show_dns_hosts), read_only=True),
+    Command("SHOW DNS_ZONES", _show(show.show_dns_zones), read_only=True),
+    # ecluse's own (not in PgBouncer): README's console section.
+    Command("SHOW PREPARED_STATEMENTS", _show(show.show_prepared_statements), read_only=True),
+    Command("SHOW POOL_WAITS", _show(show.show_pool_waits), read_only=True),
     Command("RELOAD", _reload, read_only=False),
     Command("SET", _set, read_only=False, takes_arg=True),
 )}

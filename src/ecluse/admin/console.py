@@ -2,16 +2,21 @@
 
 The virtual databases ``pgbouncer`` and ``ecluse`` (commands.ADMIN_DATABASES)
 reach this console instead of a pool; no server is ever involved.
-frontend/session.py authenticates the client as any other, asks
-``may_log_in``, then feeds each simple-protocol Query to ``answer``.
+frontend/session.py (through frontend/consolelink.py) authenticates the
+client as any other, asks ``may_log_in``, then feeds each whole message to
+``on_message``: a simple Query is answered by ``answer``, the extended query
+protocol (Parse/Bind/Describe/Execute/Sync/Close/Flush) by admin/extended.py,
+which runs the same commands through ``run``.
 
 Rules:
 1. Sans-IO: ``answer`` returns the bytes to send (ending in ReadyForQuery),
    or an awaitable of them for a command that waits (PAUSE); the session
    writes them.
-2. Authorization is checked here, once, from the command table's
+2. Authorization is checked here, once, in ``run``, from the command table's
    ``read_only`` flag (commands.py), never inside a handler.
-3. Only the simple query protocol, as PgBouncer's console.
+3. The extended protocol takes no parameters (PgBouncer's console speaks only
+   the simple protocol; ecluse also answers drivers that always use the
+   extended one, such as asyncpg).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from ecluse.admin.commands import ADMIN_DATABASES, COMMANDS, AdminError, Command
+from ecluse.admin.commands import ADMIN_DATABASES, COMMANDS, AdminError, Command, Reply
+from ecluse.admin.extended import ExtendedQuery
 from ecluse.admin.show import VERSION_STRING
 from ecluse.protocol import backend as be
 
@@ -80,6 +86,11 @@ class AdminConsole:
         self.ctx = ctx
         self.user = user
         self.is_admin = user in ctx.config.settings.admin_users
+        self._extended = ExtendedQuery(self)
+
+    def on_message(self, msg_type: int, body: bytes) -> bytes | Awaitable[bytes]:
+        """Answer one whole client message (Query or extended protocol) after login."""
+        return self._extended.on_message(msg_type, body)
 
     def lookup(self, query: str) -> tuple[Command, str]:
         """Find the command a query names, and its argument; raise AdminError if none."""
@@ -104,17 +115,25 @@ class AdminConsole:
         if not query.strip(" \t\r\n;"):
             return be.encode_empty_query_response() + _READY
         try:
-            command, arg = self.lookup(query)
-            # The one authorization check (CVE-2026-6667 class): stats_users
-            # get read-only commands, whatever the handler does.
-            if not command.read_only and not self.is_admin:
-                raise AdminError("admin access needed")
-            reply = command.handler(self.ctx, arg)
+            reply = self.run(query)
         except AdminError as exc:
             return _error(exc)
         if isinstance(reply, bytes):
             return reply + _READY
         return _finish(reply)
+
+    def run(self, query: str) -> Reply:
+        """Run the command a query names; return its reply body (no ReadyForQuery).
+
+        Raises AdminError for an unknown command or missing rights; a reply
+        that is awaitable may raise it too.
+        """
+        command, arg = self.lookup(query)
+        # The one authorization check (CVE-2026-6667 class): stats_users
+        # get read-only commands, whatever the handler does.
+        if not command.read_only and not self.is_admin:
+            raise AdminError("admin access needed")
+        return command.handler(self.ctx, arg)
 
 
 async def _finish(reply: Awaitable[bytes]) -> bytes:

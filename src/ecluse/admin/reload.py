@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ecluse.admin.commands import AdminError, Reply
-from ecluse.config.diff import FILE_SETTINGS, settable
+from ecluse.config.diff import FILE_SETTINGS, SECRET_SETTINGS, settable
 from ecluse.config.schema import SETTINGS
 from ecluse.config.values import BadValue
 from ecluse.protocol import backend as be
@@ -57,7 +57,7 @@ def set_setting(ctx: ClientContext, arg: str) -> Reply:
         raise AdminError("SET is not available in this process")
     config = ctx.config
     settings = dataclasses.replace(config.settings, **{key: value})
-    log.info("SET %s = %s", key, text if "password" not in key else "***")
+    log.info("SET %s = %s", key, "********" if key in SECRET_SETTINGS else text)
     ctx.apply_config(dataclasses.replace(config, settings=settings))
     return be.encode_command_complete("SET")
 

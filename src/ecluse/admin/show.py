@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ecluse import __version__
-from ecluse.config.diff import settable
+from ecluse.config.diff import SECRET_SETTINGS, settable
 from ecluse.config.model import Settings
 from ecluse.protocol import backend as be
 from ecluse.protocol.messages import RowDescriptionField
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from ecluse.pool.pool import Pool
 
 # PgBouncer's tuple-descriptor letters (pktbuf_write_RowDescription):
-# s text, i int4, q int8, N numeric, T timestamp sent as text.
-_TYPES = {"s": (25, -1), "T": (25, -1), "i": (23, 4), "q": (20, 8), "N": (1700, -1)}
+# s text, i int4, q int8, N numeric, T timestamp sent as text, b bytea.
+_TYPES = {"s": (25, -1), "T": (25, -1), "i": (23, 4), "q": (20, 8), "N": (1700, -1),
+          "b": (17, -1)}
 
 Columns = Sequence[tuple[str, str]]
 
@@ -66,6 +67,28 @@ NEUTRAL_COLUMNS: dict[str, frozenset[str]] = {
     # remote_pid of a client: ecluse does not read peer credentials.
     "SHOW CLIENTS": frozenset({"remote_pid", "prepared_statements"}),
     "SHOW SERVERS": frozenset({"wait", "wait_us"}),
+    # PgBouncer's debug columns are positions in its own I/O buffers; ecluse's
+    # buffers are asyncio's. pkt_avail (bytes received and held for a server)
+    # and send_avail (bytes queued in the transport) are real; the rest are 0.
+    "SHOW SOCKETS": frozenset({"remote_pid", "wait", "wait_us", "recv_pos", "pkt_pos",
+                               "pkt_remain", "send_pos", "send_remain"}),
+    "SHOW ACTIVE_SOCKETS": frozenset({"remote_pid", "wait", "wait_us", "recv_pos",
+                                      "pkt_pos", "pkt_remain", "send_pos", "send_remain"}),
+}
+
+# Commands whose result always has the columns and no rows, and why.
+EMPTY_RESULTS: dict[str, str] = {
+    # PgBouncer lists its sockets for an online restart (pgbouncer -R hands them
+    # to the new process with SCM_RIGHTS). ecluse restarts differently (the
+    # supervisor keeps the listening sockets); listing client and server fds
+    # with their cancel keys would hand secrets out for no use.
+    "SHOW FDS": "ecluse does no socket hand-over restart",
+    # PgBouncer's slab allocator caches; ecluse allocates Python objects.
+    "SHOW MEM": "ecluse has no slab caches",
+    # PgBouncer's own asynchronous DNS cache; ecluse resolves host names through
+    # asyncio at each connect and caches nothing.
+    "SHOW DNS_HOSTS": "ecluse has no DNS cache",
+    "SHOW DNS_ZONES": "ecluse has no DNS cache",
 }
 
 
@@ -120,6 +143,8 @@ def show_config(ctx: ClientContext) -> bytes:
             continue
         default = f.default if f.default is not dataclasses.MISSING else ""
         value = getattr(settings, f.name)
+        if f.name in SECRET_SETTINGS and value:
+            value = "********"  # stats_users may read SHOW CONFIG
         if f.name == "unix_socket_mode":  # PgBouncer prints it in octal
             value, default = f"0{value:o}", f"0{default:o}"
         rows.append([f.name, _none_empty(value), _none_empty(default),
@@ -243,6 +268,27 @@ SOCKET_COLUMNS = (("type", "s"), ("user", "s"), ("database", "s"), ("replication
                   ("prepared_statements", "i"), ("id", "i"))
 
 
+def _client_row(c: Any, now: float, state: str) -> list[Any]:
+    """One client's SOCKET_COLUMNS, ``state`` as the command names it."""
+    addr, port = _split_addr(c.peer)
+    local = ""
+    if c.transport is not None:
+        sock = c.transport.get_extra_info("sockname")
+        local = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else ""
+    laddr, lport = _split_addr(local)
+    waiting = c.state.value == "waiting"
+    waited = now - c.request_started if waiting and c.request_started else 0.0
+    return [
+        "C", c.user, c.database, "none", state, addr, port, laddr, lport,
+        _timestamp(c.connected_at), _timestamp(c.last_activity),
+        int(waited), int((waited - int(waited)) * 1_000_000), 0,
+        f"{id(c):#x}", f"{id(c.server):#x}" if c.server is not None else "", 0,
+        "TLS" if c.tls else "", c.params.get("application_name", ""),
+        0,  # prepared_statements: the client-side count is not kept apart yet
+        c.id,  # what KILL_CLIENT takes
+    ]
+
+
 def show_clients(ctx: ClientContext) -> bytes:
     now = time.monotonic()
     rows = []
@@ -250,24 +296,26 @@ def show_clients(ctx: ClientContext) -> bytes:
         state = c.state.value
         if state not in ("idle", "active", "waiting"):
             continue  # PgBouncer lists logged-in clients only
-        addr, port = _split_addr(c.peer)
-        local = ""
-        if c.transport is not None:
-            sock = c.transport.get_extra_info("sockname")
-            local = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else ""
-        laddr, lport = _split_addr(local)
-        waited = now - c.request_started if state == "waiting" and c.request_started else 0.0
-        rows.append([
-            "C", c.user, c.database, "none", "idle" if c.server is None and state == "active"
-            else state, addr, port, laddr, lport,
-            _timestamp(c.connected_at), _timestamp(c.last_activity),
-            int(waited), int((waited - int(waited)) * 1_000_000), 0,
-            f"{id(c):#x}", f"{id(c.server):#x}" if c.server is not None else "", 0,
-            "TLS" if c.tls else "", c.params.get("application_name", ""),
-            0,  # prepared_statements: the client-side count is not kept apart yet
-            c.id,  # what KILL_CLIENT takes
-        ])
+        shown = "idle" if c.server is None and state == "active" else state
+        rows.append(_client_row(c, now, shown))
     return encode_result(SOCKET_COLUMNS, rows)
+
+
+def _server_row(pool: Pool, server: Any, state: str) -> list[Any]:
+    """One server's SOCKET_COLUMNS, ``state`` as the command names it."""
+    laddr, lport = _split_addr(server.local_addr)
+    client = server.client
+    app = getattr(client, "params", {}).get("application_name", "") if client else ""
+    return [
+        "S", pool.settings.user, pool.settings.database, "none", state,
+        server.host, server.port, laddr, lport,
+        _timestamp(server.created_at), _timestamp(server.last_used),
+        0, 0, int(server.close_when_released),
+        f"{id(server):#x}", f"{id(client):#x}" if client is not None else "",
+        server.key.process_id if server.key is not None else 0,
+        "TLS" if server.tls else "", app, len(server.prepared),
+        server.id,
+    ]
 
 
 def show_servers(ctx: ClientContext) -> bytes:
@@ -275,20 +323,7 @@ def show_servers(ctx: ClientContext) -> bytes:
     for pool in ctx.registry:
         for server in _servers_of(pool):
             state = server.state.value
-            laddr, lport = _split_addr(server.local_addr)
-            client = server.client
-            app = getattr(client, "params", {}).get("application_name", "") if client else ""
-            rows.append([
-                "S", pool.settings.user, pool.settings.database, "none",
-                "new" if state == "login" else state,
-                server.host, server.port, laddr, lport,
-                _timestamp(server.created_at), _timestamp(server.last_used),
-                0, 0, int(server.close_when_released),
-                f"{id(server):#x}", f"{id(client):#x}" if client is not None else "",
-                server.key.process_id if server.key is not None else 0,
-                "TLS" if server.tls else "", app, len(server.prepared),
-                id(server) & 0x7FFFFFFF,
-            ])
+            rows.append(_server_row(pool, server, "new" if state == "login" else state))
     return encode_result(SOCKET_COLUMNS, rows)
 
 
@@ -348,3 +383,167 @@ def show_stats_averages(ctx: ClientContext) -> bytes:
     averages = _averages(ctx)
     rows = [[db, *averages.get(db, [0] * len(STATS_FIELDS))] for db, _ in _totals(ctx)]
     return encode_result(columns, rows)
+
+
+# --- SHOW TOTALS ---------------------------------------------------------------
+
+# SHOW TOTALS' row names for STATS_FIELDS (PgBouncer's PgStats member names).
+_TOTALS_NAMES = {"received": "client_bytes", "sent": "server_bytes",
+                 "client_parse_count": "ps_client_parse_count",
+                 "server_parse_count": "ps_server_parse_count", "bind_count": "ps_bind_count"}
+# An average time is per transaction, query or assignment: across databases it
+# is weighted by how many of those each database had per second.
+_TIME_WEIGHT = {"xact_time": "xact_count", "query_time": "query_count",
+                "wait_time": "server_assignment_count"}
+
+
+def show_totals(ctx: ClientContext) -> bytes:
+    """SHOW STATS summed over every database, as name/value rows (PgBouncer 1.23+).
+
+    Totals are exact sums. Averages: rates are summed; time averages are the
+    databases' averages weighted by their per-second counts (which are whole
+    numbers, so a database under one event per second weighs nothing unless
+    every database does, then their plain mean is given).
+    """
+    totals = [0] * len(STATS_FIELDS)
+    for _db, row in _totals(ctx):
+        totals = [a + b for a, b in zip(totals, row, strict=True)]
+    averages = list(_averages(ctx).values())
+    rows = [(f"total_{_TOTALS_NAMES.get(f, f)}", v) for f, v in zip(STATS_FIELDS, totals,
+                                                                     strict=True)]
+    for i, f in enumerate(STATS_FIELDS):
+        rows.append((f"avg_{_TOTALS_NAMES.get(f, f)}", _total_average(averages, i, f)))
+    return encode_result([("name", "s"), ("value", "N")], rows)
+
+
+def _total_average(averages: list[list[int]], i: int, field: str) -> int:
+    values = [row[i] for row in averages]
+    weight_field = _TIME_WEIGHT.get(field)
+    if weight_field is None:
+        return sum(values)
+    w = STATS_FIELDS.index(weight_field)
+    weights = [row[w] for row in averages]
+    if sum(weights) > 0:
+        return sum(v * n for v, n in zip(values, weights, strict=True)) // sum(weights)
+    nonzero = [v for v in values if v]
+    return sum(nonzero) // len(nonzero) if nonzero else 0
+
+
+# --- SHOW SOCKETS / ACTIVE_SOCKETS -----------------------------------------------
+
+DEBUG_SOCKET_COLUMNS = (*SOCKET_COLUMNS, ("recv_pos", "i"), ("pkt_pos", "i"),
+                        ("pkt_remain", "i"), ("send_pos", "i"), ("send_remain", "i"),
+                        ("pkt_avail", "i"), ("send_avail", "i"))
+_CLIENT_SOCKET_STATE = {"idle": "cl_active", "active": "cl_active", "waiting": "cl_waiting",
+                        "login": "cl_login", "auth": "cl_login", "welcome": "cl_login"}
+
+
+def _buffered(conn: Any) -> tuple[int, int]:
+    """Bytes received and held for the peer, bytes queued for sending."""
+    held = getattr(conn, "_pending_bytes", 0)  # a client's requests waiting for a server
+    transport = conn.transport
+    queued = transport.get_write_buffer_size() if transport is not None else 0
+    return held, queued
+
+
+def _debug_sockets(ctx: ClientContext, only_active: bool) -> bytes:
+    now = time.monotonic()
+    rows = []
+    for pool in ctx.registry:
+        for state, servers in (("sv_active", pool.active), ("sv_idle", pool.idle),
+                               ("sv_used", pool.used), ("sv_login", pool.login)):
+            for server in list(servers):
+                held, queued = _buffered(server)
+                if only_active and not (held or queued):
+                    continue
+                shown = "sv_tested" if server.state.value == "tested" else state
+                rows.append([*_server_row(pool, server, shown), 0, 0, 0, 0, 0, held, queued])
+    for c in sorted(ctx.clients, key=lambda c: c.connected_at):
+        state = _CLIENT_SOCKET_STATE.get(c.state.value)
+        if state is None or c.console is not None:
+            continue  # closed, or a console client (PgBouncer lists no admin socket)
+        held, queued = _buffered(c)
+        if only_active and not (held or queued):
+            continue
+        rows.append([*_client_row(c, now, state), 0, 0, 0, 0, 0, held, queued])
+    return encode_result(DEBUG_SOCKET_COLUMNS, rows)
+
+
+def show_sockets(ctx: ClientContext) -> bytes:
+    """Every client and server socket, with PgBouncer's buffer columns."""
+    return _debug_sockets(ctx, only_active=False)
+
+
+def show_active_sockets(ctx: ClientContext) -> bytes:
+    """The sockets with bytes buffered in either direction."""
+    return _debug_sockets(ctx, only_active=True)
+
+
+# --- SHOW FDS / MEM / DNS_HOSTS / DNS_ZONES (columns, no rows: EMPTY_RESULTS) -----
+
+_FDS = (("fd", "i"), ("task", "s"), ("user", "s"), ("database", "s"), ("addr", "s"),
+        ("port", "i"), ("cancel", "q"), ("link", "i"), ("client_encoding", "s"),
+        ("std_strings", "s"), ("datestyle", "s"), ("timezone", "s"), ("password", "s"),
+        ("scram_client_key", "b"), ("scram_server_key", "b"))
+
+
+def show_fds(ctx: ClientContext) -> bytes:
+    return encode_result(_FDS, [])
+
+
+def show_mem(ctx: ClientContext) -> bytes:
+    return encode_result([("name", "s"), ("size", "i"), ("used", "i"), ("free", "i"),
+                          ("memtotal", "i")], [])
+
+
+def show_dns_hosts(ctx: ClientContext) -> bytes:
+    return encode_result([("hostname", "s"), ("ttl", "q"), ("addrs", "s")], [])
+
+
+def show_dns_zones(ctx: ClientContext) -> bytes:
+    return encode_result([("zonename", "s"), ("serial", "q"), ("count", "i")], [])
+
+
+# --- ecluse's own: SHOW PREPARED_STATEMENTS / POOL_WAITS ---------------------------
+
+def show_prepared_statements(ctx: ClientContext) -> bytes:
+    """One row per pooler-wide statement name a pool knows, and how many servers hold it.
+
+    ``servers`` counts the pool's servers that confirmed the statement (their
+    own count of every statement they hold is SHOW SERVERS' prepared_statements).
+    """
+    rows = []
+    for pool in ctx.registry:
+        servers = _servers_of(pool)
+        for name in list(pool.known_statements):
+            held = sum(1 for s in servers if name in s.prepared.present)
+            rows.append([pool.settings.database, pool.settings.user, name, held,
+                         len(servers)])
+    return encode_result([("database", "s"), ("user", "s"), ("name", "s"), ("servers", "i"),
+                          ("pool_servers", "i")], rows)
+
+
+_WAITS = (("database", "s"), ("user", "s"), ("wait_count", "q"), ("wait_p50_us", "q"),
+          ("wait_p90_us", "q"), ("wait_p99_us", "q"), ("query_count", "q"),
+          ("query_p50_us", "q"), ("query_p99_us", "q"))
+
+
+def _quantile_us(histogram: Any, q: float) -> int | None:
+    """The upper bound of the bucket holding the q-quantile, in µs; NULL past the last bound."""
+    bound = histogram.quantile(q)
+    return None if bound == float("inf") else round(bound * 1_000_000)
+
+
+def show_pool_waits(ctx: ClientContext) -> bytes:
+    """Per pool: how long clients queued for a server, and how long queries took.
+
+    Figures come from stats/counters.py's histograms, so each quantile is the
+    upper bound of its bucket (100 µs to 60 s), not an exact value.
+    """
+    rows = []
+    for pool in ctx.registry:
+        wait, query = pool.stats.wait_seconds, pool.stats.query_seconds
+        rows.append([pool.settings.database, pool.settings.user, wait.count(),
+                     _quantile_us(wait, 0.5), _quantile_us(wait, 0.9), _quantile_us(wait, 0.99),
+                     query.count(), _quantile_us(query, 0.5), _quantile_us(query, 0.99)])
+    return encode_result(_WAITS, rows)

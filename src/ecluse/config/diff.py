@@ -67,7 +67,10 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
 # and says so; a restart applies them. SHOW CONFIG marks them changeable = no.
 RESTART_ONLY: frozenset[str] = frozenset({
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "workers", "user",
-    "pidfile"})
+    "pidfile", "peer_id", "metrics_listen"})
+
+# Settings whose value is a secret: SHOW CONFIG and the logs print a mask instead.
+SECRET_SETTINGS: frozenset[str] = frozenset({"api_token"})
 
 
 # Settings naming files the loader resolves and reads (auth_file, TLS files,

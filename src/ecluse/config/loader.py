@@ -20,20 +20,28 @@ from typing import Any
 from ecluse.auth.hba import HbaRule, read_hba
 from ecluse.config.connstr import BadConnStr, parse_connstr
 from ecluse.config.ini import IniDocument, IniEntry, parse_ini, read_ini
-from ecluse.config.model import AuthType, Config, DatabaseConfig, Settings, UserConfig
+from ecluse.config.model import (
+    AuthType,
+    Config,
+    DatabaseConfig,
+    PeerConfig,
+    Settings,
+    UserConfig,
+)
 from ecluse.config.schema import (
     DATABASE_OPTIONS,
     KNOWN_UNIMPLEMENTED,
+    PEER_OPTIONS,
     SETTINGS,
     USER_OPTIONS,
     Parser,
 )
 from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
 from ecluse.config.userlist import read_userlist
-from ecluse.config.values import BadValue
+from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
 
-_KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer"})
+_KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer", "peers"})
 
 
 def load_config(path: str) -> Config:
@@ -59,6 +67,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     settings, setting_entries = _build_settings(doc.section("pgbouncer"), warnings)
     databases, database_entries = _build_databases(doc.section("databases"), warnings)
     users = _build_users(doc.section("users"), warnings)
+    peers = _build_peers(doc.section("peers"), warnings)
     settings, auth = _load_auth(settings, setting_entries.get("auth_file"), path)
     settings, hba = _load_hba(settings, setting_entries, path)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
@@ -70,6 +79,7 @@ def _build(doc: IniDocument, path: str) -> Config:
         users=MappingProxyType(users),
         auth=MappingProxyType(auth),
         hba=hba,
+        peers=MappingProxyType(peers),
         path=path if os.path.isfile(path) else None,
         warnings=tuple(warnings),
     )
@@ -174,6 +184,19 @@ def _build_users(entries: Iterable[IniEntry], warnings: list[str]) -> dict[str, 
         users[entry.key] = UserConfig(name=entry.key, **fields)
         seen[entry.key] = entry
     return users
+
+
+def _build_peers(entries: Iterable[IniEntry], warnings: list[str]) -> dict[int, PeerConfig]:
+    """[peers]: peer_id = host=... port=..., as PgBouncer; cancels for their keys go there."""
+    peers: dict[int, PeerConfig] = {}
+    for entry in entries:
+        peer_id = _parse_value(entry, "peer id", entry.key, int_parser(minimum=1, maximum=255))
+        fields = _parse_options(entry, "peer", PEER_OPTIONS, warnings)
+        if "host" not in fields:
+            raise ConfigError(f"peer {entry.key}: host is required", path=entry.path,
+                              line=entry.line)
+        peers[peer_id] = PeerConfig(peer_id=peer_id, **fields)
+    return peers
 
 
 def _load_auth(

@@ -53,6 +53,22 @@ class SslMode(enum.Enum):
     VERIFY_FULL = "verify-full"
 
 
+class LogFormat(enum.Enum):
+    """log_format (ecluse's): how each log line is written (logsetup.py)."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.Enum):
+    """log_level (ecluse's): the least severe level logged; overrides verbose and -v/-q."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 # PgBouncer's "secure" protocol set, the default of both *_tls_protocols.
 SECURE_TLS_PROTOCOLS = ("tlsv1.2", "tlsv1.3")
 
@@ -165,11 +181,19 @@ class Settings:
     ignore_startup_parameters: tuple[str, ...] = ()
     application_name_add_host: bool = False
     logfile: str | None = None
+    # Logging (logsetup.py). log_level None: from verbose and -v/-q, as in PgBouncer.
+    log_level: LogLevel | None = None
+    log_format: LogFormat = LogFormat.TEXT
+    syslog: bool = False
+    syslog_ident: str = "ecluse"
+    syslog_facility: str = "daemon"
     pidfile: str | None = None
     max_packet_size: int = 2147483647  # limit on one protocol message
     max_startup_packet_size: int = 10000
     shutdown_timeout: float = 30.0  # ecluse: how long SIGINT/SIGTERM waits for transactions
     workers: int = 1
+    # This ecluse's number in a group behind one load balancer ([peers]); 0: none.
+    peer_id: int = 0
     verbose: int = 0
     user: str | None = None
     server_round_robin: bool = False
@@ -194,7 +218,20 @@ class Settings:
     server_tls_ca_file: str | None = None
     server_tls_protocols: tuple[str, ...] = SECURE_TLS_PROTOCOLS
     server_tls_ciphers: str = "default"
+    # The HTTP listener (admin/http.py): Prometheus /metrics, /health and the JSON
+    # API. Empty: no listener. api_token guards the API; empty: the API answers 403.
+    metrics_listen: str = ""
+    api_token: str = ""
     extra: Mapping[str, str] = field(default_factory=_empty_mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """One [peers] entry: another ecluse (or PgBouncer) of the same group, for cancels."""
+
+    peer_id: int
+    host: str
+    port: int = 6432
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +243,7 @@ class Config:
     users: Mapping[str, UserConfig] = field(default_factory=_empty_mapping)
     auth: Mapping[str, str] = field(default_factory=_empty_mapping)  # user -> secret
     hba: tuple[HbaRule, ...] | None = None  # auth_hba_file's rules, if it is set
+    peers: Mapping[int, PeerConfig] = field(default_factory=_empty_mapping)  # by peer_id
     path: str | None = None
     warnings: tuple[str, ...] = ()
 

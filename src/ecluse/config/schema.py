@@ -13,8 +13,9 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from ecluse.config.model import AuthType, PoolMode, SslMode
+from ecluse.config.model import AuthType, LogFormat, LogLevel, PoolMode, SslMode
 from ecluse.config.values import (
+    BadValue,
     enum_parser,
     int_parser,
     parse_bool,
@@ -33,6 +34,25 @@ _positive = int_parser(minimum=1)
 _port = int_parser(minimum=1, maximum=65535)
 _pool_mode = enum_parser(PoolMode)
 _sslmode = enum_parser(SslMode)
+_log_level = enum_parser(LogLevel)
+
+# The facilities PgBouncer accepts for syslog_facility (logging.handlers.SysLogHandler
+# knows them all by these names).
+SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "user", "local0", "local1", "local2",
+                     "local3", "local4", "local5", "local6", "local7")
+
+
+def _parse_log_level(text: str) -> LogLevel | None:
+    # Empty means "not set": the level then comes from verbose and -v/-q.
+    return _log_level(text) if text else None
+
+
+def _parse_syslog_facility(text: str) -> str:
+    lowered = text.lower()
+    if lowered not in SYSLOG_FACILITIES:
+        raise BadValue("one of " + ", ".join(SYSLOG_FACILITIES))
+    return lowered
+
 
 SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
     {
@@ -74,11 +94,17 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "ignore_startup_parameters": parse_list,
         "application_name_add_host": parse_bool,
         "logfile": parse_optional_str,
+        "log_level": _parse_log_level,
+        "log_format": enum_parser(LogFormat),
+        "syslog": parse_bool,
+        "syslog_ident": parse_str,
+        "syslog_facility": _parse_syslog_facility,
         "pidfile": parse_optional_str,
         "max_packet_size": _positive,
         "max_startup_packet_size": _positive,
         "shutdown_timeout": parse_seconds,
-        "workers": _positive,
+        "workers": int_parser(minimum=1, maximum=256),
+        "peer_id": int_parser(minimum=0, maximum=255),
         "verbose": _count,
         "user": parse_optional_str,
         "server_round_robin": parse_bool,
@@ -101,6 +127,8 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "server_tls_ca_file": parse_optional_str,
         "server_tls_protocols": parse_tls_protocols,
         "server_tls_ciphers": parse_str,
+        "metrics_listen": parse_str,
+        "api_token": parse_str,
     }
 )
 
@@ -122,7 +150,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "dns_zone_check_period",
         "job_name",
         "listen_backlog",
-        "peer_id",
         "pkt_buf",
         "query_wait_notify",
         "resolv_conf",
@@ -132,9 +159,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "service_name",
         "so_reuseport",
         "suspend_timeout",
-        "syslog",
-        "syslog_facility",
-        "syslog_ident",
         "tcp_defer_accept",
         "tcp_keepcnt",
         "tcp_keepidle",
@@ -175,6 +199,13 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
 )
 
 # Options of a [users] entry.
+PEER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
+    {
+        "host": ("host", parse_str),
+        "port": ("port", _port),
+    }
+)
+
 USER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
     {
         "pool_mode": ("pool_mode", _pool_mode),

@@ -6,8 +6,8 @@ The worker builds one ClientContext and hands it to every session it accepts.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
-import secrets
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ecluse.auth.auth_query import AuthQueryCache
 from ecluse.config import Config
+from ecluse.frontend.cancelkeys import make_key, owner
 from ecluse.pool.registry import PoolRegistry
 
 if TYPE_CHECKING:
@@ -47,6 +48,12 @@ class ClientContext:
     # POST /reload). Returns None when applied, else why the new config was
     # refused (the old one keeps running).
     reload_config: Callable[[], str | None] | None = None
+    # Where this worker is in the node and the group (frontend/cancelkeys.py), and
+    # how to pass a cancel on to the worker or peer that owns its key.
+    worker_index: int = 0
+    peer_id: int = 0
+    forward_to_worker: Callable[[int, int, bytes], None] | None = None
+    forward_to_peer: Callable[[int, int, bytes], None] | None = None
     # Set by the worker: apply an already validated Config (the console's SET).
     apply_config: Callable[[Config], None] | None = None
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
@@ -77,10 +84,25 @@ class ClientContext:
         task.add_done_callback(self.tasks.discard)
 
     def new_cancel_key(self, session: FrontendSession) -> tuple[int, bytes]:
-        """Issue an unpredictable, unique (process id, secret) pair."""
+        """Issue an unpredictable, unique (process id, secret) pair naming this worker."""
         while True:
-            pid = secrets.randbits(31) or 1
+            pid, secret = make_key(self.peer_id, self.worker_index)
             if pid not in self.cancel_keys:
                 break
         self.cancel_keys[pid] = session
-        return pid, secrets.token_bytes(4)
+        return pid, secret
+
+    def deliver_cancel(self, process_id: int, secret: bytes) -> None:
+        """Cancel the session a CancelRequest names, here or where it lives."""
+        peer, worker = owner(process_id, secret)
+        if peer != self.peer_id:
+            if self.forward_to_peer is not None:
+                self.forward_to_peer(peer, process_id, secret)
+            return
+        if worker != self.worker_index:
+            if self.forward_to_worker is not None:
+                self.forward_to_worker(worker, process_id, secret)
+            return
+        target = self.cancel_keys.get(process_id)
+        if target is not None and hmac.compare_digest(target.cancel_secret, secret):
+            target.cancel()

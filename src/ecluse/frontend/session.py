@@ -22,20 +22,19 @@ Split out: authentication lookups (frontend/authn.py), TLS accept
 (frontend/tls.py), and the SQL ecluse must see in transaction mode — session
 state, DEALLOCATE, LISTEN — in the SessionStateKeeping mixin
 (frontend/statekeeping.py). A client of the virtual database pgbouncer/ecluse
-is authenticated here like any other, then each Query is answered by
-admin/console.py: it never gets a pool or a server.
+is authenticated here like any other, then admitted and answered through the
+ConsoleLink mixin (frontend/consolelink.py): it never gets a pool or a server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import ssl
 import time
 
 from ecluse.admin.commands import on_console_left
-from ecluse.admin.console import AdminConsole, is_admin_database, may_log_in, welcome_parameters
+from ecluse.admin.console import AdminConsole, is_admin_database
 from ecluse.auth.auth_query import AuthQueryTarget
 from ecluse.auth.hba import CERT
 from ecluse.auth.methods import AuthOutcome, authenticate_client
@@ -49,6 +48,7 @@ from ecluse.errors import (
     RemoteProtocolError,
 )
 from ecluse.frontend import authn
+from ecluse.frontend.consolelink import ConsoleLink
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.prepared import StatementRewriter
 from ecluse.frontend.startup import resolve_startup
@@ -88,13 +88,12 @@ _RELAY_INSPECT = frozenset({_X})
 # With statement names rewritten: the messages that name statements, and Query.
 _REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRIBE,
                               codes.FE_CLOSE, codes.FE_QUERY})
-_CONSOLE_INSPECT = frozenset({_X, codes.FE_QUERY})
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
-class FrontendSession(SessionStateKeeping, asyncio.Protocol):
+class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     def __init__(self, ctx: ClientContext):
@@ -431,81 +430,6 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         if self.state in (ClientState.LOGIN, ClientState.AUTH, ClientState.WELCOME):
             self.fatal(ClientRefused("client_login_timeout (server down or wrong password?)",
                                      sqlstate="08P01"))
-
-    # --- admin console ------------------------------------------------------------
-    def _start_console_login(self, msg: StartupMessage) -> None:
-        """Authenticate a client of the admin console as any client; no pool, no server."""
-        self._set_state(ClientState.AUTH)
-        if msg.minor > 0 or unsupported_protocol_options(msg.params):
-            self.transport.write(be.encode_negotiate_protocol_version(
-                codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
-        self.console = AdminConsole(self.ctx, self.user)
-        cfg = self.ctx.config
-        method = authn.choose_method(cfg, cfg.hba, authn.client_address(self.transport),
-                                     self.database, self.user)
-        if method == CERT:
-            self._auth_done(authn.check_client_cert(self.transport, self.user))
-            return
-        self._begin_auth(method, cfg.auth.get(self.user))
-
-    def _console_welcome(self, outcome: AuthOutcome) -> None:
-        """Admit an authenticated console client listed in admin_users or stats_users."""
-        self._secret = None
-        # Checked only after authentication, as PgBouncer: a wrong password must
-        # not learn whether the user is listed.
-        if not may_log_in(self.ctx.config.settings, self.user):
-            raise ClientRefused("not allowed", sqlstate="28000")
-        out = [outcome.final_message, be.encode_authentication_ok()]
-        out += [be.encode_parameter_status(k, v)
-                for k, v in welcome_parameters(self.params).items()]
-        self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
-        out.append(be.encode_backend_key_data(self.cancel_pid, self.cancel_secret))
-        out.append(be.encode_ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
-        self._framer.set_inspect(_CONSOLE_INSPECT, 1 << 20)
-        self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
-        self._set_state(ClientState.WELCOME)
-        self._set_state(ClientState.IDLE)
-        if self.ctx.config.settings.log_connections:
-            log.info("%s login ok (admin console)", self._describe())
-
-    def _on_console_pieces(self, pieces) -> None:
-        """Answer each Query from the console; hold the rest while a reply is awaited."""
-        assert self.console is not None
-        for i, (msg_type, raw, start, _end) in enumerate(pieces):
-            if self._console_backlog is not None:
-                self._console_backlog.extend(pieces[i:])
-                return
-            if not start or self.state is ClientState.CLOSED:
-                continue
-            if msg_type == _X:
-                self.close()
-                return
-            if msg_type != codes.FE_QUERY:
-                raise RemoteProtocolError(
-                    "the admin console supports only the simple query protocol")
-            reply = self.console.answer(bytes(raw[5:]).rstrip(b"\0").decode(errors="replace"))
-            if isinstance(reply, bytes):
-                self.transport.write(reply)
-                continue
-            self._console_backlog = []
-            self.pause_client_reading()
-            self.ctx.spawn(self._send_console_reply(reply))
-
-    async def _send_console_reply(self, reply) -> None:
-        data = await reply
-        if self.state is ClientState.CLOSED or self.transport is None:
-            return
-        self.transport.write(data)
-        backlog, self._console_backlog = self._console_backlog or [], None
-        self.resume_client_reading()
-        try:
-            self._on_console_pieces(backlog)
-        except RemoteProtocolError as exc:
-            self.fatal(exc)
 
     # --- requests while no server is linked ------------------------------------
     def _queue_pieces(self, pieces) -> None:
@@ -846,9 +770,7 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
     # --- cancel ----------------------------------------------------------------
     def _on_cancel_request(self, msg: CancelRequest) -> None:
         """A CancelRequest arrived on this new connection: route it, then close."""
-        target = self.ctx.cancel_keys.get(msg.process_id)
-        if target is not None and hmac.compare_digest(target.cancel_secret, msg.secret):
-            target.cancel()
+        self.ctx.deliver_cancel(msg.process_id, msg.secret)
         # PostgreSQL answers a cancel with nothing, whether the key matched or not.
         self.state = ClientState.CLOSED
         self.ctx.clients.discard(self)
@@ -892,6 +814,8 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
         ready = be.encode_ready_for_query(b"I")
         if syncs and self.pool is not None:
             self.pool.stats.add_error("pooler", sqlstate)
+        if syncs:
+            self._log_pooler_error(message, sqlstate)
         self._set_state(ClientState.IDLE)
         if self._reading_paused:
             self.resume_client_reading()
@@ -912,8 +836,16 @@ class FrontendSession(SessionStateKeeping, asyncio.Protocol):
             msg, sqlstate = str(error), "08P01"
         if self.pool is not None:
             self.pool.stats.add_error("pooler", sqlstate)
+        self._log_pooler_error(msg, sqlstate)
         self.transport.write(be.encode_error_response(msg, sqlstate, severity="FATAL"))
         self.close()
+
+    def _log_pooler_error(self, message: str, sqlstate: str) -> None:
+        """Log an error ecluse itself sends this client, unless log_pooler_errors = 0."""
+        if self.ctx.config.settings.log_pooler_errors:
+            log.warning("%s pooler error: %s", self._describe(), message,
+                        extra={"client": self.peer, "database": self.database,
+                               "user": self.user, "sqlstate": sqlstate})
 
     def close(self) -> None:
         if self.state is ClientState.CLOSED:

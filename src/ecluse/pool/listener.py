@@ -46,7 +46,7 @@ Behaviour worth knowing:
   down are lost (PostgreSQL keeps none for a session that is gone). While
   connects are failing, new subscribes fail at once, like pool logins do.
 - The connection counts in max_db_connections / max_user_connections like a
-  pool server (registry.note_launch / on_server_closed) but not in pool_size,
+  pool server (registry.reserve_launch / on_server_closed) but not in pool_size,
   so a pool with listeners uses one server connection more than pool_size. If
   those limits leave no room, subscribes fail with SQLSTATE 53300.
 - With no subscriber left, the connection is closed after server_idle_timeout
@@ -404,7 +404,7 @@ class ListenHub:
         s = pool.settings
         registry = pool.registry
         loop = asyncio.get_running_loop()
-        if not registry.may_launch(pool):
+        if not registry.reserve_launch(pool):
             self._connect_task = None
             self._on_connect_failed(EcluseError(
                 "no server connection left for LISTEN (max_db_connections or "
@@ -420,7 +420,6 @@ class ListenHub:
                                   host, s.port, done,
                                   tls=None if host.startswith("/") else s.server_tls)
         server.slot_held = True
-        registry.note_launch(pool)
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
                 await open_socket(server, host, s.port)
@@ -494,7 +493,7 @@ class ListenHub:
         """Give back the connection's slot in the cross-pool limits, once."""
         if server.slot_held:
             server.slot_held = False
-            self.pool.registry.on_server_closed(self.pool)
+            self.pool.registry.on_server_closed(self.pool, in_pool=False)
 
     def _arm_idle_timer(self) -> None:
         timeout = self.pool.settings.server_idle_timeout

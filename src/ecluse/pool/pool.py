@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ecluse.pool")
 
+_RETRY = 0.02  # seconds between launch attempts while other workers hold the slots
+
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
@@ -83,6 +85,9 @@ class Pool:
         self.last_error: Exception | None = None
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
         self.closed = False
+        self.key = ("pool", settings.database, settings.user)  # in the node-wide counts
+        self._wanted_published = 0  # waiting clients last told to the other workers
+        self._retry: asyncio.TimerHandle | None = None
         self.retired = False  # replaced by a reload: no new client, closed once unused
         self.client_user = settings.user  # whose [users] entry sized it (registry sets it)
         self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
@@ -114,8 +119,9 @@ class Pool:
         return limit
 
     def can_launch(self) -> bool:
-        return (not self.closed and not self._backing_off() and self.total() < self._limit()
-                and self.registry.may_launch(self))
+        limit = self._limit()
+        return (not self.closed and not self._backing_off() and self.total() < limit
+                and self.registry.may_launch(self, limit))
 
     def _backing_off(self) -> bool:
         """True while the last launch failed less than server_login_retry ago."""
@@ -236,11 +242,27 @@ class Pool:
             else:  # pragma: no cover - pop skips done waiters
                 self._set_state(server, ServerState.IDLE)
         needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
-        while needed > 0 and self.can_launch():
-            self.launch()
+        while needed > 0 and self.can_launch() and self.launch():
             needed -= 1
         if self.waiters and self.total() == 0 and not self.can_launch():
             self.registry.make_room(self)
+        if self.registry.shared:
+            self._publish_wanted()
+
+    def _publish_wanted(self) -> None:
+        """Tell the other workers how many clients wait here, and retry soon while
+        the node-wide limit (not this pool's own) keeps them waiting."""
+        waiting = len(self.waiters)
+        if waiting != self._wanted_published:
+            self._wanted_published = waiting
+            self.registry.counts.set_wanted(self.key, waiting)
+        if waiting and self._retry is None and not self.paused and \
+                self.total() < self._limit() and not self.can_launch():
+            self._retry = asyncio.get_running_loop().call_later(_RETRY, self._retry_launch)
+
+    def _retry_launch(self) -> None:
+        self._retry = None
+        self._dispatch()
 
     # --- release -----------------------------------------------------------
     def release(self, server: ServerConnection, reset: bool) -> None:
@@ -268,6 +290,12 @@ class Pool:
             self._set_state(server, ServerState.USED)
             server.run_internal(s.server_reset_query,
                                 lambda err, srv=server: self._on_reset(srv, err))
+            return
+        if not self.waiters and self.registry.shared and \
+                self.registry.counts.wanted_elsewhere(self.key):
+            # Another worker's clients wait for this pool's node-wide slots: lend it.
+            self._set_state(server, ServerState.USED)
+            server.close()
             return
         self._set_state(server, ServerState.IDLE)
         self._dispatch()
@@ -333,11 +361,17 @@ class Pool:
         if changed and isinstance(self.last_error, ServerLoginFailed) and self.total() == 0:
             self.last_error = None
 
-    def launch(self) -> None:
-        """Start one new server connection in the background."""
+    def launch(self) -> bool:
+        """Start one new server connection in the background, if the limits allow.
+
+        The limits are checked and the server counted in one step, node-wide
+        when several workers share them; False if another worker took the slot.
+        """
+        if not self.registry.reserve_launch(self, self._limit()):
+            return False
         self.launching += 1
-        self.registry.note_launch(self)
         asyncio.get_running_loop().create_task(self._connect())
+        return True
 
     async def _connect(self) -> None:
         s = self.settings
@@ -430,8 +464,8 @@ class Pool:
             if (expired or too_idle) and (expired or self.total() > keep):
                 self._set_state(server, ServerState.USED)
                 server.close()
-        while self.total() < min(keep, s.pool_size) and self.can_launch():
-            self.launch()
+        while self.total() < min(keep, s.pool_size) and self.can_launch() and self.launch():
+            pass
         if self.waiters:
             self._dispatch()
 

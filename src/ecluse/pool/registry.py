@@ -7,22 +7,24 @@ reloaded configuration to the pools it holds.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 
 from ecluse.config import Config, DatabaseConfig
 from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
+from ecluse.pool.shared import Key, LocalCounts, SharedCounts
 
 
 class PoolRegistry:
     """Pools by (database name, server user)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, counts: LocalCounts | SharedCounts | None = None):
         self.config = config
         self.pools: dict[tuple[str, str], Pool] = {}
-        self._db_servers: Counter[str] = Counter()
-        self._user_servers: Counter[str] = Counter()
+        # Servers per pool, database and user: this worker's, or the node's when
+        # several workers share the limits (pool/shared.py).
+        self.counts = counts if counts is not None else LocalCounts()
+        self.shared = isinstance(self.counts, SharedCounts)
         # PAUSE (admin/commands.py): databases paused, or all; pools created
         # meanwhile start paused too.
         self.paused_dbs: set[str] = set()
@@ -133,22 +135,36 @@ class PoolRegistry:
                 pool.close_all()
 
     # --- cross-pool limits ---------------------------------------------------
-    def may_launch(self, pool: Pool) -> bool:
+    def _limits(self, pool: Pool, pool_limit: int) -> list[tuple[Key, int]]:
         cfg = self.config
-        db = cfg.database(pool.settings.database)
-        max_db = cfg.max_db_connections_for(db) if db is not None else 0
-        if max_db and self._db_servers[pool.settings.database] >= max_db:
-            return False
-        max_user = cfg.max_user_connections_for(pool.settings.user)
-        return not (max_user and self._user_servers[pool.settings.user] >= max_user)
+        name, user = pool.settings.database, pool.settings.user
+        db = cfg.database(name)
+        limits: list[tuple[Key, int]] = [
+            (("db", name), cfg.max_db_connections_for(db) if db is not None else 0),
+            (("user", user), cfg.max_user_connections_for(user))]
+        if pool_limit:
+            limits.append((("pool", name, user), pool_limit))
+        return limits
 
-    def note_launch(self, pool: Pool) -> None:
-        self._db_servers[pool.settings.database] += 1
-        self._user_servers[pool.settings.user] += 1
+    def may_launch(self, pool: Pool, pool_limit: int = 0) -> bool:
+        """Whether one more server fits every limit (node-wide with several workers)."""
+        return all(not limit or self.counts.total(key) < limit
+                   for key, limit in self._limits(pool, pool_limit))
 
-    def on_server_closed(self, pool: Pool) -> None:
-        self._db_servers[pool.settings.database] -= 1
-        self._user_servers[pool.settings.user] -= 1
+    def reserve_launch(self, pool: Pool, pool_limit: int = 0) -> bool:
+        """Count one more server if it fits every limit; in one step across workers.
+
+        ``pool_limit`` 0 leaves the server out of the pool's count (the LISTEN
+        hub's connection is not in pool_size).
+        """
+        return self.counts.try_add(self._limits(pool, pool_limit))
+
+    def on_server_closed(self, pool: Pool, in_pool: bool = True) -> None:
+        name, user = pool.settings.database, pool.settings.user
+        keys: list[Key] = [("db", name), ("user", user)]
+        if in_pool:
+            keys.append(("pool", name, user))
+        self.counts.remove(keys)
         # Capacity freed: another pool of the same database or user may launch.
         for other in self:
             if other is not pool and other.waiters and (
@@ -167,7 +183,7 @@ class PoolRegistry:
                 return
 
     def db_server_count(self, database: str) -> int:
-        return self._db_servers[database]
+        return self.counts.total(("db", database))
 
     def user_server_count(self, user: str) -> int:
-        return self._user_servers[user]
+        return self.counts.total(("user", user))

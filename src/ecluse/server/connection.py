@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,8 @@ _REPLY_TYPES = frozenset({
 })
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
+# SHOW SERVERS' id: stable for a connection's life, never reused within a worker.
+_SERVER_IDS = itertools.count(1)
 
 
 class ServerState(enum.Enum):
@@ -123,6 +126,7 @@ class ServerConnection(asyncio.Protocol):
         self.pool = pool
         self.host = host
         self.port = port
+        self.id = next(_SERVER_IDS)
         self.state = ServerState.LOGIN
         self.params: dict[str, str] = {}
         self.key: BackendKeyData | None = None

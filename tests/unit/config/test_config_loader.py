@@ -217,7 +217,7 @@ def test_empty_values_unset_optional_paths() -> None:
         ("max_client_conn = -5", "max_client_conn: expected a non-negative integer, got '-5'"),
         ("listen_port = 0", "listen_port: expected an integer from 1 to 65535, got '0'"),
         ("listen_port = 65536", "listen_port: expected an integer from 1 to 65535"),
-        ("workers = 0", "workers: expected a positive integer, got '0'"),
+        ("workers = 0", "workers: expected an integer from 1 to 256, got '0'"),
         ("server_lifetime = soon", "server_lifetime: expected a duration in seconds"),
         ("log_connections = maybe", "log_connections: expected a boolean"),
         ("pool_mode = sessions", "pool_mode: expected one of session, transaction, statement"),
@@ -268,12 +268,12 @@ d = host=x frobnicate=1
 u = colour=blue
 [pgbouncer]
 no_such_setting = 1
-[peers]
+[pooling]
 1 = host=x
 """
     config = config_from_string(text, "w.ini")
     assert config.warnings == (
-        "w.ini:7: unknown section [peers] ignored",
+        "w.ini:7: unknown section [pooling] ignored",
         "w.ini:6: unknown setting 'no_such_setting' ignored",
         "w.ini:2: database 'd': unknown option 'frobnicate' ignored",
         "w.ini:4: user 'u': unknown option 'colour' ignored",
@@ -394,3 +394,16 @@ def test_bad_or_missing_hba_file(tmp_path: Path) -> None:
         load_config(str(ini))
     assert (err.value.path, err.value.line) == (str(tmp_path / "hba.conf"), 2)
     assert 'authentication method "ident" is not supported' in err.value.message
+
+
+def test_peers_section_and_peer_id() -> None:
+    config = config_from_string(
+        "[pgbouncer]\npeer_id = 2\n[peers]\n1 = host=10.0.0.1 port=6433\n2 = host=h2\n", "p.ini")
+    assert config.settings.peer_id == 2
+    assert (config.peers[1].host, config.peers[1].port) == ("10.0.0.1", 6433)
+    assert config.peers[2].port == 6432
+    for bad, message in (("[peers]\n0 = host=x\n", "peer id: expected an integer from 1"),
+                         ("[peers]\n1 = port=5\n", "peer 1: host is required"),
+                         ("[pgbouncer]\npeer_id = 256\n", "peer_id: expected an integer")):
+        with pytest.raises(ConfigError, match=message):
+            config_from_string(bad, "p.ini")

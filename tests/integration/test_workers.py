@@ -1,0 +1,166 @@
+"""Several worker processes: cancel routing, node-wide pool limits, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from ecluse.protocol.frontend import encode_query
+from ecluse.protocol.startup import encode_cancel_request, encode_startup_message
+from integration.test_admin_console import wait_for
+
+
+def children(pid: int) -> set[int]:
+    """The pids of the processes whose parent is ``pid``."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(entry))
+    return out
+
+
+def backends(pg, dbname: str = "ecluse_test") -> int:
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        return conn.execute(
+            "select count(*) from pg_stat_activity where datname = %s and "
+            "backend_type = 'client backend'", (dbname,)).fetchone()[0]
+
+
+def test_cancel_reaches_the_query_whatever_worker_gets_it(ecluse_factory):
+    """Cancel connections land on either worker (SO_REUSEPORT hashing): repeat until
+    one had to be passed on to the other worker; every cancel must stop its query."""
+    ec = ecluse_factory({"workers": 2})
+    passed_on = 0
+    for attempt in range(40):
+        with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+            timer = threading.Timer(0.3, conn.cancel_safe)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(20)")
+            timer.join()
+            assert time.monotonic() - started < 15
+            assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
+        passed_on = ec.log().count("passed on")
+        if passed_on >= 2 and attempt >= 3:
+            break
+    assert passed_on >= 2, "no cancel landed on the other worker in 40 tries"
+
+
+def test_pool_limit_holds_across_workers_under_200_clients(ecluse_factory, pg):
+    ec = ecluse_factory({"workers": 2, "default_pool_size": 6, "max_client_conn": 500})
+    env = dict(os.environ, PGCONNECT_TIMEOUT="20")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(backends(pg))
+            stop.wait(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out = subprocess.run(
+            ["pgbench", "-n", "-c", "200", "-j", "2", "-T", "6", "-h", ec.host,
+             "-p", str(ec.port), "-U", "postgres", "-f", "/dev/stdin", "ecluse_test"],
+            input="select pg_sleep(0.001);\n", capture_output=True, text=True, env=env,
+            timeout=120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert out.returncode == 0, out.stderr[-2000:]
+    processed = int(re.search(r"number of transactions actually processed: (\d+)",
+                              out.stdout).group(1))
+    assert processed > 200
+    assert max(seen) <= 6, seen
+    assert max(seen) >= 2  # both workers' clients were served
+    pids = {int(m) for m in re.findall(r"^\S+ \S+ (\d+) INFO client .* login ok", ec.log(),
+                                       re.MULTILINE)}
+    assert len(pids) == 2, "clients were not spread over both workers"
+
+
+def test_killed_worker_is_replaced_and_other_clients_keep_working(ecluse_factory):
+    ec = ecluse_factory({"workers": 2})
+    workers = children(ec.proc.pid)
+    assert len(workers) == 2
+    conns = [psycopg.connect(ec.dsn(), autocommit=True) for _ in range(12)]
+    for conn in conns:
+        conn.execute("select 1")
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: len(children(ec.proc.pid) - {victim}) == 2, timeout=10)
+    survivors = 0
+    for conn in conns:
+        try:
+            assert conn.execute("select 2").fetchone() == (2,)
+            survivors += 1
+        except psycopg.OperationalError:
+            pass  # a client of the killed worker: its connection is gone
+    # Twelve connections spread by SO_REUSEPORT hashing: both workers had some (all
+    # on one worker has odds of 1 in 2048).
+    assert 0 < survivors < 12
+    assert "died (signal SIGKILL); starting a new one" in ec.log()
+    for _ in range(6):  # new clients are served, by either worker
+        with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+            assert conn.execute("select 3").fetchone() == (3,)
+    for conn in conns:
+        conn.close()
+
+
+def test_cancel_crosses_to_the_peer_that_issued_the_key(ecluse_factory):
+    """Two ecluses of a group ([peers], peer_id): a cancel sent to the wrong one is
+    passed on to the one holding the session, as behind a load balancer."""
+    first = ecluse_factory({"peer_id": 1}, start=False)
+    second = ecluse_factory({"peer_id": 2}, start=False)
+    for ec in (first, second):
+        text = ec.config_path.read_text()
+        peers = (f"[peers]\n1 = host=127.0.0.1 port={first.port}\n"
+                 f"2 = host=127.0.0.1 port={second.port}\n")
+        ec.config_path.write_text(text + peers)
+        ec.start()
+    with socket.create_connection((first.host, first.port), timeout=30) as sock:
+        sock.sendall(encode_startup_message({"user": "postgres", "database": "ecluse_test"}))
+        replies = read_until_ready(sock)
+        key = next(body for kind, body in replies if kind == b"K")
+        pid, secret = struct.unpack("!i", key[:4])[0], key[4:]
+        sock.sendall(encode_query("select pg_sleep(20)"))
+        time.sleep(0.3)
+        # The cancel goes to the *other* ecluse, which passes it on.
+        with socket.create_connection((second.host, second.port), timeout=5) as other:
+            other.sendall(encode_cancel_request(pid, secret))
+        replies = read_until_ready(sock)
+        errors = [body for kind, body in replies if kind == b"E"]
+        assert errors and b"C57014" in errors[0]
+    assert f"passed on to 127.0.0.1:{first.port}" in second.log()
+
+
+def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """Read backend messages up to and including ReadyForQuery."""
+    data, out = b"", []
+    while True:
+        while len(data) >= 5 and len(data) >= 1 + struct.unpack("!i", data[1:5])[0]:
+            size = struct.unpack("!i", data[1:5])[0]
+            kind, body, data = data[:1], data[5:1 + size], data[1 + size:]
+            out.append((kind, body))
+            if kind == b"Z":
+                return out
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before ReadyForQuery"
+        data += chunk
