@@ -1,18 +1,25 @@
 """The parent process of a multi-worker ecluse: bind, fork workers, watch, forward signals.
 
 With ``workers`` > 1 the supervisor:
-1. binds the listening addresses once, so a port already in use fails at
-   start, and keeps them bound for the life of the node. TCP addresses are
-   bound with SO_REUSEPORT and not listened on here: each worker binds its
-   own SO_REUSEPORT socket to the same address and the kernel spreads new
-   connections over the workers' sockets (a bound, non-listening socket gets
-   none). Where SO_REUSEPORT is missing, and for unix sockets, the workers
-   share the supervisor's listening socket instead;
+1. binds the listening addresses and holds them for the life of the node. For
+   each TCP address it opens one SO_REUSEPORT listening socket per worker
+   index (the kernel spreads new connections over them); a worker accepts on
+   the socket of its index, inherited across fork. Unix sockets (and TCP
+   where SO_REUSEPORT is missing) are one listening socket all workers share.
+   Because the supervisor keeps every socket open, a connection queued on the
+   socket of a worker that died or is being replaced is not lost: the next
+   worker of that index accepts it;
 2. maps the node-wide server counts (pool/shared.py) and makes a private
    directory for the workers' control sockets (cancel forwarding);
 3. forks the workers, each running its own uvloop loop and pools
    (worker.py), and restarts one that dies, after zeroing its counts;
-4. forwards SIGHUP (reload), SIGTERM and SIGINT (shutdown) to every worker.
+4. forwards SIGHUP (reload), SIGTERM and SIGINT (shutdown) to every worker;
+5. on SIGUSR2, rolls the workers over without dropping a transaction: a new
+   generation starts on the same sockets, then each old worker is told to
+   drain (SIGUSR1: stop accepting, let transactions finish, close idle
+   clients at drain_rate per second, exit when none is left). Generations
+   alternate between two sets of worker slots, so an old worker's cancel keys
+   and server counts stay its own while it drains.
 
 It runs no event loop: it waits for signals with sigwaitinfo, so that forking
 never happens from inside a running loop.
@@ -38,28 +45,41 @@ from ecluse.worker import Worker, has_reuseport, reuseport_socket
 
 log = logging.getLogger("ecluse.supervisor")
 
-_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+# A worker that stopped for the console's SHUTDOWN exits with this: the node stops
+# and nothing is restarted (admin/node.py passes SHUTDOWN on to every worker).
+EXIT_NODE_SHUTDOWN = 3
 _RESTART_WINDOW = 10.0  # seconds: a worker dying this soon after start counts as a crash loop
 _MAX_QUICK_DEATHS = 5
 
 
 @dataclass
 class WorkerProcess:
-    index: int
+    index: int  # which listening sockets it accepts on (0 .. workers-1)
+    slot: int  # its column in the counts, its cancel keys and control socket
+    generation: int
     pid: int
     started: float
 
 
-def worker_sockets(reserved: list[socket.socket]) -> list[socket.socket]:
-    """In a worker: its own SO_REUSEPORT twin of each reserved TCP address, and
-    the shared listening socket of every other (unix, or no SO_REUSEPORT)."""
-    out = []
+def worker_sockets(reserved: list[socket.socket], workers: int) -> list[list[socket.socket]]:
+    """Per worker index, the listening sockets it accepts on.
+
+    A TCP address gets one SO_REUSEPORT listening twin per index; any other
+    socket (unix, or no SO_REUSEPORT) is listened on once and shared.
+    """
+    per_index: list[list[socket.socket]] = [[] for _ in range(workers)]
     for sock in reserved:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and has_reuseport():
-            out.append(reuseport_socket(sock.family, sock.getsockname(), listen=True))
+            for sockets in per_index:
+                sockets.append(reuseport_socket(sock.family, sock.getsockname(), listen=True))
+            sock.close()  # the twins hold the address now
         else:
-            out.append(sock)
-    return out
+            with contextlib.suppress(OSError):
+                sock.listen(1024)
+            for sockets in per_index:
+                sockets.append(sock)
+    return per_index
 
 
 class Supervisor:
@@ -68,10 +88,11 @@ class Supervisor:
     def __init__(self, config: Config, reserved: list[socket.socket]):
         self.config = config
         self.workers = config.settings.workers
-        self.reserved = reserved
-        self.counts = SharedCounts(self.workers)
+        self.sockets = worker_sockets(reserved, self.workers)
+        self.counts = SharedCounts(2 * self.workers)  # two generations during a roll-over
         self.rundir = tempfile.mkdtemp(prefix="ecluse-")
         self.children: dict[int, WorkerProcess] = {}
+        self.generation = 0
         self._quick_deaths = 0
         self._stopping = False
 
@@ -80,35 +101,38 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             for index in range(self.workers):
-                self._spawn(index)
+                self._spawn(index, self.generation)
             log.info("ecluse supervisor %d: %d workers", os.getpid(), self.workers)
             return self._supervise()
         finally:
             shutil.rmtree(self.rundir, ignore_errors=True)
 
-    def _spawn(self, index: int) -> None:
+    def _slot(self, index: int, generation: int) -> int:
+        return index + self.workers * (generation % 2)
+
+    def _spawn(self, index: int, generation: int) -> None:
+        slot = self._slot(index, generation)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = self._worker_main(index)
+                code = self._worker_main(index, slot)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.children[pid] = WorkerProcess(index, pid, time.monotonic())
+        self.children[pid] = WorkerProcess(index, slot, generation, pid, time.monotonic())
 
-    def _worker_main(self, index: int) -> int:
+    def _worker_main(self, index: int, slot: int) -> int:
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        self.counts.set_worker(index)
-        sockets = worker_sockets(self.reserved)
-        worker = Worker(self.config, sockets, counts=self.counts, index=index,
-                        workers=self.workers, rundir=self.rundir)
+        self.counts.set_worker(slot)
+        worker = Worker(self.config, self.sockets[index], counts=self.counts, index=slot,
+                        workers=2 * self.workers, rundir=self.rundir)
         uvloop.run(worker.run())
-        return 0
+        return EXIT_NODE_SHUTDOWN if worker.ctx.shutdown_mode is not None else 0
 
     def _supervise(self) -> int:
         while self.children:
@@ -118,12 +142,34 @@ class Supervisor:
             elif info.si_signo == signal.SIGHUP:
                 log.info("SIGHUP: reloading every worker")
                 self._signal_all(signal.SIGHUP)
+            elif info.si_signo == signal.SIGUSR2:
+                self._roll_over()
             else:
                 if not self._stopping:
                     log.info("%s: stopping the workers", signal.Signals(info.si_signo).name)
                 self._stopping = True
                 self._signal_all(info.si_signo)
         return 0
+
+    def _roll_over(self) -> None:
+        """Start a new generation of workers, then drain the old one (SIGUSR2)."""
+        if self._stopping:
+            return
+        if any(c.generation < self.generation for c in self.children.values()):
+            log.warning("SIGUSR2 ignored: the previous roll-over is still draining")
+            return
+        old = [c for c in self.children.values() if c.generation == self.generation]
+        self.generation += 1
+        log.info("SIGUSR2: starting worker generation %d, draining generation %d",
+                 self.generation, self.generation - 1)
+        for index in range(self.workers):
+            self._spawn(index, self.generation)
+        # The new workers accept on the same sockets from their first loop turn; the
+        # old ones stop accepting as soon as they are told to drain.
+        time.sleep(0.2)
+        for child in old:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGUSR1)
 
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.children):
@@ -141,8 +187,17 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
-            self.counts.clear_worker(child.index)
+            self.counts.clear_worker(child.slot)
             if self._stopping:
+                continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_NODE_SHUTDOWN:
+                log.info("worker %d stopped for the console's SHUTDOWN: stopping ecluse",
+                         child.index)
+                self._stopping = True
+                continue
+            if child.generation < self.generation:
+                log.info("worker %d of generation %d drained and exited", child.index,
+                         child.generation)
                 continue
             how = (f"signal {signal.Signals(os.WTERMSIG(status)).name}"
                    if os.WIFSIGNALED(status) else f"exit code {os.WEXITSTATUS(status)}")
@@ -155,4 +210,4 @@ class Supervisor:
                 self._signal_all(signal.SIGTERM)
                 continue
             log.warning("worker %d (pid %d) died (%s); starting a new one", child.index, pid, how)
-            self._spawn(child.index)
+            self._spawn(child.index, child.generation)

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 from ecluse import logsetup
 from ecluse.admin.http import HttpServer, start_http
@@ -29,6 +30,8 @@ from ecluse.protocol.messages import BackendKeyData
 from ecluse.server.cancel import send_cancel
 
 log = logging.getLogger("ecluse")
+
+_DRAIN_GRACE = 0.5  # seconds a client must have been quiet before a drain closes it
 
 
 def has_reuseport() -> bool:
@@ -100,7 +103,7 @@ class Worker:
                  workers: int = 1, rundir: str | None = None):
         self.config = config
         self.sockets = sockets
-        self.registry = PoolRegistry(config, counts)
+        self.registry = PoolRegistry(config, counts, params_dir=rundir)
         self.ctx = ClientContext(config, self.registry)
         self.ctx.worker_index = index
         self.workers = workers
@@ -113,6 +116,8 @@ class Worker:
                                lambda: self.ctx.clients)
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
+        self._control: asyncio.AbstractServer | None = None  # other workers' cancels
+        self.draining = False
         self._http: HttpServer | None = None  # metrics_listen (admin/http.py)
         self.ctx.begin_shutdown = self.begin_shutdown
         self.janitor.on_stats = self._on_stats_period
@@ -139,10 +144,11 @@ class Worker:
             path = os.path.join(self.rundir, f".s.PGSQL.{self.ctx.worker_index}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by this worker's predecessor
-            self._servers.append(await loop.create_unix_server(self._new_session, path))
+            self._control = await loop.create_unix_server(self._new_session, path)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR1, self.drain)
         self._warm_pools()
         self.janitor.start()
         log.info("ecluse %d listening on %s", os.getpid(),
@@ -250,6 +256,46 @@ class Worker:
                      avg["sent"], avg["xact_time_us"], avg["query_time_us"],
                      avg["wait_time_us"])
 
+    # --- rolling restart ---------------------------------------------------------
+    def drain(self) -> None:
+        """Hand over to a new generation (SIGUSR1 from the supervisor's roll-over).
+
+        Stop accepting: the listening sockets stay open in the supervisor and
+        the new workers, so no connection is lost. Transactions finish; idle
+        clients are closed between transactions at drain_rate per second (so
+        that they do not all reconnect at once), with PostgreSQL's own
+        "terminating connection due to administrator command" (57P01); the
+        worker stops once every client has left, or after shutdown_timeout.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining for a rolling restart: %d clients", len(self.ctx.clients))
+        for srv in self._servers:
+            srv.close()
+        for pool in self.registry:
+            # The new generation needs the node-wide slots: idle servers go now,
+            # busy ones when their transaction ends.
+            pool.close_all(lambda server: True)
+        self.ctx.spawn(self._drain_clients())
+
+    async def _drain_clients(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.ctx.config.settings
+        deadline = loop.time() + settings.shutdown_timeout
+        pause = 1.0 / settings.drain_rate
+        while self.ctx.clients and loop.time() < deadline and not self._stop.is_set():
+            now = time.monotonic()
+            victim = next((c for c in self.ctx.clients if _between_transactions(c, now)), None)
+            if victim is None:
+                await asyncio.sleep(0.05)
+                continue
+            victim.fatal(EcluseError("terminating connection due to administrator command",
+                                     sqlstate="57P01"))
+            await asyncio.sleep(pause)
+        log.info("drained: %d clients left", len(self.ctx.clients))
+        self.request_stop()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -292,6 +338,8 @@ class Worker:
         self.ctx.shutting_down = True
         for srv in self._servers:
             srv.close()
+        if self._control is not None:
+            self._control.close()
         for client in list(self.ctx.clients):
             server = client.server
             if server is None or server.tracker.can_release():
@@ -312,6 +360,22 @@ class Worker:
         if self._http is not None:
             await self._http.stop()
         log.info("shutdown complete")
+
+
+def _between_transactions(client: FrontendSession, now: float) -> bool:
+    """True when closing ``client`` now loses nothing: logged in, no request open, and
+    quiet for _DRAIN_GRACE (a client that just logged in is about to send its query;
+    one connecting per transaction, as pgbench -C, leaves by itself)."""
+    if now - client.last_activity < _DRAIN_GRACE:
+        return False
+    if client.console is not None:
+        return True
+    state = client.state.value
+    if state == "idle":
+        return True
+    server = client.server
+    return state == "linked" and server is not None and server.tracker.can_release() \
+        and server.tracker.status == ord("I")
 
 
 def _sock_name(sock: socket.socket) -> str:

@@ -105,7 +105,7 @@ def test_killed_worker_is_replaced_and_other_clients_keep_working(ecluse_factory
         conn.execute("select 1")
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
-    assert wait_for(lambda: len(children(ec.proc.pid) - {victim}) == 2, timeout=10)
+    assert wait_for(lambda: len(children(ec.proc.pid) - {victim}) == 2, timeout=30)
     survivors = 0
     for conn in conns:
         try:
@@ -164,3 +164,48 @@ def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
         chunk = sock.recv(65536)
         assert chunk, "connection closed before ReadyForQuery"
         data += chunk
+
+
+def test_rolling_restart_under_pgbench_loses_no_transaction(ecluse_factory):
+    """SIGUSR2: a new generation of workers takes the same sockets, the old one drains.
+    pgbench with a new connection per transaction (-C) sees zero failures, and a
+    client in the middle of a transaction finishes it before its worker leaves."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 50, "shutdown_timeout": 20})
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
+                   capture_output=True, env=env, timeout=120)
+    old_workers = children(ec.proc.pid)
+    result: dict[str, subprocess.CompletedProcess] = {}
+
+    def run_pgbench() -> None:
+        result["run"] = subprocess.run(
+            ["pgbench", "-n", "-C", "-c", "8", "-j", "2", "-T", "10", *target],
+            capture_output=True, text=True, env=env, timeout=120)
+
+    bench = threading.Thread(target=run_pgbench)
+    bench.start()
+    try:
+        with psycopg.connect(ec.dsn()) as in_tx:
+            in_tx.execute("select 1")  # a transaction open across the roll-over
+            time.sleep(2)
+            os.kill(ec.proc.pid, signal.SIGUSR2)
+            assert wait_for(lambda: ec.log().count("draining for a rolling restart") == 2,
+                            timeout=30)
+            time.sleep(1)
+            # Its worker waits for it: finishing the transaction works.
+            assert in_tx.execute("select 2").fetchone() == (2,)
+            in_tx.commit()
+        assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    finally:
+        bench.join()
+    out = result["run"]
+    assert out.returncode == 0, out.stdout + out.stderr
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    assert failed is None or failed.group(1) == "0", out.stdout
+    assert int(re.search(r"number of transactions actually processed: (\d+)",
+                         out.stdout).group(1)) > 50
+    new_workers = children(ec.proc.pid)
+    assert len(new_workers) == 2 and not new_workers & old_workers
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 3").fetchone() == (3,)

@@ -192,6 +192,8 @@ class Settings:
     max_startup_packet_size: int = 10000
     shutdown_timeout: float = 30.0  # ecluse: how long SIGINT/SIGTERM waits for transactions
     workers: int = 1
+    # Rolling restart (SIGUSR2): idle clients an old worker closes per second.
+    drain_rate: int = 100
     # This ecluse's number in a group behind one load balancer ([peers]); 0: none.
     peer_id: int = 0
     verbose: int = 0

@@ -105,6 +105,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "shutdown_timeout": parse_seconds,
         "workers": int_parser(minimum=1, maximum=256),
         "peer_id": int_parser(minimum=0, maximum=255),
+        "drain_rate": _positive,
         "verbose": _count,
         "user": parse_optional_str,
         "server_round_robin": parse_bool,

@@ -80,7 +80,9 @@ class Pool:
         self.login: set[ServerConnection] = set()
         self.launching = 0  # connects not yet at connection_made
         self.waiters = WaiterQueue()
-        self.default_params: dict[str, str] | None = None
+        # What a client's welcome reports (a server's ParameterStatus values); with
+        # several workers, learnt from the others when they know it (registry).
+        self.default_params: dict[str, str] | None = registry.shared_params(settings)
         self.last_failure: float = 0.0
         self.last_error: Exception | None = None
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
@@ -416,6 +418,7 @@ class Pool:
         self.last_error = None
         if self.default_params is None:
             self.default_params = dict(server.params)
+            self.registry.share_params(self)
         server.last_used = time.monotonic()
         log.debug("new server connection %s for %s", server, self.name)
         self._set_state(server, ServerState.IDLE)
@@ -466,6 +469,13 @@ class Pool:
                 server.close()
         while self.total() < min(keep, s.pool_size) and self.can_launch() and self.launch():
             pass
+        if self.registry.shared and self.idle and not self.waiters:
+            # Clients of other workers wait for this pool's node-wide slots while
+            # ours sit idle: lend them (a release lends too, but idle ones never release).
+            for _ in range(min(len(self.idle), self.registry.counts.wanted_elsewhere(self.key))):
+                server = self.idle[0]
+                self._set_state(server, ServerState.USED)
+                server.close()
         if self.waiters:
             self._dispatch()
 

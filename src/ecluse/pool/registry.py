@@ -7,6 +7,10 @@ reloaded configuration to the pools it holds.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Iterator
 
 from ecluse.config import Config, DatabaseConfig
@@ -14,12 +18,20 @@ from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
 from ecluse.pool.shared import Key, LocalCounts, SharedCounts
 
+log = logging.getLogger("ecluse.pool")
+
 
 class PoolRegistry:
     """Pools by (database name, server user)."""
 
-    def __init__(self, config: Config, counts: LocalCounts | SharedCounts | None = None):
+    def __init__(self, config: Config, counts: LocalCounts | SharedCounts | None = None,
+                 params_dir: str | None = None):
         self.config = config
+        # Several workers: where pools leave the server parameters a welcome needs,
+        # so a new worker (a roll-over, a restart) can welcome clients before it has
+        # a server of its own: when the node-wide pool is full, it may have none
+        # until a client of another worker lets one go.
+        self.params_dir = params_dir
         self.pools: dict[tuple[str, str], Pool] = {}
         # Servers per pool, database and user: this worker's, or the node's when
         # several workers share the limits (pool/shared.py).
@@ -91,6 +103,39 @@ class PoolRegistry:
             max_prepared_statements=s.max_prepared_statements,
             server_tls=server_tls(s),
         )
+
+    # --- welcome parameters shared between workers ---------------------------
+    def _params_path(self, settings: PoolSettings) -> str | None:
+        if self.params_dir is None:
+            return None
+        identity = repr((settings.host, settings.port, settings.server_dbname, settings.user,
+                         sorted(settings.server_params.items())))
+        digest = hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
+        return os.path.join(self.params_dir, f"params-{digest}.json")
+
+    def shared_params(self, settings: PoolSettings) -> dict[str, str] | None:
+        """The parameters another worker's pool of the same server learnt, if any."""
+        path = self._params_path(settings)
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                params = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return params if isinstance(params, dict) else None
+
+    def share_params(self, pool: Pool) -> None:
+        path = self._params_path(pool.settings)
+        if path is None or pool.default_params is None:
+            return
+        tmp = f"{path}.{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(pool.default_params, f)
+            os.replace(tmp, path)  # readers see a whole file or none
+        except OSError as exc:
+            log.warning("cannot share server parameters in %s: %s", path, exc)
 
     # --- reload -------------------------------------------------------------
     def apply_config(self, config: Config) -> list[str]:

@@ -62,8 +62,8 @@ class LocalCounts:
     def set_wanted(self, key: Key, count: int) -> None:
         return None
 
-    def wanted_elsewhere(self, key: Key) -> bool:
-        return False
+    def wanted_elsewhere(self, key: Key) -> int:
+        return 0
 
 
 class SharedCounts:
@@ -156,16 +156,16 @@ class SharedCounts:
             if slot >= 0:
                 _COUNT.pack_into(self._mm, self._offset(slot, self.worker, wanted=True), count)
 
-    def wanted_elsewhere(self, key: Key) -> bool:
-        """True when another worker has clients waiting for a server of ``key``.
+    def wanted_elsewhere(self, key: Key) -> int:
+        """How many clients of other workers wait for a server of ``key``.
 
         Read without the lock (aligned 4-byte reads are atomic): it runs at
         every release, and a stale answer only delays a hand-over.
         """
         slot = self._known_slot(key)
         if slot < 0:
-            return False
-        return any(_COUNT.unpack_from(self._mm, self._offset(slot, w, wanted=True))[0] > 0
+            return 0
+        return sum(max(0, _COUNT.unpack_from(self._mm, self._offset(slot, w, wanted=True))[0])
                    for w in range(self.workers) if w != self.worker)
 
     def _known_slot(self, key: Key) -> int:
