@@ -9,8 +9,9 @@ BOOTSTRAP := scripts/bootstrap.sh
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 tests
 LINT_PATHS := src tests bench
+BENCH_ARGS ?=
 
-.PHONY: help venv run test lint bench soak clean
+.PHONY: help venv run test lint bench bench-quick soak clean
 
 help:
 	@echo "ecluse - make targets:"
@@ -20,6 +21,8 @@ help:
 	@echo "  make test     ruff, then the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
 	@echo "  make lint     ruff only"
 	@echo "  make bench    compare ecluse with PgBouncer and a direct connection"
+	@echo "                (~30 min on 2 cores; BENCH_ARGS='--no-tls --clients 10,100' etc.)"
+	@echo "  make bench-quick  the same in a few minutes, to check it works (not to measure)"
 	@echo "  make soak     ~8 min of pgbench through ecluse, then consistency checks"
 	@echo "  make clean    remove .venv, .ecluse-dev and caches"
 
@@ -41,7 +44,11 @@ test: lint
 
 bench:
 	@bash $(BOOTSTRAP) bench
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-quick:
+	@bash $(BOOTSTRAP) bench
+	$(VENV)/bin/python bench/run.py --quick $(BENCH_ARGS)
 
 soak:
 	@bash $(BOOTSTRAP) bench

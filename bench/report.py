@@ -7,7 +7,8 @@ Rules:
 3. A (target, protocol) that cannot run is shown as "unsupported" and a run that
    failed gives no number: neither is ever turned into a figure.
 4. A row is one (target, protocol, tls, clients); ratios only ever compare rows that
-   differ in one of those (prepared vs extended, or TLS vs plain), never across targets.
+   differ in one of those (prepared vs extended, or TLS vs plain), never across targets,
+   except in the goals (goals.py), which say "met" or "not met" against PgBouncer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ _TLS_COLUMNS = ("tls", "tls/plain")
 TLS_COLUMNS = ("target", "protocol", "clients", "plain tps", "tls tps", "tls/plain",
                "cpu s/1k tx plain", "cpu s/1k tx tls")
 _METRICS = ("tps", "p50_ms", "p99_ms", "cpu_s_per_1k_tx", "postgres_cpu_s_per_1k_tx")
-_TARGET_COLORS = {"direct": "C0", "pgbouncer": "C1", "ecluse": "C2"}
+_TARGET_COLORS = {"direct": "C0", "pgbouncer": "C1", "ecluse": "C2", "ecluse-w1": "C2"}
+_PANEL_TITLES = {"churn": "pgbench -S -M simple -C (churn)"}
+IDLE_COLUMNS = ("target", "asked", "reached", "processes", "rss MB", "pss MB",
+                "rss KB/client", "pss KB/client", "ramp s", "note")
+
+
+def target_color(target: str) -> str:
+    """Return the plot colour of a target; ecluse with several workers gets its own."""
+    return _TARGET_COLORS.get(target, "C3" if target.startswith("ecluse") else "C4")
 
 
 def medians(runs: list[dict], order: Iterable[tuple[str, str, bool, int]],
@@ -235,13 +244,18 @@ def _tls_pairs(rows: list[dict]) -> list[list[str]]:
     return body
 
 
-def _aligned(columns: tuple[str, ...], body: list[list[str]], left: int) -> str:
-    """Return an aligned plain-text table; the first ``left`` columns are left-aligned."""
+def _aligned(columns: tuple[str, ...], body: list[list[str]], left: int,
+             left_last: bool = False) -> str:
+    """Return an aligned plain-text table; the first ``left`` columns are left-aligned.
+
+    With ``left_last`` the last column is left-aligned too (free text).
+    """
     body = [list(columns), *body]
     widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
     lines = []
     for n, line in enumerate(body):
-        cells = [c.ljust(w) if i < left else c.rjust(w)
+        cells = [c.ljust(w) if i < left or (left_last and i == len(widths) - 1)
+                 else c.rjust(w)
                  for i, (c, w) in enumerate(zip(line, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
@@ -249,10 +263,15 @@ def _aligned(columns: tuple[str, ...], body: list[list[str]], left: int) -> str:
     return "\n".join(lines)
 
 
-def _markdown(columns: tuple[str, ...], body: list[list[str]], left: int) -> str:
-    """Return a GitHub markdown table; the first ``left`` columns are left-aligned."""
+def _markdown(columns: tuple[str, ...], body: list[list[str]], left: int,
+              left_last: bool = False) -> str:
+    """Return a GitHub markdown table; the first ``left`` columns are left-aligned.
+
+    With ``left_last`` the last column is left-aligned too (free text).
+    """
+    right = len(columns) - left - left_last
     lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join([":---"] * left + ["---:"] * (len(columns) - left)) + "|"]
+             "|" + "|".join([":---"] * left + ["---:"] * right + [":---"] * left_last) + "|"]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines)
 
@@ -292,6 +311,16 @@ def markdown_report(doc: dict) -> str:
         lines = "".join(f"\n- {line}" for line in tls_lines(doc["tls_cost"]))
         tls = ("\n\nTLS between pgbench and the target against plain TCP (TLS rows: "
                f"{s['tls']}):\n\n{tls_markdown_table(doc['median'])}\n{lines}")
+    notes = []
+    if s.get("ecluse_workers"):
+        notes.append(f"ecluse-wN is ecluse with workers = N (here ecluse-w1 and "
+                     f"ecluse-w{s['ecluse_workers']})")
+    if s.get("churn_clients"):
+        notes.append("Churn is -M simple -C, a new connection per transaction")
+    if m.get("loadavg_start"):
+        notes.append("Load average {:.1f} before, {:.1f} after".format(
+            m["loadavg_start"][0], m["loadavg_end"][0]))
+    extra = "".join(f" {n}." for n in notes)
     return (
         f"pgbench -S (select-only), {s['duration_s']} s per run, median of "
         f"{s['repeat']} interleaved runs, scale {s['scale']}, pool size {s['pool_size']}; "
@@ -302,8 +331,25 @@ def markdown_report(doc: dict) -> str:
         "prepared/extended is a prepared row's TPS over the extended row's"
         + ("; tls/plain a TLS row's TPS over the plain row's." if doc.get("tls_cost")
            else ".")
-        + f"{skipped}\n\n{markdown_table(doc['median'])}{gains}{tls}\n"
+        + f"{extra}{skipped}{_goals_md(doc)}\n\n{markdown_table(doc['median'])}{gains}{tls}"
+        + f"{_idle_md(doc)}\n"
     )
+
+
+def _goals_md(doc: dict) -> str:
+    if not doc.get("goals"):
+        return ""
+    lines = "".join(f"\n- **{g['status']}**: {g['text']}" for g in doc["goals"])
+    return f"\n\nGoals of issue 6 (medians of this run):\n{lines}"
+
+
+def _idle_md(doc: dict) -> str:
+    if not doc.get("idle"):
+        return ""
+    return ("\n\nMemory of the pooler holding idle logged-in clients (sum over its "
+            "processes; PSS counts a page shared by several processes once; "
+            "KB/client is the growth over the pooler's memory before the clients came, "
+            "divided by the clients reached):\n\n" + idle_markdown_table(doc["idle"]))
 
 
 def write_json(path: str, doc: dict) -> None:
@@ -316,7 +362,8 @@ def plot(path: str, doc: dict) -> None:
     """Draw TPS against clients: one subplot per protocol, one line per target, log x.
 
     TLS rows are dashed lines in their target's colour. A target that cannot run a
-    protocol is named in that panel instead of drawn.
+    protocol is named in that panel instead of drawn. The panels share one y scale,
+    except churn's: a connection per transaction runs an order of magnitude slower.
     """
     import matplotlib
 
@@ -327,14 +374,15 @@ def plot(path: str, doc: dict) -> None:
     s = doc["settings"]
     protocols, targets = s["protocols"], s["targets"]
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4.5),
-                             sharey=True, squeeze=False)
+                             squeeze=False)
     handles = {}
-    top = 0.0
+    tops: dict[str, float] = {}
     for ax, protocol in zip(axes[0], protocols, strict=True):
+        top = 0.0
         notes = []
         for target, tls in [(t, tls) for t in targets for tls in (False, True)]:
             label = f"{target} + TLS" if tls else target
-            color = _TARGET_COLORS.get(target)
+            color = target_color(target)
             rows = [r for r in doc["median"] if r["target"] == target
                     and r["protocol"] == protocol and r.get("tls", False) == tls]
             if not rows and tls:
@@ -358,19 +406,22 @@ def plot(path: str, doc: dict) -> None:
             ax.scatter([r["clients"] for r in raw], [r["tps"] for r in raw],
                        s=10, alpha=0.35, color=line.get_color())
             top = max(top, *(r["tps"] for r in rows), *(r["tps"] for r in raw))
+        tops[protocol] = top
         if notes:
             ax.text(0.03, 0.03, "\n".join(notes), transform=ax.transAxes, fontsize=9,
                     color="0.35", va="bottom")
         ax.set_xscale("log")
-        ax.set_xticks(s["clients"])
+        ax.set_xticks(sorted({r["clients"] for r in doc["median"]
+                              if r["protocol"] == protocol} or set(s["clients"])))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("pgbench clients")
-        ax.set_title(f"pgbench -S -M {protocol}")
+        ax.set_title(_PANEL_TITLES.get(protocol, f"pgbench -S -M {protocol}"))
         ax.grid(True, which="major", alpha=0.3)
-    # Once, after every panel is drawn: the panels share y, and a set_ylim inside the
-    # loop would freeze the range before the later panels' data is in.
-    axes[0][0].set_ylim(0, top * 1.08 or 1)
+    # After every panel is drawn, since the shared top needs all of their data.
+    shared = max((t for p, t in tops.items() if p != "churn"), default=0.0)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        ax.set_ylim(0, (tops[protocol] if protocol == "churn" else shared) * 1.08 or 1)
     axes[0][0].set_ylabel("transactions per second (median)")
     ordered = [label for t in targets for label in (t, f"{t} + TLS") if label in handles]
     axes[0][-1].legend([handles[t] for t in ordered], ordered, loc="best")
@@ -392,14 +443,78 @@ def write_all(results_dir: str, doc: dict) -> list[str]:
     write_json(dated_json, doc)
     shutil.copyfile(dated_json, os.path.join(results_dir, "latest.json"))
     written = [dated_json, os.path.join(results_dir, "latest.json")]
-    try:
-        plot(dated_png, doc)
-    except ImportError as exc:
-        print(f"bench: no plot ({exc}); install the bench extra: pip install -e '.[bench]'")
-    else:
+    # An idle-clients-only run has no TPS to plot.
+    if doc["settings"]["protocols"] and _plot_or_say(dated_png, doc):
         shutil.copyfile(dated_png, os.path.join(results_dir, "latest.png"))
         written += [dated_png, os.path.join(results_dir, "latest.png")]
     with open(latest_md, "w", encoding="utf-8") as f:
         f.write(markdown_report(doc))
-    written.append(latest_md)
-    return written
+    return [*written, latest_md]
+
+
+def _plot_or_say(path: str, doc: dict) -> bool:
+    """Draw the plot; without matplotlib say how to get it and return False."""
+    try:
+        plot(path, doc)
+    except ImportError as exc:
+        print(f"bench: no plot ({exc}); install the bench extra: pip install -e '.[bench]'")
+        return False
+    return True
+
+
+def _mb(kb: float | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def _idle_cells(row: dict) -> list[str]:
+    after, before = row.get("after") or {}, row.get("before") or {}
+    per = {}
+    for key in ("rss_kb", "pss_kb"):
+        grown = (after.get(key) - before.get(key)
+                 if after.get(key) is not None and before.get(key) is not None else None)
+        per[key] = (_fmt(grown / row["reached"], 1)
+                    if grown is not None and row.get("reached") else "n/a")
+    return [row["target"], f"{row['asked']:,}", f"{row.get('reached', 0):,}",
+            str(after.get("processes", "n/a")), _mb(after.get("rss_kb")),
+            _mb(after.get("pss_kb")), per["rss_kb"], per["pss_kb"],
+            _fmt(row.get("ramp_s"), 1), row.get("why") or row.get("error") or ""]
+
+
+def idle_text_table(rows: list[dict]) -> str:
+    """Return the idle-client memory rows as an aligned plain-text table."""
+    return _aligned(IDLE_COLUMNS, [_idle_cells(r) for r in rows], 1, left_last=True)
+
+
+def idle_markdown_table(rows: list[dict]) -> str:
+    """Return the idle-client memory rows as a GitHub markdown table."""
+    return _markdown(IDLE_COLUMNS, [_idle_cells(r) for r in rows], 1, left_last=True)
+
+
+README_START = "<!-- bench:latest:start -->"
+README_END = "<!-- bench:latest:end -->"
+
+
+def readme_section(doc: dict, image: str) -> str:
+    """Return what goes between the README's markers: the plot, then latest.md."""
+    return (f"![TPS against pgbench clients, one panel per protocol, churn with its own "
+            f"scale; TLS dashed]({image})\n\n{markdown_report(doc)}")
+
+
+def update_readme(path: str, doc: dict, image: str) -> bool:
+    """Replace the text between README_START and README_END in ``path``.
+
+    Returns False, changing nothing, when the file or either marker is missing.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return False
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    new = (text[:start + len(README_START)] + "\n" + readme_section(doc, image)
+           + "\n" + text[end:])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+    return True

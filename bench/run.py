@@ -1,14 +1,18 @@
 """Benchmark ecluse against PgBouncer and a direct connection, in one interleaved run.
 
 Starts a throwaway PostgreSQL cluster, loads pgbench's tables, starts each pooler
-once with the same PgBouncer-format config, then runs ``pgbench -S`` for every
-(target, clients, protocol), protocol being pgbench's -M simple, extended or
-prepared (skipped, and reported "unsupported", where a target cannot do it),
-each plain and, for the --tls-protocols, over TLS (PGSSLMODE=require towards a
-cluster with ssl = on and a second instance of each pooler that requires TLS),
-repeating the whole grid --repeat times with the
-targets taken round-robin inside each repetition, so that drift on the machine
-(thermal, other load) is shared out between them. Medians go to stdout and to
+once with the same PgBouncer-format config (PgBouncer; ecluse with 1 worker and
+with one per core), then runs ``pgbench -S`` for every (target, clients,
+protocol), protocol being pgbench's -M simple, extended or prepared (skipped,
+and reported "unsupported", where a target cannot do it) or ``churn`` (-M
+simple -C, at the --churn-clients only), each plain and, for the
+--tls-protocols, over TLS (PGSSLMODE=require towards a cluster with ssl = on
+and a second instance of each pooler that requires TLS), repeating the whole
+grid --repeat times with the targets taken round-robin inside each repetition,
+so that drift on the machine (thermal, other load) is shared out between them.
+Then, pooler by pooler, it opens --idle-clients idle logged-in clients from
+separate processes (idleclients.py) and reads the pooler's memory. Medians,
+the idle table and the issue's goals ("met"/"not met") go to stdout and to
 bench/results/ as JSON, a PNG plot and a markdown table. See bench/README.md.
 
 Rules:
@@ -33,111 +37,39 @@ import tempfile
 import time
 from pathlib import Path
 
+import goals
 import report
-from procstat import tree_cpu_seconds
+from idleclients import hold_idle_clients
+from plan import (
+    FD_HEADROOM,
+    IDLE_SETTLE_S,
+    estimate_seconds,
+    grid_cells,
+    join_ints,
+    parse_args,
+    run_duration,
+)
+from procstat import descendants, open_files_limit, tree_cpu_seconds, tree_memory_kb
 from targets import (
+    DEFAULT_MAX_CLIENT_CONN,
     EcluseTarget,
     PgBouncerTarget,
     PoolerTarget,
     Target,
     TlsFiles,
+    ecluse_name,
     first_line,
     make_tls_files,
 )
-from workload import clean_env, find_pgbench, pgbench_command, run_pgbench
+from workload import CHURN, clean_env, find_pgbench, pgbench_command, run_pgbench
 
 import ecluse
 from ecluse.devcluster import PgCluster, ensure_postgres_installed
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-TARGETS = ("direct", "pgbouncer", "ecluse")
-PROTOCOLS = ("simple", "extended", "prepared")
 DBNAME = "bench"
 USER = "postgres"
-QUICK_DURATION = 3
-DEFAULT_DURATION = 10
-DEFAULT_REPEAT = 3
-DEFAULT_CLIENTS = [1, 10, 100, 500]
-# --quick: one pass over fewer client counts, about 2 minutes for the 3 targets x 3 protocols.
-QUICK_REPEAT = 1
-QUICK_CLIENTS = [1, 10, 100]
-# --quick measures TLS with one protocol only (the first asked for, simple by default).
-QUICK_TLS_PROTOCOLS = 1
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a comma-separated list of integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("need one or more positive integers")
-    return values
-
-
-def _choices(allowed: tuple[str, ...]):
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        unknown = [v for v in values if v not in allowed]
-        if unknown or not values:
-            raise argparse.ArgumentTypeError(
-                f"choose from {','.join(allowed)} (got {text!r})")
-        return list(dict.fromkeys(values))
-    return parse
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="pgbench -S against PostgreSQL directly, PgBouncer and ecluse.")
-    p.add_argument("--duration", type=int, metavar="S",
-                   help=f"seconds per pgbench run (default {DEFAULT_DURATION}, "
-                        f"{QUICK_DURATION} with --quick)")
-    p.add_argument("--repeat", type=int, metavar="R",
-                   help=f"repetitions of the whole grid; medians are reported (default "
-                        f"{DEFAULT_REPEAT}, {QUICK_REPEAT} with --quick)")
-    p.add_argument("--clients", type=_int_list,
-                   help="pgbench client counts (default "
-                        f"{','.join(map(str, DEFAULT_CLIENTS))}, "
-                        f"{','.join(map(str, QUICK_CLIENTS))} with --quick)")
-    p.add_argument("--protocols", type=_choices(PROTOCOLS), default=list(PROTOCOLS),
-                   help=f"pgbench -M modes (default {','.join(PROTOCOLS)})")
-    p.add_argument("--targets", type=_choices(TARGETS), default=list(TARGETS),
-                   help="what to benchmark (default direct,pgbouncer,ecluse)")
-    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
-                   help="also measure every target with TLS between pgbench and it "
-                        "(default on)")
-    p.add_argument("--tls-protocols", type=_choices(PROTOCOLS),
-                   help="the -M modes measured with TLS too (default all of --protocols; "
-                        "with --quick only the first)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_DURATION} s runs, {QUICK_REPEAT} repetition, clients "
-                        f"{','.join(map(str, QUICK_CLIENTS))}, TLS with one protocol and a "
-                        "shorter warm-up "
-                        "(each can still be set explicitly)")
-    p.add_argument("--pool-size", type=int, default=20,
-                   help="default_pool_size of both poolers (default 20)")
-    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
-    p.add_argument("--results-dir", default=str(BENCH_DIR / "results"),
-                   help="where the JSON, PNG and markdown go (default bench/results)")
-    args = p.parse_args(argv)
-    if args.duration is None:
-        args.duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
-    if args.repeat is None:
-        args.repeat = QUICK_REPEAT if args.quick else DEFAULT_REPEAT
-    if args.clients is None:
-        args.clients = list(QUICK_CLIENTS if args.quick else DEFAULT_CLIENTS)
-    if not args.tls:
-        args.tls_protocols = []
-    elif args.tls_protocols is None:
-        ordered = [m for m in PROTOCOLS if m in args.protocols]
-        args.tls_protocols = ordered[:QUICK_TLS_PROTOCOLS] if args.quick else ordered
-    elif unknown := [m for m in args.tls_protocols if m not in args.protocols]:
-        p.error(f"--tls-protocols {','.join(unknown)} not among --protocols")
-    if args.duration < 1 or args.repeat < 1 or args.pool_size < 1 or args.scale < 1:
-        p.error("--duration, --repeat, --pool-size and --scale must be positive")
-    return args
 
 
 def say(message: str) -> None:
@@ -148,9 +80,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _raise_fd_limit() -> None:
-    """Let us and our children open as many sockets as the hard limit allows."""
+def _raise_fd_limit(wanted: int) -> None:
+    """Let us and our children (the poolers included) open ``wanted`` descriptors.
+
+    Raising the hard limit needs CAP_SYS_RESOURCE (root, usually); without it we go
+    as far as the hard limit, and the idle-clients rows say where that stopped them.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -173,6 +113,7 @@ class Bench:
         self.reported_failures: set[tuple[str, str, bool]] = set()
         self.pgbench = ""
         self.runs: list[dict] = []
+        self.idle: list[dict] = []
         self.loadavg_start = list(os.getloadavg())
         # Read now, not at the end: the checkout may get new commits during a long run.
         self.git_head = first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short",
@@ -183,15 +124,18 @@ class Bench:
     def check_targets(self) -> list[str]:
         """Return the requested targets that can run; record why the others are skipped."""
         wanted = []
-        for name in self.args.targets:
+        ecluse_why = None
+        if any(n.startswith("ecluse") for n in self.args.target_names):
+            ecluse_why = EcluseTarget.check()
+        # target_names is already in TARGETS order: tables and plots list targets alike.
+        for name in self.args.target_names:
             if name == "pgbouncer" and PgBouncerTarget.find() is None:
                 self.skipped[name] = ("pgbouncer is not installed "
                                       "(Debian: apt-get install -y pgbouncer)")
-            elif name == "ecluse" and (why := EcluseTarget.check()) is not None:
-                self.skipped[name] = f"`python -m ecluse --help` fails: {why}"
+            elif name.startswith("ecluse") and ecluse_why is not None:
+                self.skipped[name] = f"`python -m ecluse --help` fails: {ecluse_why}"
             else:
                 wanted.append(name)
-        wanted.sort(key=TARGETS.index)  # tables and plots always list targets the same way
         for name, why in self.skipped.items():
             say(f"skipping {name}: {why}")
         return wanted
@@ -199,7 +143,7 @@ class Bench:
     def start_cluster(self) -> None:
         bindir = ensure_postgres_installed()
         self.pgbench = find_pgbench(bindir)
-        max_clients = max(self.args.clients)
+        max_clients = max(self.args.clients + self.args.churn_clients, default=1)
         self.cluster = PgCluster(os.path.join(self.tmp, "pgdata"))
         settings = {
             "max_connections": str(max(700, max_clients + 100)),
@@ -226,6 +170,7 @@ class Bench:
         host, port = self.cluster.host, self.cluster.port
         psql = shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
         variants = [None, self.tls] if self.tls is not None else [None]
+        conn = self.max_client_conn()
         for name in names:
             for tls in variants:
                 workdir = os.path.join(self.tmp, name + ("-tls" if tls else ""))
@@ -235,10 +180,12 @@ class Bench:
                 elif name == "pgbouncer":
                     target = PgBouncerTarget(
                         workdir, host, port, DBNAME, self.args.pool_size, psql, tls,
+                        max_client_conn=conn,
                         executable=PgBouncerTarget.find() or "pgbouncer")
                 else:
                     target = EcluseTarget(workdir, host, port, DBNAME, self.args.pool_size,
-                                          psql, tls)
+                                          psql, tls, max_client_conn=conn,
+                                          workers=int(name.removeprefix("ecluse-w")))
                 try:
                     target.start()
                 except RuntimeError as exc:
@@ -255,6 +202,12 @@ class Bench:
                         if (name, protocol) not in self.unsupported:
                             say(f"not running {name} with -M {protocol}: {why}")
                         self.unsupported[name, protocol] = why
+
+    def max_client_conn(self) -> int:
+        """Return a max_client_conn no client of this run can exceed (warm-up and probes too)."""
+        a = self.args
+        most = max(a.clients + a.churn_clients + a.idle_clients, default=0)
+        return max(DEFAULT_MAX_CLIENT_CONN, most + 1000)
 
     def cleanup(self) -> None:
         """Stop the poolers, then PostgreSQL, then remove the temp directory."""
@@ -301,15 +254,14 @@ class Bench:
         --tls-protocols.
         """
         order = []
+        cells = grid_cells(self.args.clients, self.args.protocols, self.args.churn_clients)
         for rep in range(self.args.repeat):
             k = rep % len(self.targets)
             rotated = self.targets[k:] + self.targets[:k]
-            for clients in self.args.clients:
-                for protocol in self.args.protocols:
-                    order += [(rep, target, clients, protocol) for target in rotated
-                              if (target.name, protocol) not in self.unsupported
-                              and (target.tls is None
-                                   or protocol in self.args.tls_protocols)]
+            for clients, protocol in cells:
+                order += [(rep, target, clients, protocol) for target in rotated
+                          if (target.name, protocol) not in self.unsupported
+                          and (target.tls is None or protocol in self.args.tls_protocols)]
         return order
 
     def measure(self, rep: int, target: Target, clients: int, protocol: str) -> dict:
@@ -317,18 +269,19 @@ class Bench:
         a = self.args
         run: dict = {"target": target.name, "protocol": protocol,
                      "tls": target.tls is not None, "clients": clients,
-                     "rep": rep + 1, "duration_s": a.duration}
+                     "rep": rep + 1, "duration_s": run_duration(a.duration, clients)}
         if not target.is_alive():
             run["error"] = f"{target.label} is not running"
             return run
         prefix = os.path.join(self.logdir, f"{target.label}-{protocol}-{clients}-{rep}")
         cmd = pgbench_command(self.pgbench, target.host, target.port, DBNAME, USER,
-                              clients, protocol, a.duration, prefix)
+                              clients, protocol, run["duration_s"], prefix)
         pg_pid = self.postmaster_pid()
         cpu0 = target.cpu_seconds()
         pg0 = tree_cpu_seconds(pg_pid) if pg_pid else None
         started = time.monotonic()
-        result = run_pgbench(cmd, timeout=a.duration + 120 + clients, log_prefix=prefix,
+        result = run_pgbench(cmd, timeout=run["duration_s"] + 120 + clients,
+                             log_prefix=prefix,
                              sslmode=target.sslmode)
         run["wall_s"] = round(time.monotonic() - started, 3)
         cpu1 = target.cpu_seconds()
@@ -364,8 +317,13 @@ class Bench:
 
     def run_all(self) -> None:
         order = self.schedule()
-        eta = len(order) * (self.args.duration + 1)
-        say(f"{len(order)} runs of {self.args.duration} s (about {eta // 60} min {eta % 60} s)")
+        poolers = sum(isinstance(t, PoolerTarget) and t.tls is None for t in self.targets)
+        eta = round(estimate_seconds([(c, p) for _, _, c, p in order], self.args.duration,
+                                     self.args.idle_clients, poolers))
+        say(f"{len(order)} runs of {self.args.duration} s (+1 s per 1,000 clients), "
+            "then idle clients "
+            f"{join_ints(self.args.idle_clients) or 'none'} on {poolers} poolers: "
+            f"about {eta // 60} min {eta % 60} s")
         for n, (rep, target, clients, protocol) in enumerate(order, 1):
             run = self.measure(rep, target, clients, protocol)
             self.runs.append(run)
@@ -383,6 +341,49 @@ class Bench:
             if run.get("error"):
                 self.report_failure(run)
             time.sleep(0.5)  # let exiting backends and sockets settle
+
+    def run_idle(self) -> None:
+        """Make each plain pooler hold each --idle-clients count in turn; record memory.
+
+        Runs after the pgbench grid, so that tearing down 100,000 sockets never
+        overlaps a throughput run.
+        """
+        poolers = [t for t in self.targets if isinstance(t, PoolerTarget) and t.tls is None]
+        for count in self.args.idle_clients:
+            for target in poolers:
+                row = self.hold_idle(target, count)
+                self.idle.append(row)
+                after = row.get("after") or {}
+                say(f"idle {target.label:<10} asked {count:,}, held {row.get('reached', 0):,}"
+                    f", rss {after.get('rss_kb', 0) / 1024:,.1f} MB, pss "
+                    f"{(after.get('pss_kb') or 0) / 1024:,.1f} MB"
+                    + (f" ({row['why']})" if row.get("why") else ""))
+
+    def hold_idle(self, target: PoolerTarget, count: int) -> dict:
+        """Open ``count`` idle clients on ``target``, read its memory, close them again."""
+        row: dict = {"target": target.name, "asked": count}
+        pid = target.pid
+        if pid is None or not target.is_alive():
+            row["error"] = f"{target.label} is not running"
+            return row
+        before = tree_memory_kb(pid)
+        started = time.monotonic()
+        hold = hold_idle_clients(target.host, target.port, count, USER, DBNAME)
+        try:
+            row["ramp_s"] = round(time.monotonic() - started, 2)
+            time.sleep(IDLE_SETTLE_S)
+            row.update(before=before, after=tree_memory_kb(pid), reached=hold.reached,
+                       errors=hold.errors(), client_processes=len(hold.procs),
+                       pooler_alive=target.is_alive(),
+                       pooler_nofile=[open_files_limit(p) for p in [pid, *descendants(pid)]])
+        finally:
+            hold.close()
+        row["client_nofile_hard"] = _nofile_hard()
+        if row["reached"] < count:
+            row["why"] = idle_shortfall(row)
+            row["pooler_log_tail"] = target.log_tail(10)
+        time.sleep(IDLE_SETTLE_S)  # let the pooler close the sockets before the next count
+        return row
 
     # -- describing the run ------------------------------------------------------------------
 
@@ -417,10 +418,12 @@ class Bench:
         a = self.args
         names = list(dict.fromkeys(t.name for t in self.targets))
         started = {(t.name, t.tls is not None) for t in self.targets}
-        order = [(t, p, tls, c) for p in a.protocols for c in a.clients for t in names
+        order = [(t, p, tls, c) for p in a.protocols
+                 for c in (a.churn_clients if p == CHURN else a.clients) for t in names
                  for tls in (False, True) if (t, tls) in started
                  and (not tls or p in a.tls_protocols)]
         median = report.medians(self.runs, order, self.unsupported)
+        ecluse_1, ecluse_n = ecluse_name(1), ecluse_name(a.workers)
         return {
             "date": datetime.date.today().isoformat(),
             "finished_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -428,6 +431,10 @@ class Bench:
             "settings": {
                 "duration_s": a.duration, "repeat": a.repeat, "clients": a.clients,
                 "protocols": a.protocols, "targets": names, "pool_size": a.pool_size,
+                "churn_clients": a.churn_clients, "idle_clients": a.idle_clients,
+                "ecluse_workers": a.workers, "max_client_conn": self.max_client_conn(),
+                "churn": "pgbench -S -M simple -C: a new connection per transaction; "
+                         "its tps includes connection time",
                 "tls_protocols": a.tls_protocols,
                 "tls": (None if self.tls is None else
                         f"{self.tls.description}; pgbench PGSSLMODE=require on TLS rows, "
@@ -435,7 +442,7 @@ class Bench:
                         "instance with client_tls_sslmode = require; poolers to "
                         "PostgreSQL always plain (server_tls_sslmode = disable)"),
                 "scale": a.scale, "quick": a.quick, "workload": "pgbench -S (select-only)",
-                "pgbench_threads": "min(clients, 2)",
+                "pgbench_threads": "min(clients, max(2, cores))",
                 "order": "per repetition: clients, then protocol, then targets "
                          "round-robin (rotated each repetition)",
             },
@@ -445,8 +452,33 @@ class Bench:
             "median": median,
             "prepared_vs_extended": report.prepared_gain(median),
             "tls_cost": report.tls_cost(median),
+            "idle": self.idle,
+            "goals": goals.all_goals(median, self.idle, ecluse_1, ecluse_n, a.churn_clients),
             "runs": self.runs,
         }
+
+
+def _nofile_hard() -> int | None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def idle_shortfall(row: dict) -> str:
+    """Explain why fewer idle clients logged in than asked, from what hold_idle saw."""
+    parts = []
+    if row.get("errors"):
+        parts.append("; ".join(f"{n:,} x {why}" for why, n in row["errors"].items()))
+    if not row.get("pooler_alive", True):
+        parts.append("the pooler died")
+    limits = [n for n in row.get("pooler_nofile") or [] if n]
+    if limits:
+        procs = len(row["pooler_nofile"])
+        parts.append(f"pooler open-files limit {min(limits):,}"
+                     + (f" per process x {procs} processes" if procs > 1 else ""))
+    if (hard := row.get("client_nofile_hard")) is not None and hard < row["asked"]:
+        parts.append(f"hard RLIMIT_NOFILE {hard:,} here, which poolers inherit and only "
+                     "root with CAP_SYS_RESOURCE can raise")
+    return "; ".join(parts) or "unknown"
 
 
 def _cpu_model() -> str | None:
@@ -478,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
-    _raise_fd_limit()
+    # Each pooler holds every idle client plus its servers; pgbench its clients.
+    _raise_fd_limit(max(args.idle_clients + args.clients + args.churn_clients, default=0)
+                    + FD_HEADROOM)
     bench = Bench(args)
     try:
         names = bench.check_targets()
@@ -490,23 +524,42 @@ def main(argv: list[str] | None = None) -> int:
         if not bench.targets:
             say("no target started")
             return 1
-        bench.warm_up()
+        if args.protocols:
+            bench.warm_up()
         bench.run_all()
+        bench.run_idle()
         doc = bench.document()
     except KeyboardInterrupt:
         say("interrupted; cleaning up (no results written)")
         return 130
     finally:
         bench.cleanup()
-    print(report.text_table(doc["median"]))
+    if doc["median"]:
+        print(report.text_table(doc["median"]))
     if doc["tls_cost"]:
         print()
         print(report.tls_text_table(doc["median"]))
     for line in [*report.gain_lines(doc["prepared_vs_extended"]),
                  *report.tls_lines(doc["tls_cost"])]:
         print(line)
+    if doc["idle"]:
+        print()
+        print(report.idle_text_table(doc["idle"]))
+    print()
+    print("Goals of issue 6:")
+    for line in goals.goal_lines(doc["goals"]):
+        print(line)
     for path in report.write_all(args.results_dir, doc):
         say(f"wrote {os.path.relpath(path)}")
+    # Only a run that wrote the published results replaces the README's copy of them.
+    if (Path(args.results_dir).resolve() == BENCH_DIR / "results"
+            and args.protocols and args.readme):
+        readme = REPO_DIR / "README.md"
+        if report.update_readme(str(readme), doc, "bench/results/latest.png"):
+            say(f"updated the latest results in {os.path.relpath(readme)}")
+        else:
+            say(f"{os.path.relpath(readme)} has no {report.README_START} marker; "
+                "not updated")
     return 0
 
 

@@ -139,7 +139,7 @@ def plan(args: argparse.Namespace) -> list[Phase]:
 def phase_command(pgbench: str, target: EcluseTarget, phase: Phase) -> list[str]:
     """Return the pgbench command for ``phase``: the bench's command, adapted.
 
-    The bench always runs -S with at most 2 threads; here the script and thread count
+    The bench always runs -S with one thread per core; here the script and thread count
     follow the phase, and -P adds progress lines so that a stall shows in the results.
     """
     cmd = pgbench_command(pgbench, target.host, target.port, DBNAME, USER, phase.clients,

@@ -1,8 +1,18 @@
 """The things pgbench is pointed at: PostgreSQL directly, PgBouncer, and ecluse.
 
 Both poolers get the same PgBouncer-format config (transaction pooling, trust
-auth, one database ``bench``), run as one process each, in their own session so
-that a Ctrl-C in the terminal reaches only us and we stop them in order.
+auth, one database ``bench``), each in its own session so that a Ctrl-C in the
+terminal reaches only us and we stop them in order. PgBouncer is one process;
+ecluse runs once with ``workers = 1`` (target ``ecluse-w1``) and once with one
+worker per core (``ecluse-wN``, named with the real N, e.g. ``ecluse-w2``): a
+supervisor and N forked workers, whose CPU and memory are summed over the
+process tree. ecluse counts the pool size node-wide, over all its workers, so
+every pooler holds at most ``default_pool_size`` server connections.
+
+``max_client_conn`` is set by the caller above the largest number of clients
+the run opens (pgbench's and the idle clients'), so that no pooler refuses a
+client for its own limit; the open-files limit the poolers inherit from us is
+the one that may still bind (see idleclients.py).
 
 Both poolers keep server-side prepared statements per server connection
 (``max_prepared_statements = 200``), which ``pgbench -M prepared`` needs in
@@ -58,6 +68,7 @@ _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 # (no -C) and its tps excludes connection time, so the handshake is not what is measured.
 _TLS_KEY_BITS = 2048
 _TLS_DAYS = 2
+DEFAULT_MAX_CLIENT_CONN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +208,10 @@ class PoolerTarget(Target):
     """A pooler run as a child process from a config file in its own temp directory."""
 
     def __init__(self, workdir: str, pg_host: str, pg_port: int, dbname: str, pool_size: int,
-                 psql: str, tls: TlsFiles | None = None):
+                 psql: str, tls: TlsFiles | None = None,
+                 max_client_conn: int = DEFAULT_MAX_CLIENT_CONN):
         super().__init__("127.0.0.1", find_free_port("127.0.0.1"), dbname, tls)
+        self.max_client_conn = max_client_conn
         self.workdir = workdir
         self.pg_host = pg_host
         self.pg_port = pg_port
@@ -238,7 +251,7 @@ class PoolerTarget(Target):
             f"auth_file = {os.path.join(self.workdir, 'userlist.txt')}",
             "pool_mode = transaction",
             f"default_pool_size = {self.pool_size}",
-            "max_client_conn = 10000",
+            f"max_client_conn = {self.max_client_conn}",
             "log_connections = 0",
             "log_disconnections = 0",
             # Plain towards PostgreSQL in every case; see the module docstring.
@@ -377,9 +390,16 @@ class PgBouncerTarget(PoolerTarget):
 
 
 class EcluseTarget(PoolerTarget):
-    """ecluse, run as ``python -m ecluse config.ini`` with this interpreter."""
+    """ecluse, run as ``python -m ecluse config.ini`` with this interpreter.
 
-    name = "ecluse"
+    ``workers`` is ecluse's setting of that name; the target is called
+    ``ecluse-w<workers>``.
+    """
+
+    def __init__(self, *args, workers: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.workers = workers
+        self.name = ecluse_name(workers)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "ecluse", self.config_path]
@@ -389,7 +409,8 @@ class EcluseTarget(PoolerTarget):
 
     def extra_settings(self) -> list[str]:
         # ecluse's default, spelled out so that -M prepared never depends on a default moving.
-        return [f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}"]
+        return [f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}",
+                f"workers = {self.workers}"]
 
     @staticmethod
     def check() -> str | None:
@@ -402,6 +423,11 @@ class EcluseTarget(PoolerTarget):
         if probe.returncode != 0:
             return (probe.stderr.strip().splitlines() or ["python -m ecluse --help failed"])[-1]
         return None
+
+
+def ecluse_name(workers: int) -> str:
+    """Return the target name of ecluse with ``workers`` worker processes."""
+    return f"ecluse-w{workers}"
 
 
 def parse_version(text: str | None) -> tuple[int, int] | None:

@@ -4,6 +4,11 @@ Throughput comes from pgbench's summary ("tps = ... (without initial connection
 time)"); latency percentiles come from its per-transaction logs (``--log``),
 whose third field is the transaction's latency in microseconds.
 
+Besides pgbench's -M modes (simple, extended, prepared) a run may be
+``churn``: ``-M simple -C``, a new connection (startup and login) for every
+transaction, the pattern of clients that do not pool on their side. With -C
+pgbench's tps includes the connection time.
+
 Rules:
 1. No timing assertions: a slow or failed run is recorded, never judged.
 2. Log files are deleted once read; a 10 s run at 30k tps writes ~10 MB.
@@ -11,10 +16,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -25,7 +32,13 @@ from dataclasses import dataclass
 MAX_LATENCY_SAMPLES = 1_000_000
 _APPROX_LOG_LINE_BYTES = 28
 
-_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+# "without initial connection time" normally; with -C pgbench 15 prints "including
+# reconnection times" instead.
+_TPS_RE = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|"
+                     r"including reconnection times)\)", re.M)
+CHURN = "churn"  # pseudo-protocol: -M simple -C
+# pgbench holds a socket per client; 2,000 clients need more than the usual soft limit.
+_FD_MARGIN = 64
 _TX_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 _FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.M)
 
@@ -70,15 +83,26 @@ def clean_env(sslmode: str | None = None) -> dict[str, str]:
     return env
 
 
+def pgbench_threads(clients: int) -> int:
+    """Return pgbench's -j: one thread per core, at least 2, never more than clients.
+
+    pgbench waits with ppoll, so a thread is not limited to FD_SETSIZE clients; more
+    threads than cores would only compete with the pooler for them.
+    """
+    return max(1, min(clients, max(2, os.cpu_count() or 2)))
+
+
 def pgbench_command(pgbench: str, host: str, port: int, dbname: str, user: str,
                     clients: int, protocol: str, duration: int,
                     log_prefix: str | None) -> list[str]:
-    """Build the select-only pgbench command line (-j capped at 2 threads).
+    """Build the select-only pgbench command line.
 
-    ``protocol`` is pgbench's -M: simple, extended or prepared.
+    ``protocol`` is pgbench's -M (simple, extended or prepared) or ``churn``
+    (-M simple -C).
     """
+    mode = ["-M", "simple", "-C"] if protocol == CHURN else ["-M", protocol]
     cmd = [
-        pgbench, "-n", "-S", "-M", protocol, "-c", str(clients), "-j", str(min(clients, 2)),
+        pgbench, "-n", "-S", *mode, "-c", str(clients), "-j", str(pgbench_threads(clients)),
         "-T", str(duration), "-h", host, "-p", str(port), "-U", user,
     ]
     if log_prefix is not None:
@@ -93,9 +117,11 @@ def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None,
     ``sslmode`` goes to pgbench as PGSSLMODE (see clean_env). pgbench is killed if it
     outlives ``timeout`` seconds or if we are interrupted.
     """
+    clients = int(cmd[cmd.index("-c") + 1]) if "-c" in cmd else 1
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=clean_env(sslmode),
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: raise_nofile(clients + _FD_MARGIN))
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -106,7 +132,11 @@ def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None,
     result = parse_summary(out)
     # stderr first (per-client errors, at most the last 30 lines), then the summary.
     result.output = "\n".join([*err.strip().splitlines()[-30:], out.strip()]).strip()
-    if proc.returncode != 0 or result.tps is None:
+    if proc.returncode == 0 and result.tps is None and result.transactions == 0:
+        # pgbench's -T clock runs while its clients connect; none got to a transaction.
+        result.error = ("no transaction finished within -T (the clients' logins took "
+                        "the whole run)")
+    elif proc.returncode != 0 or result.tps is None:
         tail = " | ".join((err or out).strip().splitlines()[-3:])
         result.error = f"pgbench exit {proc.returncode}: {tail}"
     elif result.failed:
@@ -120,6 +150,19 @@ def run_pgbench(cmd: list[str], timeout: float, log_prefix: str | None,
         result.p99_ms = percentile(latencies, 99) / 1000
         result.mean_ms = sum(latencies) / len(latencies) / 1000
     return result
+
+
+def raise_nofile(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE of this process to ``wanted``, within the hard limit.
+
+    Runs in pgbench's child before exec (preexec_fn): pgbench opens one socket per
+    client and refuses to start when the limit is below the client count.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def parse_summary(out: str) -> PgbenchResult:
