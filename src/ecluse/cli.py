@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import pwd
+import resource
 import signal
 import sys
 
@@ -107,6 +108,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     # Until the event loop installs its own handlers, SIGTERM still means a clean exit
     # (the pidfile is removed in the finally below).
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    raise_nofile_limit()
     several = s.workers > 1
     try:
         sockets = listen_sockets(config, reserve=several)
@@ -133,6 +135,31 @@ def serve(config: Config, args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(s.pidfile)
     return 0
+
+
+def raise_nofile_limit() -> None:
+    """Raise the open-file limit to its hard limit: every client is a descriptor.
+
+    Done before listening and forking, so that workers inherit it; PgBouncer
+    leaves this to the service manager, but a default soft limit of 1024 would
+    refuse clients long before max_client_conn.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses an unlimited soft limit for open files: nr_open caps it.
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                hard = int(f.read())
+        except (OSError, ValueError):
+            return
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(
+                resource.RLIMIT_NOFILE)[1]))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+            return
+        log.info("RLIMIT_NOFILE raised from %d to %d", soft, hard)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -89,7 +89,8 @@ class Supervisor:
         self.config = config
         self.workers = config.settings.workers
         self.sockets = worker_sockets(reserved, self.workers)
-        self.counts = SharedCounts(2 * self.workers)  # two generations during a roll-over
+        # Two slots per worker index: two generations live during a roll-over.
+        self.counts = SharedCounts(2 * self.workers, node_workers=self.workers)
         self.rundir = tempfile.mkdtemp(prefix="ecluse-")
         self.children: dict[int, WorkerProcess] = {}
         self.generation = 0

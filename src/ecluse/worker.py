@@ -15,6 +15,7 @@ import time
 
 from ecluse import logsetup
 from ecluse.admin.http import HttpServer, start_http
+from ecluse.admin.node import attach as attach_node
 from ecluse.config import Config
 from ecluse.config.diff import diff_configs, keep_restart_only
 from ecluse.config.loader import load_config
@@ -110,6 +111,7 @@ class Worker:
         self.rundir = rundir  # the node's control sockets (cancel forwarding), if several
         if rundir is not None:
             self.ctx.forward_to_worker = self._forward_cancel
+            attach_node(self.ctx, index, workers, rundir)  # console, metrics: whole node
         self.ctx.peer_id = config.settings.peer_id
         self.ctx.forward_to_peer = self._forward_to_peer
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
@@ -144,7 +146,7 @@ class Worker:
             path = os.path.join(self.rundir, f".s.PGSQL.{self.ctx.worker_index}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by this worker's predecessor
-            self._control = await loop.create_unix_server(self._new_session, path)
+            self._control = await loop.create_unix_server(self._new_control_session, path)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -158,8 +160,8 @@ class Worker:
 
     async def _start_http(self, address: str) -> None:
         try:
-            # Several workers: worker i serves port + i, each its own scrape target.
-            self._http = await start_http(self.ctx, address, port_offset=self.ctx.worker_index)
+            # Several workers: each binds it (SO_REUSEPORT) and answers for the node.
+            self._http = await start_http(self.ctx, address, reuse_port=self.ctx.node is not None)
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics_listen = %s: %s", address, exc)
             raise SystemExit(1) from None
@@ -183,6 +185,11 @@ class Worker:
 
     def _new_session(self) -> FrontendSession:
         return FrontendSession(self.ctx)
+
+    def _new_control_session(self) -> FrontendSession:
+        session = FrontendSession(self.ctx)
+        session.control_link = True  # another worker asking for the node (admin/node.py)
+        return session
 
     def _warm_pools(self) -> None:
         """Create pools of databases with a fixed user so min_pool_size holds at once."""

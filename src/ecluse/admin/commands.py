@@ -326,11 +326,20 @@ def on_console_left(ctx: ClientContext) -> None:
     """Undo a SUSPEND once no console client is left, as PgBouncer does.
 
     Nobody could type RESUME any more; the clients would hang for good.
-    Called by frontend/session.py when a console client goes.
+    Called by frontend/session.py when a console client goes. With several
+    workers (admin/node.py) the links of other workers are no console users:
+    a worker suspended by another's console waits for that one to end it,
+    and the worker whose console left ends it everywhere.
     """
     registry = ctx.registry
-    if not registry.suspended or any(c.console is not None for c in ctx.clients):
+    if not registry.suspended or any(c.console is not None and not c.console.local
+                                     for c in ctx.clients):
         return
+    node = ctx.node
+    if node is not None:
+        if node.suspended_by_peer:
+            return
+        node.resume_others()
     log.info("admin disappeared when suspended, doing RESUME")
     registry.paused_all = False
     _end_suspend(ctx)
@@ -351,6 +360,16 @@ def shutdown(ctx: ClientContext, arg: str) -> Reply:
     until the worker's shutdown path closes it. The WAIT_FOR_ modes stop
     listening, answer, and leave the waiting to the worker.
     """
+    mode = check_shutdown(ctx, arg)
+    log.info("SHUTDOWN%s command issued", f" {mode}" if mode else "")
+    ctx.begin_shutdown(mode)
+    if not mode:
+        return asyncio.get_running_loop().create_future()  # never answered
+    return be.encode_command_complete("SHUTDOWN")
+
+
+def check_shutdown(ctx: ClientContext, arg: str) -> str:
+    """The SHUTDOWN mode ``arg`` names, if this worker can start it; else AdminError."""
     mode = arg.upper()
     if mode not in _SHUTDOWN_MODES:
         raise AdminError(f"invalid command 'SHUTDOWN {arg}', use SHOW HELP;")
@@ -358,11 +377,7 @@ def shutdown(ctx: ClientContext, arg: str) -> Reply:
         raise AdminError("shutdown not possible here")
     if ctx.shutting_down or ctx.shutdown_mode is not None:
         raise AdminError("pooler is shutting down")
-    log.info("SHUTDOWN%s command issued", f" {mode}" if mode else "")
-    ctx.begin_shutdown(mode)
-    if not mode:
-        return asyncio.get_running_loop().create_future()  # never answered
-    return be.encode_command_complete("SHUTDOWN")
+    return mode
 
 
 # --- RELOAD / SET (admin/reload.py) ---------------------------------------------------

@@ -14,7 +14,9 @@ Rules:
    writes them.
 2. Authorization is checked here, once, in ``run``, from the command table's
    ``read_only`` flag (commands.py), never inside a handler.
-3. The extended protocol takes no parameters (PgBouncer's console speaks only
+3. With several workers, ``run`` answers for the node (admin/node.py); a
+   console of another worker's link (``local``) answers for this worker only.
+4. The extended protocol takes no parameters (PgBouncer's console speaks only
    the simple protocol; ecluse also answers drivers that always use the
    extended one, such as asyncpg).
 """
@@ -82,10 +84,13 @@ def _unquote(word: str | None) -> str:
 class AdminConsole:
     """One console client's view: its rights, and the answer to each query."""
 
-    def __init__(self, ctx: ClientContext, user: str):
+    def __init__(self, ctx: ClientContext, user: str, local: bool = False):
         self.ctx = ctx
         self.user = user
-        self.is_admin = user in ctx.config.settings.admin_users
+        # ``local``: another worker of the node asking over the control socket
+        # (admin/node.py): trusted, and answered for this worker alone.
+        self.local = local
+        self.is_admin = local or user in ctx.config.settings.admin_users
         self._extended = ExtendedQuery(self)
 
     def on_message(self, msg_type: int, body: bytes) -> bytes | Awaitable[bytes]:
@@ -114,6 +119,10 @@ class AdminConsole:
         """Return the whole reply to one Query, ReadyForQuery included."""
         if not query.strip(" \t\r\n;"):
             return be.encode_empty_query_response() + _READY
+        if self.local and self.ctx.node is not None:
+            own = self.ctx.node.local_query(query)  # the link's own commands
+            if own is not None:
+                return own + _READY
         try:
             reply = self.run(query)
         except AdminError as exc:
@@ -133,7 +142,13 @@ class AdminConsole:
         # get read-only commands, whatever the handler does.
         if not command.read_only and not self.is_admin:
             raise AdminError("admin access needed")
-        return command.handler(self.ctx, arg)
+        node = self.ctx.node
+        if node is None:
+            return command.handler(self.ctx, arg)
+        if self.local:  # asked by another worker: this worker's part only
+            node.on_local(command)
+            return command.handler(self.ctx, arg)
+        return node.run(command, arg, query)
 
 
 async def _finish(reply: Awaitable[bytes]) -> bytes:

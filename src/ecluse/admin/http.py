@@ -1,7 +1,10 @@
 """The HTTP listener (metrics_listen): Prometheus /metrics, /health and a JSON admin API.
 
 It runs on aiohttp inside the worker's event loop, so handlers read the
-worker's ClientContext directly, never from another thread.
+worker's ClientContext directly, never from another thread. With several
+workers each serves the same address (SO_REUSEPORT) and answers for the whole
+node through admin/node.py: listings are the console's merged SHOW results,
+actions run on every worker, /metrics sums every worker's figures.
 
 Rules:
 1. Authorization is checked in one place, the middleware: /metrics and
@@ -38,7 +41,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from ecluse.admin import commands, show
-from ecluse.admin.metrics import metrics_registry
+from ecluse.admin.metrics import EcluseCollector, NodeCollector, metrics_registry
 from ecluse.admin.openapi import OPENAPI
 from ecluse.config.model import FALLBACK_DATABASE, DatabaseConfig
 from ecluse.protocol import backend as be
@@ -54,6 +57,7 @@ PROBE_TIMEOUT = 2.0  # seconds for /health's probe of one database, at most
 
 _CTX = web.AppKey("ctx", object)
 _REGISTRY = web.AppKey("registry", object)
+_COLLECTOR = web.AppKey("collector", object)
 _HEADER = struct.Struct("!cI")
 # PostgreSQL types the SHOW results use, to JSON types; anything else stays text.
 _INT_OIDS = frozenset({20, 21, 23, 1700})
@@ -90,6 +94,9 @@ async def _authorize(request: web.Request,
 
 async def get_metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    node = _ctx(request).node
+    if node is not None:  # the other workers' figures, summed by NodeCollector
+        request.app[_COLLECTOR].remote = await node.remote_metrics()
     body = encoder(request.app[_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -100,7 +107,8 @@ async def get_health(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "reason": "shutting down"},
                                  status=503)
     databases = [db for db in ctx.config.databases.values() if db.name != FALLBACK_DATABASE]
-    results = await asyncio.gather(*(_database_health(ctx, db) for db in databases))
+    pools = result_rows(await _show(ctx, "SHOW POOLS", show.show_pools))  # the whole node's
+    results = await asyncio.gather(*(_database_health(ctx, db, pools) for db in databases))
     report = {db.name: result for db, result in zip(databases, results, strict=True)}
     down = sorted(name for name, r in report.items() if not r["reachable"])
     if down:
@@ -110,9 +118,11 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "databases": report})
 
 
-async def _database_health(ctx: ClientContext, db: DatabaseConfig) -> dict[str, Any]:
-    for pool in ctx.registry:
-        if pool.settings.database == db.name and (pool.idle or pool.active or pool.used):
+async def _database_health(ctx: ClientContext, db: DatabaseConfig,
+                           pools: list[dict[str, Any]]) -> dict[str, Any]:
+    for pool in pools:
+        if pool["database"] == db.name and (pool["sv_idle"] or pool["sv_active"]
+                                            or pool["sv_used"] or pool["sv_tested"]):
             return {"reachable": True, "via": "pool"}
     error = await probe_server(db, min(PROBE_TIMEOUT,
                                        ctx.config.settings.server_connect_timeout or PROBE_TIMEOUT))
@@ -179,20 +189,32 @@ def result_rows(result: bytes) -> list[dict[str, Any]]:
     return rows
 
 
-def _listing(builder: Callable[[ClientContext], bytes]
+async def _show(ctx: ClientContext, name: str, builder: Callable[[ClientContext], bytes]
+                ) -> bytes:
+    """A SHOW result of this worker, or of the whole node when there are several."""
+    local = builder(ctx)
+    if ctx.node is None:
+        return local
+    return await ctx.node.show(name, local + be.encode_command_complete("SHOW"))
+
+
+def _listing(name: str, builder: Callable[[ClientContext], bytes]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response(result_rows(builder(_ctx(request))))
+        return web.json_response(result_rows(await _show(_ctx(request), name, builder)))
     return handler
 
 
 # --- actions -------------------------------------------------------------------------
 
-async def _run_command(handler: Callable[[ClientContext, str], commands.Reply],
-                       ctx: ClientContext, database: str) -> web.Response | None:
-    """Run a console command handler; None when it succeeded, else the error response."""
+async def _run_command(name: str, ctx: ClientContext, database: str) -> web.Response | None:
+    """Run a console command (on every worker); None when it succeeded, else the error."""
+    command = commands.COMMANDS[name]
     try:
-        reply = handler(ctx, database)
+        if ctx.node is not None:
+            reply = ctx.node.run(command, database, f"{name} {_quote(database)}")
+        else:
+            reply = command.handler(ctx, database)
         if inspect.isawaitable(reply):
             await reply
     except commands.AdminError as exc:
@@ -201,24 +223,27 @@ async def _run_command(handler: Callable[[ClientContext, str], commands.Reply],
     return None
 
 
-def _action(handler: Callable[[ClientContext, str], commands.Reply], done: str
-            ) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _quote(database: str) -> str:
+    """A database name as one word of the console's grammar (admin/console.py)."""
+    return '"' + database.replace('"', '""') + '"' if database else ""
+
+
+def _action(name: str, done: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A POST route taking an optional ?database=, as the console's PAUSE [db]."""
     async def route(request: web.Request) -> web.Response:
         database = request.query.get("database", "")
-        error = await _run_command(handler, _ctx(request), database)
+        error = await _run_command(name, _ctx(request), database)
         if error is not None:
             return error
         return web.json_response({"status": done, "database": database or None})
     return route
 
 
-def _database_action(handler: Callable[[ClientContext, str], commands.Reply], done: str
-                     ) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _database_action(name: str, done: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A POST route on /databases/{name}/..., as the console's DISABLE db."""
     async def route(request: web.Request) -> web.Response:
         database = request.match_info["name"]
-        error = await _run_command(handler, _ctx(request), database)
+        error = await _run_command(name, _ctx(request), database)
         if error is not None:
             return error
         return web.json_response({"status": done, "database": database})
@@ -226,7 +251,14 @@ def _database_action(handler: Callable[[ClientContext, str], commands.Reply], do
 
 
 async def post_reload(request: web.Request) -> web.Response:
-    reload_config = _ctx(request).reload_config
+    ctx = _ctx(request)
+    if ctx.node is not None:  # every worker re-reads the files
+        try:
+            await ctx.node.run(commands.COMMANDS["RELOAD"], "", "RELOAD")  # type: ignore[misc]
+        except commands.AdminError as exc:
+            return _json_error(409, exc.message)
+        return web.json_response({"status": "reloaded"})
+    reload_config = ctx.reload_config
     if reload_config is None:
         return _json_error(501, "reload is not available in this worker")
     outcome: Any = reload_config()
@@ -247,19 +279,19 @@ def build_app(ctx: ClientContext) -> web.Application:
     """The aiohttp application serving ``ctx``'s metrics and API."""
     app = web.Application(middlewares=[_authorize])
     app[_CTX] = ctx
-    app[_REGISTRY] = metrics_registry(ctx)
+    collector = NodeCollector(ctx) if ctx.node is not None else EcluseCollector(ctx)
+    app[_REGISTRY] = metrics_registry(ctx, collector)
+    app[_COLLECTOR] = collector
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/health", get_health)
-    app.router.add_get("/pools", _listing(show.show_pools))
-    app.router.add_get("/clients", _listing(show.show_clients))
-    app.router.add_get("/servers", _listing(show.show_servers))
-    app.router.add_post("/pause", _action(commands.pause, "paused"))
-    app.router.add_post("/resume", _action(commands.resume, "resumed"))
+    app.router.add_get("/pools", _listing("SHOW POOLS", show.show_pools))
+    app.router.add_get("/clients", _listing("SHOW CLIENTS", show.show_clients))
+    app.router.add_get("/servers", _listing("SHOW SERVERS", show.show_servers))
+    app.router.add_post("/pause", _action("PAUSE", "paused"))
+    app.router.add_post("/resume", _action("RESUME", "resumed"))
     app.router.add_post("/reload", post_reload)
-    app.router.add_post("/databases/{name}/disable", _database_action(commands.disable,
-                                                                      "disabled"))
-    app.router.add_post("/databases/{name}/enable", _database_action(commands.enable,
-                                                                     "enabled"))
+    app.router.add_post("/databases/{name}/disable", _database_action("DISABLE", "disabled"))
+    app.router.add_post("/databases/{name}/enable", _database_action("ENABLE", "enabled"))
     app.router.add_get("/openapi.json", get_openapi)
     return app
 
@@ -284,26 +316,23 @@ class HttpServer:
         await self._runner.cleanup()
 
 
-async def start_http(ctx: ClientContext, address: str, port_offset: int = 0) -> HttpServer:
+async def start_http(ctx: ClientContext, address: str, reuse_port: bool = False) -> HttpServer:
     """Start serving metrics and the API on ``address`` in the running loop.
 
-    With several workers each has its own pools and counters, so each serves
-    its own listener, worker i on the port plus ``port_offset`` = i: one
-    scrape target per worker keeps every counter monotonic, where workers
-    sharing one port would answer scrapes in turn with different counts.
-    Raises OSError when the address cannot be bound, ValueError when it
-    does not parse.
+    With several workers every worker binds the address with ``reuse_port``
+    (SO_REUSEPORT) and answers for the whole node (admin/node.py), so any of
+    them may take a request and the node is one scrape target, during a
+    rolling restart too. Raises OSError when the address cannot be bound,
+    ValueError when it does not parse.
     """
     host, port = parse_listen(address)
-    if port:
-        port += port_offset
     # access_log off: every scrape and health check would log a line. A short
     # shutdown_timeout: the worker's own shutdown has already waited for clients,
     # and a POST /pause still waiting must not hold the exit for a minute.
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False,
                            shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError:

@@ -1,5 +1,9 @@
 """Prometheus metrics: a collector that reads a worker's pools and counters at scrape time.
 
+With several workers the scraped worker adds the others' figures (NodeCollector,
+fetched by admin/node.py): one target for the whole node. The process_* and
+python_* families are the scraped worker's own.
+
 Rules:
 1. Read only, and only when scraped: the hot path increments the plain
    integers of stats/counters.py and never calls prometheus-client
@@ -15,8 +19,9 @@ Rules:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -28,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ecluse.admin.show import visible_clients
 from ecluse.stats.counters import Histogram
 
 if TYPE_CHECKING:
@@ -200,23 +206,84 @@ class EcluseCollector(Collector):
     def _worker_metrics(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "ecluse_client_connections",
-            "Client connections of the worker, logging in or logged in, console included.",
-            value=len(self.ctx.clients))
+            "Client connections, logging in or logged in, console included.",
+            value=len(visible_clients(self.ctx)))
         yield CounterMetricFamily(
             "ecluse_client_login_failures_total", "Client logins that failed.",
             value=self.ctx.login_failures)
         yield GaugeMetricFamily(
-            "ecluse_pools", "Pools of the worker.", value=len(self.ctx.registry.pools))
+            "ecluse_pools", "Pools (each worker of a node has its own).",
+            value=len(self.ctx.registry.pools))
 
 
-def metrics_registry(ctx: ClientContext) -> CollectorRegistry:
+# Node-wide (admin/node.py): the workers' samples are summed, except these
+# families, whose every worker reports the same figure or where the largest is
+# the node's: configured sizes, pause flags, the shared server count, the
+# oldest waiter.
+_NODE_MAX = frozenset({"ecluse_pool_size", "ecluse_pool_paused", "ecluse_database_paused",
+                       "ecluse_database_disabled", "ecluse_database_servers",
+                       "ecluse_pool_max_wait_seconds"})
+
+
+def families_json(ctx: ClientContext) -> str:
+    """This worker's ecluse families as JSON, for another worker to merge (admin/node.py)."""
+    return json.dumps([
+        {"name": m.name, "doc": m.documentation, "type": m.type,
+         "samples": [[s.name, s.labels, s.value] for s in m.samples]}
+        for m in EcluseCollector(ctx).collect()])
+
+
+class NodeCollector(EcluseCollector):
+    """The node's families: this worker's merged with ``remote`` (set before each scrape).
+
+    Summing is exact for counters and histograms; a counter of the node
+    never goes backwards while its workers live, since each worker's does
+    not and node.py keeps using a worker's last answer if it is slow.
+    """
+
+    def __init__(self, ctx: ClientContext):
+        super().__init__(ctx)
+        self.remote: list[list[dict[str, Any]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        values: dict[str, dict[tuple, float]] = {}
+        for family in super().collect():
+            merged[family.name] = Metric(family.name, family.documentation, family.type)
+            values[family.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                                   for s in family.samples}
+        for families in self.remote:
+            for family in families:
+                name = family["name"]
+                if name not in merged:
+                    merged[name] = Metric(name, family["doc"], family["type"])
+                    values[name] = {}
+                into = values[name]
+                pick = max if name in _NODE_MAX else _add
+                for sample, labels, value in family["samples"]:
+                    key = (sample, tuple(sorted(labels.items())))
+                    into[key] = pick(into[key], value) if key in into else value
+        for name, metric in merged.items():
+            for (sample, labels), value in values[name].items():
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+def metrics_registry(ctx: ClientContext, collector: Collector | None = None
+                     ) -> CollectorRegistry:
     """A registry with ecluse's collector and the process and platform collectors.
 
     A registry of its own rather than prometheus-client's global one, so that
     nothing else in the process (or a second worker in tests) adds to it.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EcluseCollector(ctx))
+    if collector is None:
+        collector = NodeCollector(ctx) if ctx.node is not None else EcluseCollector(ctx)
+    registry.register(collector)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

@@ -213,7 +213,7 @@ def show_users(ctx: ClientContext) -> bytes:
 
 def show_lists(ctx: ClientContext) -> bytes:
     pools = list(ctx.registry)
-    clients = [c for c in ctx.clients]
+    clients = visible_clients(ctx)
     login = sum(1 for c in clients if c.state.value in ("login", "auth", "welcome"))
     servers = sum(p.total() - p.launching for p in pools)
     users = set(ctx.config.users) | set(ctx.config.auth) | {p.settings.user for p in pools}
@@ -289,10 +289,16 @@ def _client_row(c: Any, now: float, state: str) -> list[Any]:
     ]
 
 
+def visible_clients(ctx: ClientContext) -> list[Any]:
+    """The worker's clients but the links of other workers of the node (admin/node.py)."""
+    return [c for c in ctx.clients
+            if getattr(c, "console", None) is None or not c.console.local]
+
+
 def show_clients(ctx: ClientContext) -> bytes:
     now = time.monotonic()
     rows = []
-    for c in sorted(ctx.clients, key=lambda c: c.connected_at):
+    for c in sorted(visible_clients(ctx), key=lambda c: c.connected_at):
         state = c.state.value
         if state not in ("idle", "active", "waiting"):
             continue  # PgBouncer lists logged-in clients only

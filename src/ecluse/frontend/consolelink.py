@@ -19,7 +19,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from ecluse.admin.console import AdminConsole, may_log_in, welcome_parameters
+from ecluse.admin.node import INTERNAL_USER
 from ecluse.auth.hba import CERT
+from ecluse.auth.methods import AuthOutcome
 from ecluse.errors import ClientRefused, RemoteProtocolError
 from ecluse.frontend import authn
 from ecluse.frontend.states import ClientState
@@ -28,7 +30,6 @@ from ecluse.protocol import codes
 from ecluse.protocol.startup import unsupported_protocol_options
 
 if TYPE_CHECKING:
-    from ecluse.auth.methods import AuthOutcome
     from ecluse.protocol.messages import StartupMessage
 
 log = logging.getLogger("ecluse.client")  # the session's logger: same lines as before
@@ -40,12 +41,23 @@ _CONSOLE_MESSAGE_MAX = 1 << 20
 class ConsoleLink:
     """FrontendSession's admin console methods (mixin; needs the session's attributes)."""
 
+    __slots__ = ()  # FrontendSession declares every attribute (its __slots__)
+
+    # True for sessions accepted on the worker's control socket (worker.py), in
+    # the node's private directory: another worker asking (admin/node.py).
+    control_link: bool = False
+
     def _start_console_login(self, msg: StartupMessage) -> None:
         """Authenticate a client of the admin console as any client; no pool, no server."""
         self._set_state(ClientState.AUTH)
         if msg.minor > 0 or unsupported_protocol_options(msg.params):
             self.transport.write(be.encode_negotiate_protocol_version(
                 codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
+        if self.control_link and self.user == INTERNAL_USER and self.ctx.node is not None:
+            # Only ecluse can reach the control socket: no password to ask.
+            self.console = AdminConsole(self.ctx, self.user, local=True)
+            self._auth_done(AuthOutcome("trust"))
+            return
         self.console = AdminConsole(self.ctx, self.user)
         cfg = self.ctx.config
         method = authn.choose_method(cfg, cfg.hba, authn.client_address(self.transport),
@@ -60,7 +72,7 @@ class ConsoleLink:
         self._secret = None
         # Checked only after authentication, as PgBouncer: a wrong password must
         # not learn whether the user is listed.
-        if not may_log_in(self.ctx.config.settings, self.user):
+        if not self.console.local and not may_log_in(self.ctx.config.settings, self.user):
             raise ClientRefused("not allowed", sqlstate="28000")
         out = [outcome.final_message, be.encode_authentication_ok()]
         out += [be.encode_parameter_status(k, v)
@@ -76,7 +88,7 @@ class ConsoleLink:
         self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(ClientState.WELCOME)
         self._set_state(ClientState.IDLE)
-        if self.ctx.config.settings.log_connections:
+        if self.ctx.config.settings.log_connections and not self.console.local:
             log.info("%s login ok (admin console)", self._describe())
 
     def _on_console_pieces(self, pieces) -> None:

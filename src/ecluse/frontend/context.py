@@ -19,6 +19,7 @@ from ecluse.frontend.cancelkeys import make_key, owner
 from ecluse.pool.registry import PoolRegistry
 
 if TYPE_CHECKING:
+    from ecluse.admin.node import Node
     from ecluse.frontend.session import FrontendSession
 
 
@@ -59,6 +60,9 @@ class ClientContext:
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
     # (stats/period.py), refreshed by the worker.
     stats_averages: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Set by the worker when the node has several workers: how the console,
+    # metrics and HTTP API answer for all of them (admin/node.py).
+    node: Node | None = None
 
     def admit(self, database: str, user: str, db_limit: int, user_limit: int) -> str | None:
         """Count a client in, or return the name of the limit it would exceed."""

@@ -54,6 +54,7 @@ from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
 
 _HEADER = struct.Struct("!BI")
+_QUERY = codes.FE_QUERY
 _PARSE_COMPLETE = be.encode_parse_complete()
 _CLOSE_COMPLETE = be.encode_close_complete()
 _STATUS_FAILED = ord("E")
@@ -214,14 +215,21 @@ class StatementRewriter:
                     self._drop_rest = not end
                     continue
                 self._skip_to_sync = False
-            if msg_type == codes.FE_QUERY and self.sql_hook is not None and start:
-                # Text too long to hold whole is passed as None: the hook must assume
-                # the worst about it.
-                fake = self.sql_hook(codes.FE_QUERY, bytes(raw[5:-1]) if end else None, False)
-                if fake is not None:
-                    self.replies.add(rq.QUERY, rq.FAKE, fake)
-                    continue
-            elif msg_type == codes.FE_PARSE and self.sql_hook is not None and start:
+            if msg_type == _QUERY:
+                if self.sql_hook is not None:
+                    # Text too long to hold whole is passed as None: the hook must assume
+                    # the worst about it.
+                    fake = self.sql_hook(_QUERY, bytes(raw[5:-1]) if end else None, False)
+                    if fake is not None:
+                        self.replies.add(rq.QUERY, rq.FAKE, fake)
+                        continue
+                # The common request, on its own path: it names no statement.
+                out.append(raw)
+                tracker.on_client_message(_QUERY)
+                # Skipped only after an error earlier in an unsynced batch.
+                self.replies.add(rq.QUERY, undo=lambda _err: tracker.query_skipped())
+                continue
+            if msg_type == codes.FE_PARSE and self.sql_hook is not None and start:
                 if end:
                     name_end = _cstr_end(raw, 5, "Parse")
                     text = bytes(raw[name_end + 1:])

@@ -32,6 +32,8 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from ecluse.admin.commands import on_console_left
 from ecluse.admin.console import AdminConsole, is_admin_database
@@ -80,6 +82,15 @@ from ecluse.stats.counters import PoolStats
 
 log = logging.getLogger("ecluse.client")
 
+# States as module constants: an Enum member lookup costs ten times a global.
+_LOGIN = ClientState.LOGIN
+_AUTH = ClientState.AUTH
+_WELCOME = ClientState.WELCOME
+_IDLE = ClientState.IDLE
+_WAITING = ClientState.WAITING
+_LINKED = ClientState.LINKED
+_CLOSED = ClientState.CLOSED
+
 _X = codes.FE_TERMINATE
 _P = codes.FE_PARSE
 _STRAY_WHEN_IDLE = frozenset({codes.FE_COPY_DATA, codes.FE_COPY_DONE, codes.FE_COPY_FAIL,
@@ -90,15 +101,30 @@ _REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRI
                               codes.FE_CLOSE, codes.FE_QUERY})
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
+_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
 class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
+    # One per client, idle ones included (100,000 of them on a node): slots instead
+    # of a __dict__ keep an idle session small. Every attribute of the session and
+    # of its mixins is declared here.
+    __slots__ = (
+        "_admitted", "_always_probe", "_auth", "_console_backlog", "_custom_names",
+        "_custom_unknown", "_framer", "_harmless_sql", "_hub_waits", "_inbuf", "_listening",
+        "_login_timer", "_looked_up", "_notify_backlog", "_pending", "_pending_bytes",
+        "_probing", "_reading_paused", "_rewriter", "_secret", "_suspect", "_suspended",
+        "_tls_context", "_tls_early", "_tls_task", "_write_paused", "cancel_pid",
+        "cancel_secret", "connected_at", "console", "control_link", "ctx", "database", "id",
+        "last_activity", "params", "peer", "pinned", "pool", "request_started", "server",
+        "session_settings", "state", "tls", "transport", "user", "xact_started")
+
     def __init__(self, ctx: ClientContext):
+        self.control_link = False  # set by worker.py for its control socket's sessions
         self.ctx = ctx
-        self.state = ClientState.LOGIN
+        self.state = _LOGIN
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.user = ""
@@ -114,14 +140,16 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         self.xact_started = 0.0  # first request of the open transaction, for xact_time
         self.id = next(ctx.client_ids)  # SHOW CLIENTS' id, KILL_CLIENT's argument
         settings = ctx.config.settings
-        self._inbuf = bytearray()  # startup phase only
+        self._inbuf: bytearray | None = bytearray()  # LOGIN only; dropped after it
         self._framer = Framer(codes.FRONTEND_TYPES, codes.FRONTEND_TYPES,
                               settings.max_packet_size,
                               inspect_max=settings.max_startup_packet_size, side="client")
         self._auth = None
         self._secret: str | None = None  # the client's stored secret, during AUTH only
         self._looked_up = False  # that secret came from auth_query
-        self._pending: list = []  # pieces received while no server is linked
+        # Pieces received while no server is linked; () when none, so that an idle
+        # client holds no empty list.
+        self._pending: list | tuple = ()
         self._pending_bytes = 0
         self._write_paused = False
         self._reading_paused = False
@@ -136,19 +164,23 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         self._rewriter: StatementRewriter | None = None
         self._admitted = False  # counted in ctx's per-database/per-user client limits
         # Session state in transaction/statement mode (see _on_sql and _start_probe).
-        self.session_settings: dict[str, str] = {}  # SET by the client, replayed on link
+        # SET by the client, replayed on link; replaced whole by each probe, never
+        # changed in place, so every client without any shares one empty mapping.
+        self.session_settings: Mapping[str, str] = _NO_SETTINGS
         self.pinned: list[str] | None = None  # why the client keeps its server
         self._suspect = False  # SQL since the link may have left session state
         self._always_probe = False  # it prepared such a statement: any transaction may
         self._probing = False
         # Custom settings (app.tenant) are not in pg_settings: the probe asks for the
         # names seen in the client's SQL; one it cannot name pins the client.
-        self._custom_names: set[str] = set()
+        self._custom_names: set[str] | None = None  # made on first use
         self._custom_unknown = False
+        # The last Query text _answer_idle_sql found harmless (statekeeping.py).
+        self._harmless_sql: bytes | None = None
         # LISTEN through the pool's hub (transaction/statement mode).
         self._listening = False
         self._hub_waits = 0  # LISTEN statements waiting for the hub
-        self._notify_backlog: list[bytes] = []
+        self._notify_backlog: list[bytes] | tuple = ()  # a list once one is held
         # Admin console (admin/console.py): set for the pgbouncer/ecluse databases.
         self.console: AdminConsole | None = None
         self._console_backlog: list | None = None  # pieces held while a reply is awaited
@@ -187,13 +219,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             if self._tls_task is not None:
                 self._on_tls_setup_data(data)
                 return
-            if self.state is ClientState.LOGIN:
+            if self.state is _LOGIN:
                 self._on_startup_data(data)
                 return
             pieces = self._framer.feed(data)
-            if self.state is ClientState.AUTH:
+            if self.state is _AUTH:
                 self._on_auth_pieces(pieces)
-            elif self.server is not None and self.state is ClientState.LINKED \
+            elif self.server is not None and self.state is _LINKED \
                     and not self._probing:
                 self._forward(pieces)
             else:
@@ -210,8 +242,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is not ClientState.CLOSED:
-            if self.state in (ClientState.IDLE, ClientState.WAITING, ClientState.LINKED) and \
+        if self.state is not _CLOSED:
+            if self.state in (_IDLE, _WAITING, _LINKED) and \
                     self.ctx.config.settings.log_disconnections:
                 log.info("%s closed the connection", self._describe())
             self._cleanup()
@@ -231,7 +263,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         buf = self._inbuf
         buf += data
         limit = self.ctx.config.settings.max_startup_packet_size
-        while self.state is ClientState.LOGIN:
+        while self.state is _LOGIN:
             length = startup_packet_length(buf, limit)
             if length is None or len(buf) < length:
                 return
@@ -255,9 +287,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
                 return
             else:
                 self._on_startup_message(msg)
+        self._inbuf = None  # the startup phase is over
         if buf:  # bytes after StartupMessage: the client's first password reply
             rest = bytes(buf)
-            buf.clear()
             self._on_auth_pieces(self._framer.feed(rest))
 
     def _on_startup_message(self, msg: StartupMessage) -> None:
@@ -292,7 +324,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         self._admitted = True
         if "application_name" in self.params and settings.application_name_add_host:
             self.params["application_name"] += f" - {self.peer}"
-        self._set_state(ClientState.AUTH)
+        self._set_state(_AUTH)
         if msg.minor > 0 or unsupported_protocol_options(msg.params):
             self.transport.write(be.encode_negotiate_protocol_version(
                 codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
@@ -320,14 +352,14 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         try:
             secret = await self.ctx.auth_cache.lookup(target, self.user, authn.run_auth_query)
         except AuthLookupFailed as exc:
-            if self.state is ClientState.AUTH:
+            if self.state is _AUTH:
                 log.warning("%s auth_query as %s in %s failed: %s", self._describe(),
                             target.auth_user, target.dbname, exc.message)
                 self.fatal(ClientRefused(
                     f'authentication lookup failed for user "{self.user}": {exc.message}',
                     sqlstate=exc.sqlstate))
             return
-        if self.state is not ClientState.AUTH:
+        if self.state is not _AUTH:
             return  # the client left (or timed out) meanwhile
         self.resume_client_reading()
         try:
@@ -362,12 +394,12 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
         self.transport.write(outcome.final_message + be.encode_authentication_ok())
         self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
-        self._set_state(ClientState.WELCOME)
+        self._set_state(_WELCOME)
         self._start_welcome()
 
     def _on_auth_pieces(self, pieces) -> None:
         for i, (msg_type, raw, _start, _end) in enumerate(pieces):
-            if self.state is not ClientState.AUTH:
+            if self.state is not _AUTH:
                 rest = pieces[i:]
                 if any(start and t == codes.FE_PASSWORD for t, _r, start, _e in rest):
                     raise RemoteProtocolError("invalid frontend message type 'p' after login")
@@ -416,30 +448,30 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        self._set_state(ClientState.IDLE)
+        self._set_state(_IDLE)
         self.pool.stats.client_connect_count += 1
         if self.ctx.config.settings.log_connections:
             log.info("%s login ok (pool_mode=%s)", self._describe(), self.pool.settings.mode)
         if self._pending:
-            pieces, self._pending = self._pending, []
+            pieces, self._pending = self._pending, ()
             self._pending_bytes = 0
             self._queue_pieces(pieces)
 
     def _on_login_timeout(self) -> None:
         self._login_timer = None
-        if self.state in (ClientState.LOGIN, ClientState.AUTH, ClientState.WELCOME):
+        if self.state in (_LOGIN, _AUTH, _WELCOME):
             self.fatal(ClientRefused("client_login_timeout (server down or wrong password?)",
                                      sqlstate="08P01"))
 
     # --- requests while no server is linked ------------------------------------
     def _queue_pieces(self, pieces) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is _CLOSED:
             return  # e.g. refused during the welcome, with more bytes of its batch left
         if self.console is not None:
             self._on_console_pieces(pieces)
             return
-        if self.state in (ClientState.WAITING, ClientState.WELCOME) or self._probing or \
-                self._hub_waits or (self.state is ClientState.LINKED and self.server is None):
+        if self.state in (_WAITING, _WELCOME) or self._probing or \
+                self._hub_waits or (self.state is _LINKED and self.server is None):
             self._buffer(pieces)
             return
         # IDLE: drop what needs no server; Terminate ends the session.
@@ -469,8 +501,14 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         self._acquire()
 
     def _buffer(self, pieces) -> None:
-        self._pending.extend(pieces)
-        self._pending_bytes += sum(len(p[1]) for p in pieces)
+        if self._pending:
+            self._pending.extend(pieces)
+        else:
+            self._pending = list(pieces)
+        size = 0
+        for piece in pieces:
+            size += len(piece[1])
+        self._pending_bytes += size
         if self._pending_bytes > _PENDING_LIMIT and not self._reading_paused:
             self.pause_client_reading()
 
@@ -479,7 +517,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if self.ctx.shutting_down:
             self.fatal(ClientRefused("pooler is shutting down", sqlstate="57P01"))
             return
-        self._set_state(ClientState.WAITING)
+        self._set_state(_WAITING)
         server = self.pool.acquire(self)
         if server is not None:
             self.on_server_assigned(server)
@@ -487,11 +525,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     # --- WaitingClient interface (called by the pool) ------------------------
     def on_server_assigned(self, server: ServerConnection) -> None:
         assert self.pool is not None
-        if self.state is ClientState.WELCOME:
+        if self.state is _WELCOME:
             self.pool.release(server, reset=False)
             self._finish_welcome()
             return
-        if self.state is ClientState.CLOSED:
+        if self.state is _CLOSED:
             self.pool.release(server, reset=False)
             return
         self.server = server
@@ -499,13 +537,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         rewriter = self._rewriter
         if rewriter is not None:
             rewriter.replies.reset()
+            rewriter.replies.on_statements_dropped = self._on_statements_dropped
             server.replies = rewriter.replies
-
-            def statements_dropped() -> None:
-                server.prepared.clear()
-                rewriter.forget_all()
-
-            rewriter.replies.on_statements_dropped = statements_dropped
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
         sync = build_sync_query(self.params, server.params)
@@ -514,14 +547,14 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             if extra is not None:
                 sync = extra if sync is None else f"{sync};{extra}"
         if sync is None:
-            self._set_state(ClientState.LINKED)
+            self._set_state(_LINKED)
             self._flush_pending()
         else:
             # Stay WAITING (client bytes keep queueing) until the SETs are done.
             server.run_internal(sync, lambda err: self._on_params_synced(server, err))
 
     def _on_params_synced(self, server: ServerConnection, error) -> None:
-        if self.server is not server or self.state is not ClientState.WAITING:
+        if self.server is not server or self.state is not _WAITING:
             return
         if error is not None:
             self.fatal(ClientRefused(error.message, sqlstate=error.sqlstate))
@@ -531,17 +564,25 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         else:
             server.params.pop("search_path", None)
         server.session_settings = dict(self.session_settings)
-        self._set_state(ClientState.LINKED)
+        self._set_state(_LINKED)
         self._flush_pending()
 
+    def _on_statements_dropped(self) -> None:
+        """The linked server ran DEALLOCATE ALL or DISCARD ALL: its statements are gone,
+        and so are the client's (the ReplyQueue calls this only while linked)."""
+        if self.server is not None:
+            self.server.prepared.clear()
+        if self._rewriter is not None:
+            self._rewriter.forget_all()
+
     def on_wait_failed(self, error: Exception) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is _CLOSED:
             return
         log.warning("%s gave up waiting for a server: %s", self._describe(), error)
         self.fatal(error)
 
     def _flush_pending(self) -> None:
-        pieces, self._pending = self._pending, []
+        pieces, self._pending = self._pending, ()
         self._pending_bytes = 0
         if self._reading_paused:
             self.resume_client_reading()
@@ -664,8 +705,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if self.server is not server:
             return
         self.server = None
-        if self.state is ClientState.LINKED:
-            self.state = ClientState.IDLE
+        if self.state is _LINKED:
+            self.state = _IDLE
         msg = error.message if isinstance(error, EcluseError) else str(error)
         log.warning("%s lost its server %s: %s", self._describe(), server, msg)
         self.fatal(EcluseError(f"server conn crashed? {msg}", sqlstate="08006"))
@@ -684,7 +725,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
 
     def suspend_reading(self) -> None:
         """Stop reading this client for SUSPEND, apart from any other pause."""
-        if self.transport is None or self._suspended or self.state is ClientState.CLOSED:
+        if self.transport is None or self._suspended or self.state is _CLOSED:
             return
         self._suspended = True
         if not self._reading_paused:
@@ -696,14 +737,18 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             return
         self._suspended = False
         if self.transport is not None and not self._reading_paused \
-                and self.state is not ClientState.CLOSED:
+                and self.state is not _CLOSED:
             self.transport.resume_reading()
 
     def _unlink(self) -> None:
         server, self.server = self.server, None
         if server is not None:
             server.unlink()
-        self._set_state(ClientState.IDLE)
+        if self._rewriter is not None:
+            replies = self._rewriter.replies
+            replies.reset()  # its queue, until the next link
+            replies.on_statements_dropped = None
+        self._set_state(_IDLE)
 
     # --- TLS -----------------------------------------------------------------------
     def _start_tls_task(self, coro) -> None:
@@ -751,7 +796,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             return
         self._tls_task = None
         early, self._tls_early = self._tls_early, None
-        if self.state is ClientState.CLOSED:
+        if self.state is _CLOSED:
             tls.abort()
             return
         self.transport = tls
@@ -772,7 +817,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         """A CancelRequest arrived on this new connection: route it, then close."""
         self.ctx.deliver_cancel(msg.process_id, msg.secret)
         # PostgreSQL answers a cancel with nothing, whether the key matched or not.
-        self.state = ClientState.CLOSED
+        self.state = _CLOSED
         self.ctx.clients.discard(self)
         self.transport.close()
 
@@ -782,7 +827,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if server is not None:
             if not server.tracker.is_done():
                 self._cancel_on(server)
-        elif self.state is ClientState.WAITING and self.pool is not None \
+        elif self.state is _WAITING and self.pool is not None \
                 and self.pool.cancel_wait(self):
             self._fail_pending("canceling statement due to user request", "57014")
 
@@ -806,7 +851,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
 
     def _fail_pending(self, message: str, sqlstate: str) -> None:
         """Answer the buffered requests with one error per sync point, as a server would."""
-        pieces, self._pending = self._pending, []
+        pieces, self._pending = self._pending, ()
         self._pending_bytes = 0
         syncs = sum(1 for t, _r, start, _e in pieces
                     if start and t in (codes.FE_QUERY, codes.FE_SYNC, codes.FE_FUNCTION_CALL))
@@ -816,7 +861,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             self.pool.stats.add_error("pooler", sqlstate)
         if syncs:
             self._log_pooler_error(message, sqlstate)
-        self._set_state(ClientState.IDLE)
+        self._set_state(_IDLE)
         if self._reading_paused:
             self.resume_client_reading()
         if syncs:
@@ -825,7 +870,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     # --- closing -------------------------------------------------------------------
     def fatal(self, error: Exception) -> None:
         """Send a FATAL ErrorResponse and close this client."""
-        if self.state is ClientState.CLOSED or self.transport is None:
+        if self.state is _CLOSED or self.transport is None:
             return
         if self._tls_task is not None:  # no cleartext reply in the middle of a handshake
             self.close()
@@ -848,7 +893,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
                                "user": self.user, "sqlstate": sqlstate})
 
     def close(self) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is _CLOSED:
             return
         self._cleanup()
         if self.transport is not None:
@@ -857,7 +902,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     def _cleanup(self) -> None:
         """Give back whatever this session held; idempotent."""
         was = self.state
-        self.state = ClientState.CLOSED
+        self.state = _CLOSED
         self.ctx.clients.discard(self)
         if self.console is not None:
             on_console_left(self.ctx)
@@ -872,7 +917,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if self._tls_task is not None:
             self._tls_task.cancel()
             self._tls_task = None
-        if was is ClientState.WAITING and self.pool is not None:
+        if was is _WAITING and self.pool is not None:
             self.pool.cancel_wait(self)
         if self._listening and self.pool is not None:
             self.pool.listen_hub().unsubscribe_all(self)

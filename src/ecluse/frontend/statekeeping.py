@@ -43,16 +43,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("ecluse.client")
 
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED_PARAMETERS)
+# Longest SQL text remembered as scanned and harmless (see _answer_idle_sql).
+_HARMLESS_CACHE_MAX = 8192
 
 
 class SessionStateKeeping:
     """FrontendSession's handling of session state, DEALLOCATE and LISTEN."""
+
+    __slots__ = ()
 
     def _on_sql(self, kind: int, sql: bytes | None, named: bool) -> Fake | None:
         """Rewriter hook: the text of each Query and Parse sent to a server."""
         if sql is None:
             self._suspect = True  # too long to scan: assume the worst
             return None
+        harmless, self._harmless_sql = self._harmless_sql, None
+        if harmless is not None and sql == harmless:
+            return None  # _answer_idle_sql just scanned this very text
         text = sql.decode("utf-8", "replace")
         if not may_leave_session_state(text):
             return None
@@ -61,6 +68,8 @@ class SessionStateKeeping:
         if custom is None:
             self._custom_unknown = True
         else:
+            if self._custom_names is None:
+                self._custom_names = set()
             self._custom_names.update(custom)
         if kind == codes.FE_PARSE:
             # A named statement can run again in any later transaction.
@@ -109,8 +118,12 @@ class SessionStateKeeping:
         msg_type, raw, is_start, end = pieces[start]
         if msg_type != codes.FE_QUERY or not (is_start and end):
             return False
-        text = bytes(raw[5:-1]).decode("utf-8", "replace")
+        sql = bytes(raw[5:-1])
+        text = sql.decode("utf-8", "replace")
         if not may_leave_session_state(text):
+            if len(sql) <= _HARMLESS_CACHE_MAX:
+                # The rewriter's hook sees the same text next: spare it a second scan.
+                self._harmless_sql = sql
             return False
         intercept = parse_intercept(text)
         if intercept is None:
@@ -172,7 +185,7 @@ class SessionStateKeeping:
             else:
                 self._write_completion(intercept)
             if self._pending and not self._hub_waits:
-                pieces, self._pending = self._pending, []
+                pieces, self._pending = self._pending, ()
                 self._pending_bytes = 0
                 if self._reading_paused:
                     self.resume_client_reading()
@@ -201,17 +214,23 @@ class SessionStateKeeping:
             server is not None and not (server.tracker.is_done() and server.relay_at_boundary))
         if busy:
             # Mid-reply: a notification must not cut into the server's messages.
-            self._notify_backlog.append(raw)
+            self._hold_notification(raw)
         else:
             self.transport.write(raw)
 
     def on_server_notification(self, raw: bytes) -> None:
         """ServerLink: a notification that arrived during one of ecluse's own queries."""
         if self.transport is not None and self.state is not ClientState.CLOSED:
+            self._hold_notification(raw)
+
+    def _hold_notification(self, raw: bytes) -> None:
+        if self._notify_backlog:
             self._notify_backlog.append(raw)
+        else:
+            self._notify_backlog = [raw]
 
     def _flush_notifications(self) -> None:
-        backlog, self._notify_backlog = self._notify_backlog, []
+        backlog, self._notify_backlog = self._notify_backlog, ()
         if self.transport is not None:
             self.transport.write(b"".join(backlog))
 
@@ -224,7 +243,9 @@ class SessionStateKeeping:
         """
         self._probing = True
         rows: list = []
-        names = self._custom_names.union(n for n in server.session_settings if "." in n)
+        names = {n for n in server.session_settings if "." in n}
+        if self._custom_names:
+            names |= self._custom_names
         server.run_internal(build_probe_sql(names),
                             lambda err: self._on_probe(server, rows, err), rows)
 
@@ -255,7 +276,7 @@ class SessionStateKeeping:
             return
         self._release_server(server)
         if self._pending and self.state is ClientState.IDLE:
-            pieces, self._pending = self._pending, []
+            pieces, self._pending = self._pending, ()
             self._pending_bytes = 0
             if self._reading_paused:
                 self.resume_client_reading()

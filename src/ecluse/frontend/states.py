@@ -11,6 +11,10 @@ import enum
 
 
 class ClientState(enum.Enum):
+    # Enum's own __hash__ is Python code (hash of the name); members are singletons,
+    # so identity hashing is equivalent and keeps TRANSITIONS lookups in C.
+    __hash__ = object.__hash__
+
     LOGIN = "login"
     AUTH = "auth"
     WELCOME = "welcome"

@@ -13,7 +13,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -35,6 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ecluse.pool")
 
+# Server states as module constants for _set_state, which runs twice per transaction.
+_S_IDLE = ServerState.IDLE
+_S_ACTIVE = ServerState.ACTIVE
+_S_USED = ServerState.USED
+_S_TESTED = ServerState.TESTED
+_S_LOGIN = ServerState.LOGIN
 _RETRY = 0.02  # seconds between launch attempts while other workers hold the slots
 
 
@@ -90,6 +95,9 @@ class Pool:
         self.key = ("pool", settings.database, settings.user)  # in the node-wide counts
         self._wanted_published = 0  # waiting clients last told to the other workers
         self._retry: asyncio.TimerHandle | None = None
+        self._node_full_until = 0.0  # node-wide counts said full; trusted until then
+        # (config, [(key, limit)]) of max_db/max_user_connections, built by the registry.
+        self.cross_limits: tuple[object, list] | None = None
         self.retired = False  # replaced by a reload: no new client, closed once unused
         self.client_user = settings.user  # whose [users] entry sized it (registry sets it)
         self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
@@ -122,8 +130,19 @@ class Pool:
 
     def can_launch(self) -> bool:
         limit = self._limit()
-        return (not self.closed and not self._backing_off() and self.total() < limit
-                and self.registry.may_launch(self, limit))
+        if self.closed or self._backing_off() or self.total() >= limit:
+            return False
+        if self.registry.shared:
+            # Reading the node-wide counts costs more than a transaction's relay:
+            # once they said "full", believe it until the next retry is due.
+            now = time.monotonic()
+            if now < self._node_full_until:
+                return False
+            if not self.registry.may_launch(self, limit):
+                self._node_full_until = now + _RETRY
+                return False
+            return True
+        return self.registry.may_launch(self, limit)
 
     def _backing_off(self) -> bool:
         """True while the last launch failed less than server_login_retry ago."""
@@ -138,23 +157,24 @@ class Pool:
     # --- state changes -----------------------------------------------------
     def _set_state(self, server: ServerConnection, state: ServerState) -> None:
         old = server.state
-        if old is ServerState.IDLE:
-            with contextlib.suppress(ValueError):
+        if old is _S_IDLE:
+            # Not contextlib.suppress: a context manager per call, twice per transaction.
+            if server in self.idle:
                 self.idle.remove(server)
-        elif old is ServerState.ACTIVE:
+        elif old is _S_ACTIVE:
             self.active.discard(server)
-        elif old in (ServerState.USED, ServerState.TESTED):
+        elif old in (_S_USED, _S_TESTED):
             self.used.discard(server)
-        elif old is ServerState.LOGIN:
+        elif old is _S_LOGIN:
             self.login.discard(server)
         server.state = state
-        if state is ServerState.IDLE:
+        if state is _S_IDLE:
             self.idle.append(server)
-        elif state is ServerState.ACTIVE:
+        elif state is _S_ACTIVE:
             self.active.add(server)
-        elif state in (ServerState.USED, ServerState.TESTED):
+        elif state in (_S_USED, _S_TESTED):
             self.used.add(server)
-        elif state is ServerState.LOGIN:
+        elif state is _S_LOGIN:
             self.login.add(server)
 
     # --- acquire -----------------------------------------------------------
@@ -167,8 +187,9 @@ class Pool:
             server = self._take_idle()
             if server is not None:
                 self._set_state(server, ServerState.ACTIVE)
-                self.stats.server_assignment_count += 1
-                self.stats.wait_seconds.observe(0.0)
+                stats = self.stats
+                stats.server_assignment_count += 1
+                stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
                 return server
         if self.login_failing():
             client.on_wait_failed(self._login_error())
@@ -202,13 +223,15 @@ class Pool:
     def _take_idle(self) -> ServerConnection | None:
         """Pop a usable idle server (most recently used first), closing stale ones."""
         s = self.settings
+        now = time.monotonic()  # once: this runs at every transaction's start
         while self.idle:
             server = self.idle[-1]
-            if server.is_closed() or (s.server_lifetime > 0 and server.age() > s.server_lifetime):
+            if server.is_closed() or (s.server_lifetime > 0 and
+                                      now - server.created_at > s.server_lifetime):
                 self._set_state(server, ServerState.USED)
                 server.close()
                 continue
-            if s.server_check_delay == 0 or server.idle_for() < s.server_check_delay \
+            if s.server_check_delay == 0 or now - server.last_used < s.server_check_delay \
                     or not s.server_check_query:
                 return server
             # Idle too long: prove it alive with server_check_query first.
@@ -228,6 +251,11 @@ class Pool:
     def _dispatch(self) -> None:
         """Give idle servers to waiters; launch new servers if waiters remain."""
         if self.paused:
+            return
+        if not self.waiters:
+            # Nobody waits (every release in steady state): nothing to hand out or launch.
+            if self.registry.shared:
+                self._publish_wanted()
             return
         while self.waiters:
             server = self._take_idle()
@@ -255,12 +283,20 @@ class Pool:
         """Tell the other workers how many clients wait here, and retry soon while
         the node-wide limit (not this pool's own) keeps them waiting."""
         waiting = len(self.waiters)
-        if waiting != self._wanted_published:
+        published = self._wanted_published
+        # Published under a lock: only when it matters to a lender (none / more /
+        # far fewer), not at every acquire and release.
+        if (waiting == 0) != (published == 0) or waiting > published or waiting * 2 < published:
             self._wanted_published = waiting
             self.registry.counts.set_wanted(self.key, waiting)
         if waiting and self._retry is None and not self.paused and \
                 self.total() < self._limit() and not self.can_launch():
             self._retry = asyncio.get_running_loop().call_later(_RETRY, self._retry_launch)
+
+    def _above_fair_share(self) -> bool:
+        """True when this worker holds more than pool_size / workers of this pool."""
+        workers = self.registry.counts.node_workers
+        return self.total() * workers > self.settings.pool_size
 
     def _retry_launch(self) -> None:
         self._retry = None
@@ -276,9 +312,11 @@ class Pool:
         if server.state is ServerState.CLOSED:
             return
         s = self.settings
-        if server.tracker.status != STATUS_IDLE or not server.tracker.is_done() \
+        tracker = server.tracker
+        if tracker.status != STATUS_IDLE or not tracker.is_done() \
                 or server.in_internal() or server.close_when_released or self.closed \
-                or (s.server_lifetime > 0 and server.age() > s.server_lifetime) \
+                or (s.server_lifetime > 0 and
+                    time.monotonic() - server.created_at > s.server_lifetime) \
                 or self.total() > s.pool_size + s.reserve_pool:  # a reload shrank it
             self._set_state(server, ServerState.USED)
             server.close()
@@ -293,7 +331,7 @@ class Pool:
             server.run_internal(s.server_reset_query,
                                 lambda err, srv=server: self._on_reset(srv, err))
             return
-        if not self.waiters and self.registry.shared and \
+        if not self.waiters and self.registry.shared and self._above_fair_share() and \
                 self.registry.counts.wanted_elsewhere(self.key):
             # Another worker's clients wait for this pool's node-wide slots: lend it.
             self._set_state(server, ServerState.USED)
@@ -473,6 +511,8 @@ class Pool:
             # Clients of other workers wait for this pool's node-wide slots while
             # ours sit idle: lend them (a release lends too, but idle ones never release).
             for _ in range(min(len(self.idle), self.registry.counts.wanted_elsewhere(self.key))):
+                if not self._above_fair_share():
+                    break
                 server = self.idle[0]
                 self._set_state(server, ServerState.USED)
                 server.close()

@@ -181,15 +181,17 @@ class PoolRegistry:
 
     # --- cross-pool limits ---------------------------------------------------
     def _limits(self, pool: Pool, pool_limit: int) -> list[tuple[Key, int]]:
-        cfg = self.config
-        name, user = pool.settings.database, pool.settings.user
-        db = cfg.database(name)
-        limits: list[tuple[Key, int]] = [
-            (("db", name), cfg.max_db_connections_for(db) if db is not None else 0),
-            (("user", user), cfg.max_user_connections_for(user))]
+        cached = pool.cross_limits
+        if cached is None or cached[0] is not self.config:
+            cfg = self.config
+            name, user = pool.settings.database, pool.settings.user
+            db = cfg.database(name)  # a copy for a "*" database: worth caching
+            cached = pool.cross_limits = (cfg, [
+                (("db", name), cfg.max_db_connections_for(db) if db is not None else 0),
+                (("user", user), cfg.max_user_connections_for(user))])
         if pool_limit:
-            limits.append((("pool", name, user), pool_limit))
-        return limits
+            return [*cached[1], (pool.key, pool_limit)]
+        return cached[1]
 
     def may_launch(self, pool: Pool, pool_limit: int = 0) -> bool:
         """Whether one more server fits every limit (node-wide with several workers)."""

@@ -7,9 +7,11 @@ column per worker, so that:
 - a launch is checked against the sum over workers and counted in one step
   under one lock (no two workers can both take the last slot);
 - a worker whose pool is full node-wide while it has clients waiting says so
-  (``wanted``); a worker releasing a server with nobody waiting locally closes
-  it instead of keeping it idle, so the slot goes where the clients are. This
-  is how an idle worker's share is lent to a busy one;
+  (``wanted``); a worker holding more than its fair share (the limit over
+  the number of workers) closes a server it releases or has idle instead of
+  keeping it, so the slot goes where the clients are. This is how an idle
+  worker's share is lent to a busy one, without servers bouncing between
+  workers that are all busy;
 - the supervisor zeroes the column of a worker that died, whose servers died
   with it.
 
@@ -40,6 +42,7 @@ class LocalCounts:
     """One worker: the counts are this process's alone."""
 
     worker = 0
+    node_workers = 1
 
     def __init__(self) -> None:
         self._counts: Counter[Key] = Counter()
@@ -69,8 +72,9 @@ class LocalCounts:
 class SharedCounts:
     """Several workers: per-worker columns in shared memory, read and written under a lock."""
 
-    def __init__(self, workers: int, slots: int = _SLOTS):
-        self.workers = workers
+    def __init__(self, workers: int, slots: int = _SLOTS, node_workers: int | None = None):
+        self.workers = workers  # columns: worker slots, two generations during a roll-over
+        self.node_workers = node_workers or workers  # workers serving at once
         self.worker = 0  # set in each worker process after fork (set_worker)
         self._slots = slots
         # Row: key hash, then servers per worker, then waiting clients per worker.

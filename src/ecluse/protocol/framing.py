@@ -63,12 +63,25 @@ class Framer:
             self._inspect_max = min(inspect_max, self._max_len)
 
     @property
+    def holds_partial(self) -> bool:
+        """True when bytes of a partial header or inspected message are buffered:
+        the next ``feed`` does not start at the chunk it is given."""
+        return bool(self._pending)
+
+    @property
     def at_boundary(self) -> bool:
         """True when no message is partly received."""
         return not self._pending and not self._skip
 
     def feed(self, data: bytes) -> list[Piece]:
         """Consume a chunk; return the pieces it completes or continues."""
+        if not self._pending and not self._skip and len(data) >= 5:
+            # The common chunk on a request/response link: exactly one whole message.
+            msg_type, length = _HEADER.unpack_from(data)
+            if length + 1 == len(data) and length >= 4 and msg_type in self._valid and (
+                    length <= self._inspect_max if msg_type in self._inspect
+                    else length <= self._max_len):
+                return [(msg_type, memoryview(data), True, True)]
         if self._pending:
             data = self._pending + data
             self._pending = b""
@@ -77,44 +90,49 @@ class Framer:
         pos = 0
         out: list[Piece] = []
         if self._skip and n:
-            take = min(self._skip, n)
+            take = self._skip if self._skip < n else n
             self._skip -= take
             out.append((self._skip_type, mv[:take], False, self._skip == 0))
             pos = take
+        # Locals: this loop runs once per message on every relayed byte stream.
         unpack = _HEADER.unpack_from
+        valid = self._valid
+        inspect = self._inspect
+        max_len = self._max_len
+        append = out.append
         while pos < n:
             if n - pos < 5:
                 self._pending = bytes(mv[pos:])
                 break
             msg_type, length = unpack(data, pos)
-            if msg_type not in self._valid:
+            if msg_type not in valid:
                 raise RemoteProtocolError(
                     f"invalid message type {chr(msg_type)!r} from {self.side}")
             if length < 4:
                 raise RemoteProtocolError(f"invalid message length {length} from {self.side}")
             total = length + 1
-            if msg_type in self._inspect:
+            if msg_type in inspect:
                 if length <= self._inspect_max:
                     if n - pos < total:
                         self._pending = bytes(mv[pos:])
                         break
-                    out.append((msg_type, mv[pos:pos + total], True, True))
+                    append((msg_type, mv[pos:pos + total], True, True))
                     pos += total
                     continue
                 if not self.stream_oversize:
                     raise RemoteProtocolError(
                         f"message of type {chr(msg_type)!r} too long ({length} bytes)")
-                if n - pos < min(total, OVERSIZE_HEAD) and length <= self._max_len:
+                if n - pos < min(total, OVERSIZE_HEAD) and length <= max_len:
                     self._pending = bytes(mv[pos:])
                     break
-            if length > self._max_len:
+            if length > max_len:
                 raise RemoteProtocolError(
-                    f"message too long ({length} bytes, limit {self._max_len})")
+                    f"message too long ({length} bytes, limit {max_len})")
             if n - pos >= total:
-                out.append((msg_type, mv[pos:pos + total], True, True))
+                append((msg_type, mv[pos:pos + total], True, True))
                 pos += total
             else:
-                out.append((msg_type, mv[pos:], True, False))
+                append((msg_type, mv[pos:], True, False))
                 self._skip = total - (n - pos)
                 self._skip_type = msg_type
                 pos = n

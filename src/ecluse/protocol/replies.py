@@ -64,6 +64,10 @@ _COMPLETES = {
     codes.BE_EMPTY_QUERY_RESPONSE: frozenset({EXECUTE}),
     codes.BE_PORTAL_SUSPENDED: frozenset({EXECUTE}),
 }
+# Module constants for on_reply, called for most server messages while relaying.
+_READY = codes.BE_READY_FOR_QUERY
+_ERROR = codes.BE_ERROR_RESPONSE
+_COMMAND_COMPLETE = codes.BE_COMMAND_COMPLETE
 _STATEMENTS_DROPPED = (b"DEALLOCATE ALL\0", b"DISCARD ALL\0")
 
 Undo = Callable[[bytes | None], None]
@@ -92,17 +96,19 @@ class ReplyQueue:
     __slots__ = ("_q", "_skipping", "on_statements_dropped")
 
     def __init__(self) -> None:
-        self._q: deque[Expected] = deque()
+        # Made by the first add() of a link and dropped by reset(): each client has a
+        # ReplyQueue, and an empty deque costs 760 bytes per idle client.
+        self._q: deque[Expected] | None = None
         self._skipping = False  # the server is ignoring messages until Sync
         # Called when the server reports DEALLOCATE ALL or DISCARD ALL: every
         # prepared statement of that server connection is gone.
         self.on_statements_dropped: Callable[[], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._q)
+        return len(self._q) if self._q is not None else 0
 
     def reset(self) -> None:
-        self._q.clear()
+        self._q = None
         self._skipping = False
 
     # --- requests ------------------------------------------------------------
@@ -116,7 +122,10 @@ class ReplyQueue:
                     undo(None)
                 return
             self._skipping = False
-        self._q.append(Expected(kind, action, fake, undo, ok))
+        q = self._q
+        if q is None:
+            q = self._q = deque()
+        q.append(Expected(kind, action, fake, undo, ok))
 
     def take_fakes(self) -> bytes:
         """The fake replies now due: those at the head of the queue."""
@@ -133,7 +142,7 @@ class ReplyQueue:
     def on_reply(self, msg_type: int, raw: bytes | memoryview) -> bool:
         """Account for one whole server message; True if it goes to the client."""
         q = self._q
-        if msg_type == codes.BE_READY_FOR_QUERY:
+        if msg_type == _READY:
             while q:
                 entry = q.popleft()
                 if entry.kind in _ENDS_WITH_READY:
@@ -142,9 +151,9 @@ class ReplyQueue:
                     entry.undo(None)
             self._skipping = False
             return True
-        if msg_type == codes.BE_ERROR_RESPONSE:
+        if msg_type == _ERROR:
             return self._on_error(raw)
-        if msg_type == codes.BE_COMMAND_COMPLETE and raw[5] == 68 and \
+        if msg_type == _COMMAND_COMPLETE and raw[5] == 68 and \
                 bytes(raw[5:]) in _STATEMENTS_DROPPED and self.on_statements_dropped:  # 'D'
             self.on_statements_dropped()
         kinds = _COMPLETES.get(msg_type)

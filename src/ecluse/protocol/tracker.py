@@ -102,7 +102,16 @@ class RequestTracker:
         self.binds = 0
 
     def reset(self) -> None:
-        self.__init__()
+        """Forget everything, as a new tracker (done at every link: no allocation)."""
+        self._queue.clear()
+        self._open_batch = False
+        self._client_copying = False
+        self._copy_by_execute = False
+        self.copy_in = False
+        self.copy_out = False
+        self.status = STATUS_IDLE
+        self.parses = 0
+        self.binds = 0
 
     # --- client side -------------------------------------------------------
     def on_client_message(self, msg_type: int) -> None:
@@ -236,7 +245,10 @@ class RequestTracker:
         """
         if self._open_batch or self.copy_in:
             return False
-        return all(e == _COPY_END for e in self._queue)
+        q = self._queue
+        if not q:
+            return True
+        return all(e == _COPY_END for e in q)
 
     def awaits_copy_end(self) -> bool:
         """True while the server is in COPY IN and the client has not ended it.

@@ -54,6 +54,7 @@ log = logging.getLogger("ecluse.server")
 _Z = codes.BE_READY_FOR_QUERY
 _S = codes.BE_PARAMETER_STATUS
 _E = codes.BE_ERROR_RESPONSE
+_D = codes.BE_DATA_ROW
 _TRACKED_REPLIES = frozenset({
     codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE, codes.BE_PORTAL_SUSPENDED,
     codes.BE_COPY_IN_RESPONSE, codes.BE_COPY_OUT_RESPONSE, codes.BE_COPY_BOTH_RESPONSE,
@@ -74,8 +75,16 @@ _MAX_SERVER_MESSAGE = 0x7FFFFFFF
 _SERVER_IDS = itertools.count(1)
 
 
+def number_servers(start: int, step: int) -> None:
+    """Number servers start, start + step, ...: worker i of n ids unique node-wide."""
+    global _SERVER_IDS
+    _SERVER_IDS = itertools.count(start, step)
+
+
 class ServerState(enum.Enum):
     """PgBouncer's names, as SHOW SERVERS prints them."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
     LOGIN = "login"
     IDLE = "idle"
@@ -201,8 +210,19 @@ class ServerConnection(asyncio.Protocol):
         if self._tls_setup:
             self._on_ssl_response(data)
             return
+        framer = self._framer
         try:
-            self._dispatch(self._framer.feed(data))
+            if framer.holds_partial:
+                self._dispatch(framer.feed(data))
+                return
+            pieces = framer.feed(data)
+            if self.client is not None and self._internal is None and \
+                    self.state is not ServerState.LOGIN:
+                # The common case, relaying: tell _relay when the pieces are exactly
+                # ``data``, so that it can forward the chunk as it came, uncopied.
+                self._relay(pieces, None if framer.holds_partial else data)
+            else:
+                self._dispatch(pieces)
         except RemoteProtocolError as exc:
             log.warning("server %s:%s protocol error: %s", self.host, self.port, exc.message)
             self.close(exc)
@@ -344,28 +364,35 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def _relay(self, pieces) -> None:
+    def _relay(self, pieces, whole: bytes | None = None) -> None:
+        """Forward server pieces to the client, tracking its requests.
+
+        ``whole`` is the chunk the pieces exactly cover, when they do: written
+        as is when every piece goes to the client at once, which saves a copy.
+        """
         if self.replies is not None:
-            self._relay_rewritten(pieces)
+            self._relay_rewritten(pieces, whole)
             return
         client = self.client
         assert client is not None
         tracker = self.tracker
         out: list[memoryview] = []
-        for msg_type, raw, start, _end in pieces:
+        last = len(pieces) - 1
+        for i, (msg_type, raw, start, _end) in enumerate(pieces):
             out.append(raw)
-            if not start:
+            if not start or msg_type == _D:
                 continue
             if msg_type == _Z:
                 self.stats.query_count += 1
                 tracker.on_server_message(_Z, raw[5])
                 if tracker.is_done():
-                    client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+                    if whole is not None and i == last and len(out) == len(pieces):
+                        client.write_from_server(whole)
+                    else:
+                        client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
                     out = []
                     client.on_server_ready(self)
                     if self.client is not client:
-                        if out:
-                            log.warning("server %s sent data after its last ReadyForQuery", self)
                         return
             elif msg_type in _TRACKED_REPLIES:
                 tracker.on_server_message(msg_type)
@@ -377,9 +404,12 @@ class ServerConnection(asyncio.Protocol):
                 self.params[ps.name] = ps.value
                 client.on_server_params(ps.name, ps.value)
         if out:
-            client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+            if whole is not None and len(out) == len(pieces):
+                client.write_from_server(whole)
+            else:
+                client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
 
-    def _relay_rewritten(self, pieces) -> None:
+    def _relay_rewritten(self, pieces, whole: bytes | None = None) -> None:
         """Relay with a ReplyQueue: swallow replies to injected requests and add
         the fake replies ecluse owes the client, in wire order."""
         client = self.client
@@ -387,18 +417,25 @@ class ServerConnection(asyncio.Protocol):
         assert client is not None and replies is not None
         tracker = self.tracker
         out: list = []
-        for msg_type, raw, start, _end in pieces:
+        # Still true while ``out`` holds every piece so far, unchanged and in order.
+        intact = whole is not None
+        last = len(pieces) - 1
+        for i, (msg_type, raw, start, _end) in enumerate(pieces):
             if not start or msg_type not in _REPLY_TYPES:
                 out.append(raw)
-                if start and msg_type == _S:
+                if not start or msg_type == _D:
+                    continue
+                if msg_type == _S:
                     ps = decode_parameter_status(raw[5:])
                     self.params[ps.name] = ps.value
                     client.on_server_params(ps.name, ps.value)
-                elif start and msg_type in _TRACKED_REPLIES:
+                elif msg_type in _TRACKED_REPLIES:
                     tracker.on_server_message(msg_type)
                 continue
             if replies.on_reply(msg_type, raw):
                 out.append(raw)
+            else:
+                intact = False
             if msg_type == _Z:
                 self.stats.query_count += 1
                 tracker.on_server_message(_Z, raw[5])
@@ -410,15 +447,20 @@ class ServerConnection(asyncio.Protocol):
             fakes = replies.take_fakes()
             if fakes:
                 out.append(fakes)
+                intact = False
             if msg_type == _Z and tracker.is_done():
                 if out:
-                    client.write_from_server(b"".join(out))
+                    client.write_from_server(whole if intact and i == last else b"".join(out))
                     out = []
+                intact = False
                 client.on_server_ready(self)
                 if self.client is not client:
                     return
         if out:
-            client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
+            if intact:
+                client.write_from_server(whole)
+            else:
+                client.write_from_server(b"".join(out) if len(out) > 1 else out[0])
 
     @property
     def relay_at_boundary(self) -> bool:

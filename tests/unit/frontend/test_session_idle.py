@@ -1,0 +1,77 @@
+"""An idle client owns little and nothing of it wakes up.
+
+A logged-in transaction-mode session with no server must hold no timer, no task
+and no empty buffers, and have no per-instance __dict__: a node is meant to
+keep 100,000 of them (bench/idle_memory.py measures the bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from ecluse.config import config_from_string
+from ecluse.frontend.context import ClientContext
+from ecluse.frontend.session import ClientState, FrontendSession
+from ecluse.pool.registry import PoolRegistry
+from ecluse.protocol.startup import encode_startup_message
+
+CONFIG = """
+[databases]
+app = host=127.0.0.1 port=1
+[pgbouncer]
+auth_type = trust
+pool_mode = transaction
+client_login_timeout = 60
+"""
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_idle_session_holds_no_timer_task_or_buffers() -> None:
+    config = config_from_string(CONFIG)
+
+    async def run() -> None:
+        ctx = ClientContext(config, PoolRegistry(config))
+        pool = ctx.registry.get_pool(config.database("app"), "postgres")
+        pool.default_params = {"client_encoding": "UTF8", "server_version": "15.0"}
+        session = FrontendSession(ctx)
+        transport = FakeTransport()
+        session.connection_made(transport)
+        assert session._login_timer is not None  # client_login_timeout runs during login
+        session.data_received(encode_startup_message({"user": "postgres", "database": "app"}))
+        assert session.state is ClientState.IDLE
+        assert transport.out.endswith(b"Z" + struct.pack("!I", 5) + b"I")
+        assert not hasattr(session, "__dict__")
+        assert session._login_timer is None and session._tls_task is None
+        assert session._inbuf is None
+        assert session._pending == () and session._notify_backlog == ()
+        assert session._rewriter is not None and len(session._rewriter.replies) == 0
+        assert session._rewriter.replies._q is None
+        assert not session.session_settings
+        assert not ctx.tasks
+
+    asyncio.run(run())
