@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -191,7 +192,8 @@ class Settings:
     max_packet_size: int = 2147483647  # limit on one protocol message
     max_startup_packet_size: int = 10000
     shutdown_timeout: float = 30.0  # ecluse: how long SIGINT/SIGTERM waits for transactions
-    workers: int = 1
+    # Worker processes (supervisor.py); one per core unless set. 1: a single process.
+    workers: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 256)))
     # Rolling restart (SIGUSR2): idle clients an old worker closes per second.
     drain_rate: int = 100
     # This ecluse's number in a group behind one load balancer ([peers]); 0: none.
