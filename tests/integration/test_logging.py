@@ -90,8 +90,7 @@ def login_and_drop(ec) -> None:
 @pytest.mark.parametrize("enabled", [False, True])
 def test_log_disconnections_governs_the_closed_line(ecluse_factory, enabled):
     ec = ecluse_factory({"log_disconnections": enabled, **ADMIN})
-    # Without Terminate: on Terminate the session closes itself, and that path
-    # logs no disconnection line yet, whatever log_disconnections says.
+    # Without Terminate (the client just goes away).
     login_and_drop(ec)
     # The line is written just before the client leaves SHOW CLIENTS: once it is
     # gone, the line is there or never will be.
@@ -99,6 +98,21 @@ def test_log_disconnections_governs_the_closed_line(ecluse_factory, enabled):
     closed = [line for line in ec.log().splitlines()
               if "closed the connection" in line and "ecluse_test/postgres" in line]
     assert bool(closed) is enabled
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_log_disconnections_governs_the_terminate_line(ecluse_factory, enabled):
+    """A client that says goodbye (Terminate, what psql and psycopg send): PgBouncer's
+    "closing because: client close request" line, only with log_disconnections."""
+    ec = ecluse_factory({"log_disconnections": enabled, **ADMIN})
+    for autocommit in (True, False):  # leaves idle, and leaves linked to a server
+        conn = psycopg.connect(ec.dsn(), autocommit=autocommit)
+        conn.execute("select 1")
+        conn.close()
+    assert wait_for(lambda: clients_of(ec, "ecluse_test") == 0)
+    lines = [line for line in ec.log().splitlines()
+             if "client close request" in line and "ecluse_test/postgres" in line]
+    assert len(lines) == (2 if enabled else 0)
 
 
 @pytest.mark.parametrize("enabled", [False, True])

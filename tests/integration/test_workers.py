@@ -98,8 +98,10 @@ def test_pool_limit_holds_across_workers_under_200_clients(ecluse_factory, pg):
 
 def test_killed_worker_is_replaced_and_other_clients_keep_working(ecluse_factory):
     ec = ecluse_factory({"workers": 2})
+    # The supervisor listens before it forks: the port answers a moment before
+    # both workers exist.
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
     workers = children(ec.proc.pid)
-    assert len(workers) == 2
     conns = [psycopg.connect(ec.dsn(), autocommit=True) for _ in range(12)]
     for conn in conns:
         conn.execute("select 1")
@@ -175,6 +177,7 @@ def test_rolling_restart_under_pgbench_loses_no_transaction(ecluse_factory):
     target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
                    capture_output=True, env=env, timeout=120)
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
     old_workers = children(ec.proc.pid)
     result: dict[str, subprocess.CompletedProcess] = {}
 

@@ -101,7 +101,7 @@ class ConsoleLink:
             if not start or self.state is ClientState.CLOSED:
                 continue
             if msg_type == codes.FE_TERMINATE:
-                self.close()
+                self.client_close_request()
                 return
             reply = self.console.on_message(msg_type, bytes(raw[5:]))
             if isinstance(reply, bytes):

@@ -244,7 +244,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not _CLOSED:
             if self.state in (_IDLE, _WAITING, _LINKED) and \
-                    self.ctx.config.settings.log_disconnections:
+                    self.ctx.config.settings.log_disconnections and not self.control_link:
                 log.info("%s closed the connection", self._describe())
             self._cleanup()
 
@@ -299,7 +299,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         startup = resolve_startup(msg.params, settings.ignore_startup_parameters)
         self.user, self.database = startup.user, startup.database
         self.params = startup.params
-        if settings.log_connections:
+        if settings.log_connections and not self.control_link:
             log.info("%s login attempt", self._describe())
         if self.ctx.shutting_down:
             raise ClientRefused("pooler is shutting down", sqlstate="57P01")
@@ -479,7 +479,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         while start < len(pieces):
             msg_type, _raw, is_start, _end = pieces[start]
             if is_start and msg_type == _X:
-                self.close()
+                self.client_close_request()
                 return
             if msg_type in _STRAY_WHEN_IDLE and is_start:
                 start += 1
@@ -613,7 +613,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
                 if msg_type == _X:
                     if out:
                         server.send(b"".join(out))
-                    self.close()
+                    self.client_close_request()
                     return
                 tracker.on_client_message(msg_type)
             out.append(raw)
@@ -639,7 +639,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         if out:
             server.send(b"".join(out) if len(out) > 1 else out[0])
         if terminate:
-            self.close()
+            self.client_close_request()
 
     # --- ServerLink interface (called by the server) -------------------------
     def write_from_server(self, data) -> None:
@@ -891,6 +891,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             log.warning("%s pooler error: %s", self._describe(), message,
                         extra={"client": self.peer, "database": self.database,
                                "user": self.user, "sqlstate": sqlstate})
+
+    def client_close_request(self) -> None:
+        """The client sent Terminate: log it as PgBouncer does (log_disconnections), close."""
+        if self.ctx.config.settings.log_disconnections and not self.control_link:
+            log.info("%s closing because: client close request (age=%.0fs)", self._describe(),
+                     time.monotonic() - self.connected_at)
+        self.close()
 
     def close(self) -> None:
         if self.state is _CLOSED:

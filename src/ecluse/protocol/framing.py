@@ -1,7 +1,8 @@
 """Message framing over a byte stream: header scan, length limits, streaming.
 
 A Framer turns arriving chunks into a list of pieces, in order:
-``(type, raw, start, end)`` where ``raw`` is a memoryview of wire bytes,
+``(type, raw, start, end)`` where ``raw`` is a memoryview of wire bytes (or
+the chunk itself, when it is one whole message),
 ``start`` says raw begins with the 5-byte header and ``end`` says the message
 is complete. Messages whose type is in ``inspect`` are always delivered whole
 (``start`` and ``end`` true), bounded by ``inspect_max``; every other message
@@ -28,7 +29,9 @@ from ecluse.errors import RemoteProtocolError
 _HEADER = struct.Struct("!BI")
 # The length word is a signed Int32 on the wire: 0x80000000 and above are negative.
 MAX_WIRE_LENGTH = 0x7FFFFFFF
-Piece = tuple[int, memoryview, bool, bool]
+# raw is a memoryview of the chunk, or the chunk itself (bytes) when it is exactly
+# one whole message.
+Piece = tuple[int, memoryview | bytes, bool, bool]
 OVERSIZE_HEAD = 1024
 
 
@@ -81,7 +84,10 @@ class Framer:
             if length + 1 == len(data) and length >= 4 and msg_type in self._valid and (
                     length <= self._inspect_max if msg_type in self._inspect
                     else length <= self._max_len):
-                return [(msg_type, memoryview(data), True, True)]
+                # The chunk itself, not a view of it: writing and slicing bytes is
+                # cheaper, and both read the same.
+                return [(msg_type, data if type(data) is bytes else memoryview(data),
+                         True, True)]
         if self._pending:
             data = self._pending + data
             self._pending = b""
