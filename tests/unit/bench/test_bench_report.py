@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import report
 
 
@@ -84,7 +83,6 @@ def test_update_readme_without_markers_changes_nothing(tmp_path):
 
 
 def test_plot_draws_every_protocol_with_churn_on_its_own_scale(tmp_path):
-    pytest.importorskip("matplotlib")
     runs = [_run(t, p, c, tps) for t, base in (("pgbouncer", 10_000), ("ecluse-w2", 8_000))
             for p in ("simple", "churn") for c, tps in ((10, base), (100, base // 2))]
     order = [(t, p, False, c) for p in ("simple", "churn") for c in (10, 100)
