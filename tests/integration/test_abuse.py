@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 import time
 
 import psycopg
@@ -115,3 +117,42 @@ def test_refused_during_welcome_with_a_query_in_the_same_write(ecluse_factory):
         assert b"SFATAL" in data
     with psycopg.connect(ec.dsn(), autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_server_is_not_released_while_its_client_is_mid_message(ecluse_factory):
+    """A client sends a query and, in the same write, the first bytes of a long
+    message. The query's ReadyForQuery must not hand the server to another client:
+    PostgreSQL already has the start of that message and would take the next
+    client's bytes as its rest (found by the live fuzz test, where an oversized
+    Sync header made PostgreSQL drop the connection under the next client; a
+    CopyData, which PostgreSQL reads whole and ignores outside COPY, makes the
+    next client's query vanish into it instead)."""
+    ec = ecluse_factory({"pool_mode": "transaction", "default_pool_size": 1,
+                         "query_wait_timeout": 20})
+    packet = encode_startup_message({"user": "postgres", "database": "ecluse_test"})
+    partial = b"d" + struct.pack("!I", 50_000) + b"x" * 20  # a CopyData that never ends
+    with socket.create_connection((ec.host, ec.port), timeout=10) as bad:
+        bad.sendall(packet)
+        data = b""
+        while not data.endswith(b"Z\x00\x00\x00\x05I"):
+            data += bad.recv(4096)
+        bad.sendall(encode_query("select 1") + partial)
+        data = b""
+        while b"Z\x00\x00\x00\x05I" not in data:
+            data += bad.recv(4096)
+        result: list = []
+
+        def good_client() -> None:
+            try:
+                with psycopg.connect(ec.dsn(), autocommit=True) as good:
+                    result.append(good.execute("select 42").fetchone())
+            except psycopg.Error as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=good_client)
+        thread.start()
+        time.sleep(0.5)  # the good client waits: the bad one still holds the server
+        assert not result
+    # The bad client leaves mid-message: its server is closed, a new one serves.
+    thread.join(20)
+    assert result == [(42,)]

@@ -665,6 +665,12 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
                 self.close()
             return
         if tracker.status == codes.STATUS_IDLE:
+            if not self._framer.at_boundary:
+                # The client is in the middle of a message whose start this server
+                # already has: the rest must reach it, not the next client's bytes
+                # (PostgreSQL would read them as that message, or drop the
+                # connection under the next client). Keep it linked till later.
+                return
             if self._suspect or self._always_probe or self.pinned:
                 self._start_probe(server)
                 return
