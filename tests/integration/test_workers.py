@@ -212,3 +212,23 @@ def test_rolling_restart_under_pgbench_loses_no_transaction(ecluse_factory):
     assert len(new_workers) == 2 and not new_workers & old_workers
     with psycopg.connect(ec.dsn(), autocommit=True) as conn:
         assert conn.execute("select 3").fetchone() == (3,)
+
+
+def test_restart_command_rolls_the_workers_over(ecluse_factory):
+    ec = ecluse_factory({"workers": 2, "admin_users": "admin", "drain_rate": 1000})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    old = children(ec.proc.pid)
+    with psycopg.connect(ec.dsn(user="admin", dbname="pgbouncer"), autocommit=True) as console:
+        console.execute("RESTART", prepare=False)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    new = children(ec.proc.pid)
+    assert len(new) == 2 and not new & old
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_restart_command_needs_several_workers(ecluse_factory):
+    ec = ecluse_factory({"admin_users": "admin"})
+    with psycopg.connect(ec.dsn(user="admin", dbname="pgbouncer"), autocommit=True) as console, \
+            pytest.raises(psycopg.Error, match="RESTART needs several workers"):
+        console.execute("RESTART", prepare=False)

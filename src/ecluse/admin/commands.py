@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -80,6 +82,7 @@ _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
          "\tKILL [<db>]\n"
          "\tKILL_CLIENT <client_id>\n"
          "\tSUSPEND\n"
+         "\tRESTART\n"
          "\tSHUTDOWN\n"
          "\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\n"
          "\tWAIT_CLOSE [<db>]")
@@ -380,6 +383,22 @@ def check_shutdown(ctx: ClientContext, arg: str) -> str:
     return mode
 
 
+# --- RESTART (ecluse's own) ---------------------------------------------------------
+
+def restart(ctx: ClientContext, _arg: str) -> Reply:
+    """Roll the workers over, as SIGUSR2 to the supervisor does (supervisor.py).
+
+    Answered at once: the new generation starts on the same sockets and the
+    old one drains; this console's own worker is among those draining.
+    """
+    if ctx.node is None:
+        raise AdminError("RESTART needs several workers (workers > 1): a single process "
+                         "has no supervisor to start its successor")
+    log.info("RESTART command issued")
+    os.kill(os.getppid(), signal.SIGUSR2)
+    return be.encode_command_complete("RESTART")
+
+
 # --- RELOAD / SET (admin/reload.py) ---------------------------------------------------
 
 def _reload(ctx: ClientContext, arg: str) -> Reply:
@@ -417,6 +436,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("SUSPEND", suspend, read_only=False),
     Command("WAIT_CLOSE", wait_close, read_only=False, takes_arg=True),
     Command("SHUTDOWN", shutdown, read_only=False, takes_arg=True),
+    Command("RESTART", restart, read_only=False),
     Command("SHOW STATE", _show(show.show_state), read_only=True),
     Command("SHOW TOTALS", _show(show.show_totals), read_only=True),
     Command("SHOW SOCKETS", _show(show.show_sockets), read_only=True),
