@@ -41,7 +41,7 @@ import uvloop
 
 from ecluse.config import Config
 from ecluse.pool.shared import SharedCounts
-from ecluse.worker import Worker, has_reuseport, reuseport_socket
+from ecluse.worker import Worker, has_reuseport, tcp_socket
 
 log = logging.getLogger("ecluse.supervisor")
 
@@ -72,7 +72,8 @@ def worker_sockets(reserved: list[socket.socket], workers: int) -> list[list[soc
     for sock in reserved:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and has_reuseport():
             for sockets in per_index:
-                sockets.append(reuseport_socket(sock.family, sock.getsockname(), listen=True))
+                sockets.append(tcp_socket(sock.family, sock.getsockname(), listen=True,
+                                          reuseport=True))
             sock.close()  # the twins hold the address now
         else:
             with contextlib.suppress(OSError):

@@ -39,11 +39,12 @@ def has_reuseport() -> bool:
     return hasattr(socket, "SO_REUSEPORT")
 
 
-def reuseport_socket(family: int, sockaddr, listen: bool) -> socket.socket:
-    """A TCP socket bound to ``sockaddr`` with SO_REUSEPORT, listening if asked."""
+def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False) -> socket.socket:
+    """A non-blocking TCP socket bound to ``sockaddr`` (IPv6 only for IPv6 addresses)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind(sockaddr)
@@ -68,21 +69,14 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
         infos = socket.getaddrinfo(host, s.listen_port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
         seen = set()
-        for family, type_, proto, _canon, sockaddr in infos:
+        for family, _type, _proto, _canon, sockaddr in infos:
             if (family, sockaddr) in seen:
                 continue
             seen.add((family, sockaddr))
-            if reserve and hasattr(socket, "SO_REUSEPORT"):
-                socks.append(reuseport_socket(family, sockaddr, listen=False))
-                continue
-            sock = socket.socket(family, type_, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(1024)
-            sock.setblocking(False)
-            socks.append(sock)
+            if reserve and has_reuseport():
+                socks.append(tcp_socket(family, sockaddr, listen=False, reuseport=True))
+            else:
+                socks.append(tcp_socket(family, sockaddr, listen=True))
     if s.unix_socket_dir:
         path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
         with contextlib.suppress(FileNotFoundError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -15,6 +14,8 @@ import psycopg
 import pytest
 from fixtures.fix_ecluse import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from integration.test_http_api import wait_listening
 
 Samples = dict[str, dict[tuple, float]]
 
@@ -30,19 +31,6 @@ def start_with_metrics(ecluse_factory, **settings):
     wait_listening(port)
     ec.metrics_url = f"http://127.0.0.1:{port}"
     return ec
-
-
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    """Wait for the HTTP listener: ecluse's client port listens before it does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def scrape(ec) -> Samples:

@@ -104,6 +104,16 @@ class SharedCounts:
 
     def _slot(self, key: Key) -> int:
         """The slot of ``key`` (lock held), claimed on first use; -1 if the table is full."""
+        return self._find_slot(key, claim=True)
+
+    def _known_slot(self, key: Key) -> int:
+        """The slot of ``key`` if some worker claimed it, else -1; never claims one.
+
+        No lock: a slot's hash is written once and never changes.
+        """
+        return self._find_slot(key, claim=False)
+
+    def _find_slot(self, key: Key, claim: bool) -> int:
         slot = self._slot_of.get(key)
         if slot is not None:
             return slot
@@ -113,6 +123,8 @@ class SharedCounts:
             slot = (start + i) % self._slots
             found = _HASH.unpack_from(self._mm, slot * self._row)[0]
             if found == 0:
+                if not claim:
+                    return -1
                 _HASH.pack_into(self._mm, slot * self._row, wanted)
             if found in (0, wanted):
                 self._slot_of[key] = slot
@@ -171,26 +183,6 @@ class SharedCounts:
             return 0
         return sum(max(0, _COUNT.unpack_from(self._mm, self._offset(slot, w, wanted=True))[0])
                    for w in range(self.workers) if w != self.worker)
-
-    def _known_slot(self, key: Key) -> int:
-        """The slot of ``key`` if some worker claimed it, else -1; never claims one.
-
-        No lock: a slot's hash is written once and never changes.
-        """
-        slot = self._slot_of.get(key)
-        if slot is not None:
-            return slot
-        wanted = self._hash(key)
-        start = wanted % self._slots
-        for i in range(self._slots):
-            slot = (start + i) % self._slots
-            found = _HASH.unpack_from(self._mm, slot * self._row)[0]
-            if found == 0:
-                return -1
-            if found == wanted:
-                self._slot_of[key] = slot
-                return slot
-        return -1
 
     def clear_worker(self, worker: int) -> None:
         """Forget a dead worker's servers and waiting clients (supervisor side)."""
