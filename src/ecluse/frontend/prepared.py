@@ -227,7 +227,7 @@ class StatementRewriter:
                 out.append(raw)
                 tracker.on_client_message(_QUERY)
                 # Skipped only after an error earlier in an unsynced batch.
-                self.replies.add(rq.QUERY, undo=lambda _err: tracker.query_skipped())
+                self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
                 continue
             if msg_type == codes.FE_PARSE and self.sql_hook is not None and start:
                 if end:
@@ -265,7 +265,7 @@ class StatementRewriter:
                 self.replies.add(rq.SYNC)
             elif msg_type == codes.FE_QUERY or msg_type == codes.FE_FUNCTION_CALL:
                 # Skipped only after an error earlier in an unsynced batch.
-                self.replies.add(rq.QUERY, undo=lambda _err: tracker.query_skipped())
+                self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
         return out
 
     def _refuse(self, error: bytes, end: bool, out: list, tracker: RequestTracker) -> None:

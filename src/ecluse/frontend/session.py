@@ -32,6 +32,7 @@ import asyncio
 import logging
 import ssl
 import time
+from bisect import bisect_left
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -52,6 +53,7 @@ from ecluse.errors import (
 from ecluse.frontend import authn
 from ecluse.frontend.consolelink import ConsoleLink
 from ecluse.frontend.context import ClientContext
+from ecluse.frontend.express import ExpressPath, params_in_step
 from ecluse.frontend.prepared import StatementRewriter
 from ecluse.frontend.startup import resolve_startup
 from ecluse.frontend.statekeeping import SessionStateKeeping
@@ -105,7 +107,7 @@ _NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
-class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
+class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     # One per client, idle ones included (100,000 of them on a node): slots instead
@@ -213,6 +215,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.state is _IDLE and self._rewriter is not None and self._express_query(data):
+            return
         if self.pool is not None:
             self.pool.stats.received += len(data)
         try:
@@ -541,7 +545,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             server.replies = rewriter.replies
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
-        sync = build_sync_query(self.params, server.params)
+        sync = None if params_in_step(self.params, server.params) else \
+            build_sync_query(self.params, server.params)
         if self.session_settings or server.session_settings:
             extra = build_settings_sync(self.session_settings, server.session_settings)
             if extra is not None:
@@ -685,7 +690,12 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
         """Add the request that just ended (and its transaction, if it ended) to stats."""
         now = time.monotonic()
         if self.request_started:
-            stats.add_query(now - self.request_started)
+            # PoolStats.add_query spelt out: it runs at every request's end.
+            took = now - self.request_started
+            stats.query_time_us += int(took * 1_000_000)
+            hist = stats.query_seconds
+            hist.counts[bisect_left(hist.bounds, took)] += 1
+            hist.total += took
             self.request_started = 0.0
         if tracker.parses or tracker.binds:
             stats.server_parse_count += tracker.parses
@@ -754,7 +764,10 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, asyncio.Protocol):
             replies = self._rewriter.replies
             replies.reset()  # its queue, until the next link
             replies.on_statements_dropped = None
-        self._set_state(_IDLE)
+        if self.state is not _LINKED:
+            self._set_state(_IDLE)
+        else:
+            self.state = _IDLE  # the usual transition, once per transaction
 
     # --- TLS -----------------------------------------------------------------------
     def _start_tls_task(self, coro) -> None:

@@ -40,6 +40,7 @@ _S_ACTIVE = ServerState.ACTIVE
 _S_USED = ServerState.USED
 _S_TESTED = ServerState.TESTED
 _S_LOGIN = ServerState.LOGIN
+_S_CLOSED = ServerState.CLOSED
 _RETRY = 0.02  # seconds between launch attempts while other workers hold the slots
 
 
@@ -158,9 +159,12 @@ class Pool:
     def _set_state(self, server: ServerConnection, state: ServerState) -> None:
         old = server.state
         if old is _S_IDLE:
-            # Not contextlib.suppress: a context manager per call, twice per transaction.
-            if server in self.idle:
-                self.idle.remove(server)
+            idle = self.idle
+            # Most recently used first: the one taken is nearly always the last.
+            if idle and idle[-1] is server:
+                idle.pop()
+            elif server in idle:
+                idle.remove(server)
         elif old is _S_ACTIVE:
             self.active.discard(server)
         elif old in (_S_USED, _S_TESTED):
@@ -183,14 +187,9 @@ class Pool:
 
         A queued client later gets on_server_assigned() or on_wait_failed().
         """
-        if not self.paused and not self.waiters:
-            server = self._take_idle()
-            if server is not None:
-                self._set_state(server, ServerState.ACTIVE)
-                stats = self.stats
-                stats.server_assignment_count += 1
-                stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
-                return server
+        server = self.take_now()
+        if server is not None:
+            return server
         if self.login_failing():
             client.on_wait_failed(self._login_error())
             return None
@@ -202,6 +201,20 @@ class Pool:
         self.waiters.push(waiter)
         self._dispatch()
         return None
+
+    def take_now(self) -> ServerConnection | None:
+        """Return an idle server if one may be had without waiting, else None (nobody
+        is queued for it)."""
+        if self.paused or (self.waiters.queue and self.waiters):
+            return None
+        server = self._take_idle()
+        if server is None:
+            return None
+        self._set_state(server, _S_ACTIVE)
+        stats = self.stats
+        stats.server_assignment_count += 1
+        stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
+        return server
 
     def resume(self) -> None:
         """End a PAUSE: serve the clients queued meanwhile."""
@@ -252,7 +265,7 @@ class Pool:
         """Give idle servers to waiters; launch new servers if waiters remain."""
         if self.paused:
             return
-        if not self.waiters:
+        if not self.waiters.queue or not self.waiters:
             # Nobody waits (every release in steady state): nothing to hand out or launch.
             if self.registry.shared:
                 self._publish_wanted()
@@ -309,7 +322,7 @@ class Pool:
         With ``reset`` the server_reset_query runs first. A server that is not
         idle with nothing outstanding is closed (RELIABILITY §3.10 test 6).
         """
-        if server.state is ServerState.CLOSED:
+        if server.state is _S_CLOSED:
             return
         s = self.settings
         tracker = server.tracker
@@ -317,7 +330,8 @@ class Pool:
                 or server.in_internal() or server.close_when_released or self.closed \
                 or (s.server_lifetime > 0 and
                     time.monotonic() - server.created_at > s.server_lifetime) \
-                or self.total() > s.pool_size + s.reserve_pool:  # a reload shrank it
+                or len(self.idle) + len(self.active) + len(self.used) + len(self.login) \
+                + self.launching > s.pool_size + s.reserve_pool:  # a reload shrank it
             self._set_state(server, ServerState.USED)
             server.close()
             return
@@ -331,14 +345,21 @@ class Pool:
             server.run_internal(s.server_reset_query,
                                 lambda err, srv=server: self._on_reset(srv, err))
             return
-        if not self.waiters and self.registry.shared and self._above_fair_share() and \
+        if self.registry.shared and not self.waiters and self._above_fair_share() and \
                 self.registry.counts.wanted_elsewhere(self.key):
             # Another worker's clients wait for this pool's node-wide slots: lend it.
             self._set_state(server, ServerState.USED)
             server.close()
             return
-        self._set_state(server, ServerState.IDLE)
-        self._dispatch()
+        if server.state is _S_ACTIVE:
+            # The usual way back, spelt out: this runs once per transaction.
+            self.active.discard(server)
+            server.state = _S_IDLE
+            self.idle.append(server)
+        else:
+            self._set_state(server, _S_IDLE)
+        if self.waiters.queue or self.registry.shared:
+            self._dispatch()
 
     def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
         if server.state is ServerState.CLOSED:

@@ -67,16 +67,18 @@ class Waiter:
 class WaiterQueue:
     """FIFO of waiters; finished waiters are skipped lazily."""
 
-    __slots__ = ("_q",)
+    __slots__ = ("queue",)
 
     def __init__(self) -> None:
-        self._q: deque[Waiter] = deque()
+        # May still hold finished waiters; empty means nobody waits, which the pool
+        # tests at every transaction without a call.
+        self.queue: deque[Waiter] = deque()
 
     def push(self, waiter: Waiter) -> None:
-        self._q.append(waiter)
+        self.queue.append(waiter)
 
     def pop(self) -> Waiter | None:
-        q = self._q
+        q = self.queue
         while q:
             w = q.popleft()
             if not w.done:
@@ -84,19 +86,19 @@ class WaiterQueue:
         return None
 
     def __len__(self) -> int:
-        return sum(1 for w in self._q if not w.done)
+        return sum(1 for w in self.queue if not w.done)
 
     def __bool__(self) -> bool:
-        q = self._q
+        q = self.queue
         while q and q[0].done:
             q.popleft()
         return bool(q)
 
     def __iter__(self) -> Iterator[Waiter]:
-        return (w for w in self._q if not w.done)
+        return (w for w in self.queue if not w.done)
 
     def oldest_wait(self) -> float:
-        for w in self._q:
+        for w in self.queue:
             if not w.done:
                 return w.waited()
         return 0.0

@@ -230,6 +230,10 @@ class RequestTracker:
         if _S not in q:
             self._open_batch = True
 
+    def query_skipped_undo(self, _error: bytes | None) -> None:
+        """query_skipped as a ReplyQueue undo (which passes the error, or None)."""
+        self.query_skipped()
+
     # --- questions -----------------------------------------------------------
     @property
     def expected_ready(self) -> int:

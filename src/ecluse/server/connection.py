@@ -20,6 +20,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -69,6 +70,14 @@ _REPLY_TYPES = frozenset({
     codes.BE_ROW_DESCRIPTION, codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE,
     codes.BE_PORTAL_SUSPENDED, _E, _Z,
 })
+# The reply messages _relay_express passes through without a look: rows, their
+# description, command tags, empty-query answers and notices.
+_EXPRESS_TYPES = frozenset({
+    codes.BE_ROW_DESCRIPTION, _D, codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE,
+    codes.BE_NOTICE_RESPONSE,
+})
+_READY_LENGTH = b"\0\0\0\x05"
+_LENGTH = struct.Struct("!I")
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
 # SHOW SERVERS' id: stable for a connection's life, never reused within a worker.
@@ -179,6 +188,9 @@ class ServerConnection(asyncio.Protocol):
         self._tls_asked = False
         self._tls_task: asyncio.Task | None = None
         self.tls = False
+        # The linked client's requests all came by the express path
+        # (frontend/express.py): a plain reply may take _relay_express.
+        self.express = False
 
     def __repr__(self) -> str:
         pid = self.key.process_id if self.key else 0
@@ -207,6 +219,8 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(first)
 
     def data_received(self, data: bytes) -> None:
+        if self.express and self._relay_express(data):
+            return
         if self._tls_setup:
             self._on_ssl_response(data)
             return
@@ -355,6 +369,7 @@ class ServerConnection(asyncio.Protocol):
     def unlink(self) -> None:
         """Detach the client; resume reading if its slowness had paused us."""
         self.client = None
+        self.express = False
         self.replies = None
         self.last_used = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
@@ -362,7 +377,44 @@ class ServerConnection(asyncio.Protocol):
 
     def send(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
+        self.express = False  # this request came the general way
         self.transport.write(data)
+
+    def _relay_express(self, data: bytes) -> bool:
+        """Relay a reply to an express request (frontend/express.py) when ``data`` is
+        whole messages of plain types ending with the ReadyForQuery; True if done.
+
+        Anything else (a reply in several chunks, an error, a ParameterStatus,
+        COPY) returns False before changing anything, for the general relay.
+        """
+        n = len(data)
+        last = n - 6
+        client = self.client
+        if last < 0 or data[last] != _Z or client is None or self._internal is not None \
+                or not self._framer.at_boundary:
+            return False
+        if data[last + 1:last + 5] != _READY_LENGTH:
+            return False
+        pos = 0
+        unpack = _LENGTH.unpack_from
+        plain = _EXPRESS_TYPES
+        while pos < last:
+            if data[pos] not in plain:
+                return False
+            length = unpack(data, pos + 1)[0]
+            if length < 4:
+                return False
+            pos += length + 1
+        if pos != last:
+            return False
+        tracker = self.tracker
+        self.stats.query_count += 1
+        tracker.on_server_message(_Z, data[-1])
+        self.replies.on_reply(_Z, data)
+        client.write_from_server(data)
+        if tracker.is_done():
+            client.on_server_ready(self)
+        return True
 
     def _relay(self, pieces, whole: bytes | None = None) -> None:
         """Forward server pieces to the client, tracking its requests.

@@ -1,0 +1,260 @@
+"""The express path changes nothing but the cost (frontend/express.py rule 2).
+
+Differential property: the same clients send the same requests to the same
+servers, whose replies arrive cut into the same reads, once with the express
+path and once with it switched off. Every byte each client and each server
+sees, the pool's server states, and the traffic counters must be identical,
+and the express run must really have taken the express path.
+
+The servers are played by a small model of PostgreSQL's replies to simple
+Queries (rows, errors, transaction status); no socket is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecluse.config import config_from_string
+from ecluse.frontend.context import ClientContext
+from ecluse.frontend.express import ExpressPath, params_in_step
+from ecluse.frontend.session import ClientState, FrontendSession
+from ecluse.pool.registry import PoolRegistry
+from ecluse.protocol.startup import encode_startup_message
+from ecluse.server.connection import ServerConnection, ServerState
+from ecluse.server.params import build_sync_query
+
+SERVERS = 3
+CLIENTS = 5
+CONFIG = f"""
+[databases]
+app = host=127.0.0.1 port=1
+[pgbouncer]
+auth_type = trust
+pool_mode = {{mode}}
+default_pool_size = {SERVERS}
+client_login_timeout = 0
+"""
+PARAMS = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC",
+          "server_version": "15.0", "standard_conforming_strings": "on"}
+# What clients send; the model below knows how PostgreSQL answers each.
+SQL = ["SELECT 1", "BEGIN", "COMMIT", "SELECT 1/0", "", "SELECT 1; SELECT 2",
+       "SELECT notice", "SET x = 1", "select 'set x = 1' -- harmless", "ROLLBACK"]
+
+
+def msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+class Capture(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class ModelServer:
+    """PostgreSQL's answers to the Queries written to one server connection."""
+
+    def __init__(self, conn: ServerConnection):
+        self.conn = conn
+        self.read = 0  # bytes of conn.transport.out already answered
+        self.status = b"I"
+
+    def replies(self) -> list[bytes]:
+        """One reply per Query not yet answered, in order."""
+        out = []
+        buf = self.conn.transport.out
+        while len(buf) - self.read >= 5:
+            length = struct.unpack_from("!I", buf, self.read + 1)[0]
+            body = bytes(buf[self.read + 5:self.read + 1 + length])
+            kind = buf[self.read]
+            self.read += 1 + length
+            if kind == ord("X"):  # Terminate: the connection is being closed
+                break
+            assert kind == ord("Q")
+            out.append(self.answer(body[:-1].decode()))
+        return out
+
+    def answer(self, sql: str) -> bytes:
+        row = msg(b"T", b"\0\x01c\0" + b"\0" * 18) + msg(b"D", b"\0\x01\0\0\0\x011")
+        low = sql.lower()
+        if self.status == b"E" and low not in ("commit", "rollback"):
+            return msg(b"E", b"SERROR\0C25P02\0Maborted\0\0") + msg(b"Z", self.status)
+        if low == "begin":
+            self.status = b"T"
+            body = msg(b"C", b"BEGIN\0")
+        elif low in ("commit", "rollback"):
+            self.status = b"I"
+            body = msg(b"C", low.upper().encode() + b"\0")
+        elif low == "select 1/0":
+            self.status = b"E" if self.status != b"I" else b"I"
+            body = msg(b"E", b"SERROR\0C22012\0Mdivision by zero\0\0")
+        elif low == "":
+            body = msg(b"I", b"")
+        elif low == "select 1; select 2":
+            body = (row + msg(b"C", b"SELECT 1\0")) * 2
+        elif low == "select notice":
+            body = msg(b"N", b"SNOTICE\0C00000\0Mhello\0\0") + row + msg(b"C", b"SELECT 1\0")
+        elif low.startswith("set ") or low.startswith("reset ") or "set_config" in low:
+            body = msg(b"C", b"SET\0")
+        elif "current_setting" in low or "pg_settings" in low:
+            body = msg(b"C", b"SELECT 0\0")  # the session-state probe: nothing to report
+        else:
+            body = row + msg(b"C", b"SELECT 1\0")
+        return body + msg(b"Z", self.status)
+
+
+def without_key(data: bytes) -> bytes:
+    """The client's bytes with its BackendKeyData (random per run) zeroed."""
+    at = data.find(b"K\0\0\0\x0c")
+    return data if at < 0 else data[:at + 5] + bytes(8) + data[at + 13:]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % len(data) for c in cuts} - {0})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return out
+
+
+def run(mode: str, steps, express: bool, monkeypatch) -> dict:
+    if not express:
+        monkeypatch.setattr(ExpressPath, "_express_query", lambda self, data: False)
+    taken = []
+    real_relay = ServerConnection._relay_express
+
+    def counting_relay(self, data):
+        done = real_relay(self, data)
+        taken.append(done)
+        return done
+
+    monkeypatch.setattr(ServerConnection, "_relay_express", counting_relay)
+    config = config_from_string(CONFIG.format(mode=mode))
+
+    async def go() -> dict:
+        ctx = ClientContext(config, PoolRegistry(config))
+        pool = ctx.registry.get_pool(config.database("app"), "postgres")
+        pool.default_params = dict(PARAMS)
+        models = []
+        for _ in range(SERVERS):
+            conn = ServerConnection(pool, None, "127.0.0.1", 5432,
+                                    asyncio.get_running_loop().create_future())
+            conn.transport = Capture()
+            conn.params = dict(PARAMS)
+            conn.stats = pool.stats
+            conn._framer.set_inspect(frozenset(b"ZSEACIsGHW"))
+            pool.login.add(conn)
+            pool._set_state(conn, ServerState.IDLE)
+            models.append(ModelServer(conn))
+        clients = []
+        for _ in range(CLIENTS):
+            session = FrontendSession(ctx)
+            session.connection_made(Capture())
+            session.data_received(encode_startup_message({"user": "postgres", "database": "app"}))
+            assert session.state is ClientState.IDLE
+            clients.append(session)
+        # Replies due, per server: chunks not yet delivered.
+        due: dict[int, list[bytes]] = {i: [] for i in range(SERVERS)}
+        for kind, who, what in steps:
+            if kind == "send":
+                session = clients[who % CLIENTS]
+                if session.state is ClientState.CLOSED:
+                    continue
+                session.data_received(msg(b"Q", SQL[what % len(SQL)].encode() + b"\0"))
+            else:
+                for i, model in enumerate(models):
+                    if not due[i]:
+                        for reply in model.replies():
+                            due[i].extend(split(reply, what))
+                waiting = [i for i in range(SERVERS) if due[i]]
+                if waiting:
+                    i = waiting[who % len(waiting)]
+                    models[i].conn.data_received(due[i].pop(0))
+            await asyncio.sleep(0)
+        stats = pool.stats
+        return {
+            "clients": [without_key(bytes(c.transport.out)) for c in clients],
+            "client_states": [c.state for c in clients],
+            "servers": [bytes(m.conn.transport.out) for m in models],
+            "server_states": [m.conn.state for m in models],
+            "counters": (stats.query_count, stats.xact_count, stats.received, stats.sent,
+                         stats.server_assignment_count),
+            "express": sum(taken),
+        }
+
+    return asyncio.run(go())
+
+
+step = st.tuples(st.sampled_from(["send", "reply"]), st.integers(0, 20),
+                 st.one_of(st.integers(0, 20), st.lists(st.integers(1, 200), max_size=3)))
+
+
+def normalise(steps):
+    # "send" takes an SQL index, "reply" a list of cut points.
+    out = []
+    for kind, who, what in steps:
+        if kind == "send":
+            out.append((kind, who, what if isinstance(what, int) else len(what)))
+        else:
+            out.append((kind, who, what if isinstance(what, list) else [what + 1]))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(step, min_size=1, max_size=60))
+def test_express_path_is_invisible(mode, steps, monkeypatch) -> None:
+    steps = normalise(steps)
+    with monkeypatch.context() as m:
+        fast = run(mode, steps, True, m)
+    with monkeypatch.context() as m:
+        slow = run(mode, steps, False, m)
+    assert slow["express"] == 0
+    fast.pop("express")
+    slow.pop("express")
+    assert fast == slow
+
+
+def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
+    steps = [("send", 0, 0), ("reply", 0, [])] * 3
+    result = run("transaction", steps, True, monkeypatch)
+    assert result["express"] == 3
+    assert result["server_states"].count(ServerState.IDLE) == SERVERS
+    assert result["counters"][0] == 3  # three queries counted
+
+
+@given(st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
+                                        "application_name", "extra"]),
+                       st.sampled_from(["a", "b"]), max_size=4),
+       st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
+                                        "application_name"]),
+                       st.sampled_from(["a", "b"]), max_size=4))
+def test_params_in_step_agrees_with_build_sync_query(wanted, current) -> None:
+    assert params_in_step(wanted, current) == (build_sync_query(wanted, current) is None)
