@@ -51,7 +51,7 @@ def client_address(transport: asyncio.BaseTransport) -> ClientAddress:
 
 
 def choose_method(config: Config, rules: tuple[HbaRule, ...] | None,
-                  address: ClientAddress, database: str, user: str) -> str:
+                  transport: asyncio.BaseTransport, database: str, user: str) -> str:
     """Return the method for this connection: auth_type, or the first matching HBA line.
 
     Raises AuthFailed (28000) when no HBA line matches or the line says reject,
@@ -59,7 +59,8 @@ def choose_method(config: Config, rules: tuple[HbaRule, ...] | None,
     """
     auth_type = config.settings.auth_type
     if auth_type is not AuthType.HBA:
-        return auth_type.value
+        return auth_type.value  # the address is not looked at: parsing it costs a login
+    address = client_address(transport)
     rule = match_hba(rules or (), address, database, user)
     where = _describe_address(address, user, database)
     if rule is None:

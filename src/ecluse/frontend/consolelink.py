@@ -60,7 +60,7 @@ class ConsoleLink:
             return
         self.console = AdminConsole(self.ctx, self.user)
         cfg = self.ctx.config
-        method = authn.choose_method(cfg, cfg.hba, authn.client_address(self.transport),
+        method = authn.choose_method(cfg, cfg.hba, self.transport,
                                      self.database, self.user)
         if method == CERT:
             self._auth_done(authn.check_client_cert(self.transport, self.user))

@@ -104,6 +104,8 @@ _REWRITE_INSPECT = frozenset({_X, codes.FE_PARSE, codes.FE_BIND, codes.FE_DESCRI
 _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 _NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+_READY_IDLE = be.encode_ready_for_query(b"I")
+_AUTH_OK = be.encode_authentication_ok()
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
@@ -334,7 +336,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                 codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
         self.pool = self.ctx.registry.get_pool(db, self.user)
         cfg = self.ctx.config
-        method = authn.choose_method(cfg, cfg.hba, authn.client_address(self.transport),
+        method = authn.choose_method(cfg, cfg.hba, self.transport,
                                      self.database, self.user)
         if method == CERT:
             self._auth_done(authn.check_client_cert(self.transport, self.user))
@@ -395,11 +397,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         assert self.pool is not None
         authn.share_login_secret(self.pool, self.user, outcome, self._secret, self._looked_up)
         self._secret = None
-        # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between.
-        self.transport.write(outcome.final_message + be.encode_authentication_ok())
         self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(_WELCOME)
-        self._start_welcome()
+        # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between;
+        # the welcome follows in the same write when nothing has to be fetched first.
+        self._start_welcome(outcome.final_message + _AUTH_OK)
 
     def _on_auth_pieces(self, pieces) -> None:
         for i, (msg_type, raw, _start, _end) in enumerate(pieces):
@@ -417,8 +419,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                     f"expected password response, got message type {chr(msg_type)!r}")
             self._step_auth(bytes(raw[5:]))
 
-    def _start_welcome(self) -> None:
-        """Send the server's parameters; fetch them with one server first if needed."""
+    def _start_welcome(self, auth_ok: bytes) -> None:
+        """Send ``auth_ok`` and the server's parameters; fetch them with one server
+        first if needed."""
         assert self.pool is not None
         if self.pool.settings.mode != "session":
             enabled = self.ctx.config.settings.max_prepared_statements > 0
@@ -429,26 +432,23 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         else:
             self._framer.set_inspect(_RELAY_INSPECT, 1 << 20)
         if self.pool.default_params is not None:
-            self._finish_welcome()
+            self._finish_welcome(auth_ok)
             return
+        self.transport.write(auth_ok)
         server = self.pool.acquire(self)
         if server is not None:
             self.on_server_assigned(server)
 
-    def _finish_welcome(self) -> None:
+    def _finish_welcome(self, auth_ok: bytes = b"") -> None:
         assert self.pool is not None and self.pool.default_params is not None
         defaults = self.pool.default_params
         for name in TRACKED_PARAMETERS:
             if name not in self.params and name in defaults:
                 self.params[name] = defaults[name]
-        shown = dict(defaults)
-        shown.update(self.params)
-        shown.pop("search_path", None)
-        out = [be.encode_parameter_status(k, v) for k, v in shown.items()]
         self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
-        out.append(be.encode_backend_key_data(self.cancel_pid, self.cancel_secret))
-        out.append(be.encode_ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
+        self.transport.write(auth_ok + self.pool.welcome_status(self.params)
+                             + be.encode_backend_key_data(self.cancel_pid, self.cancel_secret)
+                             + _READY_IDLE)
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None

@@ -24,6 +24,7 @@ from ecluse.config.tls import ServerTls
 from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
 from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
+from ecluse.protocol.backend import encode_parameter_status
 from ecluse.protocol.codes import STATUS_IDLE
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
@@ -41,6 +42,7 @@ _S_USED = ServerState.USED
 _S_TESTED = ServerState.TESTED
 _S_LOGIN = ServerState.LOGIN
 _S_CLOSED = ServerState.CLOSED
+_WELCOME_CACHE_SIZE = 64
 _RETRY = 0.02  # seconds between launch attempts while other workers hold the slots
 
 
@@ -89,6 +91,10 @@ class Pool:
         # What a client's welcome reports (a server's ParameterStatus values); with
         # several workers, learnt from the others when they know it (registry).
         self.default_params: dict[str, str] | None = registry.shared_params(settings)
+        # Encoded ParameterStatus blocks by client parameters (welcome_status), for
+        # the default_params they were built from.
+        self._welcome_cache: dict[tuple, bytes] = {}
+        self._welcome_for: dict[str, str] | None = None
         self.last_failure: float = 0.0
         self.last_error: Exception | None = None
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
@@ -154,6 +160,27 @@ class Pool:
         """True while server logins fail and server_login_retry has not passed."""
         return (self.last_error is not None and self.total() == 0
                 and time.monotonic() - self.last_failure < self.settings.server_login_retry)
+
+    def welcome_status(self, params: dict[str, str]) -> bytes:
+        """The ParameterStatus messages that welcome a client with ``params``: the
+        defaults overlaid with its own, search_path left out (PostgreSQL 15 does
+        not report it). Cached: under connection churn every login asks."""
+        defaults = self.default_params
+        assert defaults is not None
+        if self._welcome_for is not defaults:
+            self._welcome_for = defaults
+            self._welcome_cache = {}
+        key = tuple(params.items())
+        block = self._welcome_cache.get(key)
+        if block is None:
+            shown = dict(defaults)
+            shown.update(params)
+            shown.pop("search_path", None)
+            block = b"".join(encode_parameter_status(k, v) for k, v in shown.items())
+            if len(self._welcome_cache) >= _WELCOME_CACHE_SIZE:
+                self._welcome_cache.clear()  # many distinct clients: rebuild as they come
+            self._welcome_cache[key] = block
+        return block
 
     # --- state changes -----------------------------------------------------
     def _set_state(self, server: ServerConnection, state: ServerState) -> None:
