@@ -15,29 +15,31 @@ Rules:
    whole Query no longer than the framer would accept, SQL that cannot leave
    session state (frontend/sqlscan.py), an idle server available at once.
    Any other case goes the general way before anything has changed.
-2. It leaves every object (session, server, tracker, reply queue, pool,
-   counters) in the state the general path leaves it in, so that whatever
-   comes next (more requests in the transaction, a reply in pieces, an error)
-   goes the general way without knowing the request came by this one.
+2. It leaves every object (session, server, pool, counters) in the state the
+   general path leaves it in, except the server's tracker and reply queue:
+   they are told of the Query only when something other than the express
+   reply needs them (ServerConnection._settle_express: more requests in the
+   transaction, a reply in pieces or with an error, a cancel, the client
+   leaving), and then exactly as the general path would have told them, so
+   that whatever comes next goes the general way without knowing.
 3. Parameters not in step with the server are synced the general way, with
    the request buffered behind the SETs.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from ecluse.frontend.sqlscan import may_leave_session_state
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import codes
-from ecluse.protocol import replies as rq
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
     from ecluse.server.connection import ServerConnection
 
 _Q = codes.FE_QUERY
-_IDLE = ClientState.IDLE
 _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
 # Longest Query taken: the framer delivers longer ones in pieces (see session.py).
@@ -67,11 +69,12 @@ class ExpressPath:
                 or int.from_bytes(data[1:5]) + 1 != n or not self._framer.at_boundary:
             return False
         rewriter = self._rewriter
-        if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:
-            return False
+        pool = self.pool
+        if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down \
+                or not pool.idle or pool.waiters.live:
+            return False  # (no idle server: the general path queues the client)
         if may_leave_session_state(data[5:-1].decode("utf-8", "replace")):
             return False
-        pool = self.pool
         server = pool.take_now()
         if server is None:
             return False
@@ -83,28 +86,48 @@ class ExpressPath:
             self._buffer(self._framer.feed(data))
             self.on_server_assigned(server)
             return True
-        self._express_link(server, rewriter)
+        # on_server_assigned's link, for a client whose parameters are in step; the
+        # server records the Query itself when something needs it (_settle_express).
+        self.server = server
+        replies = rewriter.replies
+        server.link_express(self, replies)
+        replies.on_statements_dropped = self._on_statements_dropped
+        transport = server.transport
+        if self._write_paused:
+            transport.pause_reading()
+        self.state = _LINKED
         now = self.last_activity
         self.request_started = now
         if not self.xact_started:
             self.xact_started = now
-        tracker = server.tracker
-        tracker.on_client_message(_Q)
-        rewriter.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
-        server.express = True
-        server.transport.write(data)
+        transport.write(data)
         return True
 
-    def _express_link(self, server: ServerConnection, rewriter) -> None:
-        """on_server_assigned's link, for a client whose parameters are in step."""
-        self.server = server
-        server.client = self
-        server.tracker.reset()
-        replies = rewriter.replies
-        replies.reset()
-        replies.on_statements_dropped = self._on_statements_dropped
-        server.replies = replies
-        if self._write_paused and server.transport is not None:
-            server.transport.pause_reading()
+    def _express_pending(self, server: ServerConnection) -> bool:
+        """The pool just linked ``server`` (parameters in step) to this client, which
+        waited with one whole Query buffered: send it the express way if rule 1
+        allows; True when it did."""
+        pending = self._pending
+        rewriter = self._rewriter
+        if len(pending) != 1 or rewriter is None or self._probing or self._hub_waits:
+            return False
+        msg_type, raw, start, end = pending[0]
+        if msg_type != _Q or not (start and end) or rewriter._skip_to_sync \
+                or rewriter._drop_rest or not self._framer.at_boundary:
+            return False
+        sql = bytes(raw[5:-1])
+        if sql != self._harmless_sql and \
+                may_leave_session_state(sql.decode("utf-8", "replace")):
+            return False
+        self._harmless_sql = None  # as the rewriter's hook would have consumed it
+        self._pending = ()
+        self._pending_bytes = 0
+        if self._reading_paused:
+            self.resume_client_reading()
+        server.link_express(self, rewriter.replies)
         self.state = _LINKED
-
+        self.request_started = now = time.monotonic()
+        if not self.xact_started:
+            self.xact_started = now
+        server.transport.write(raw)
+        return True

@@ -133,6 +133,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self.peer = "?"
         self.user = ""
         self.database = ""
+        # The client's tracked parameters; after the welcome a dict shared with the
+        # pool's other clients that have the same (Pool.welcome): replaced, never
+        # changed in place.
         self.params: dict[str, str] = {}
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
@@ -446,7 +449,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             if name not in self.params and name in defaults:
                 self.params[name] = defaults[name]
         self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
-        self.transport.write(auth_ok + self.pool.welcome_status(self.params)
+        block, self.params = self.pool.welcome(self.params)  # shared: copy to change
+        self.transport.write(auth_ok + block
                              + be.encode_backend_key_data(self.cancel_pid, self.cancel_secret)
                              + _READY_IDLE)
         if self._login_timer is not None:
@@ -552,6 +556,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             if extra is not None:
                 sync = extra if sync is None else f"{sync};{extra}"
         if sync is None:
+            if self._express_pending(server):
+                return
             self._set_state(_LINKED)
             self._flush_pending()
         else:
@@ -653,8 +659,10 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.transport.write(data)
 
     def on_server_params(self, name: str, value: str) -> None:
-        if name in TRACKED_PARAMETERS:
-            self.params[name] = value
+        if name in TRACKED_PARAMETERS and self.params.get(name) != value:
+            params = dict(self.params)  # never in place: the dict may be shared (welcome)
+            params[name] = value
+            self.params = params
 
     def on_server_ready(self, server: ServerConnection) -> None:
         """The server answered every request; release it if the mode says so."""
@@ -709,10 +717,22 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.xact_started = 0.0
 
     def _release_server(self, server: ServerConnection) -> None:
-        """Give the server back between transactions (transaction/statement mode)."""
+        """Unlink and give the server back between transactions (transaction and
+        statement mode)."""
         pool = self.pool
         assert pool is not None
-        self._unlink()
+        linked, self.server = self.server, None
+        if linked is not None:
+            linked.unlink()
+        rewriter = self._rewriter
+        if rewriter is not None:
+            replies = rewriter.replies
+            replies.reset()  # its queue, until the next link
+            replies.on_statements_dropped = None
+        if self.state is _LINKED:
+            self.state = _IDLE  # the usual transition, once per transaction
+        else:
+            self._set_state(_IDLE)
         pool.release(server, reset=pool.settings.server_reset_query_always)
         if self.ctx.shutting_down:
             self.close()
@@ -755,19 +775,6 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if self.transport is not None and not self._reading_paused \
                 and self.state is not _CLOSED:
             self.transport.resume_reading()
-
-    def _unlink(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            server.unlink()
-        if self._rewriter is not None:
-            replies = self._rewriter.replies
-            replies.reset()  # its queue, until the next link
-            replies.on_statements_dropped = None
-        if self.state is not _LINKED:
-            self._set_state(_IDLE)
-        else:
-            self.state = _IDLE  # the usual transition, once per transaction
 
     # --- TLS -----------------------------------------------------------------------
     def _start_tls_task(self, coro) -> None:

@@ -287,11 +287,13 @@ class SessionStateKeeping:
                     if name.lower() not in _TRACKED_LOWER}
         self.session_settings = settings
         server.session_settings = dict(settings)
+        params = dict(self.params)  # never in place: it may be shared (Pool.welcome)
         if "search_path" in state.settings:
-            self.params["search_path"] = server.params["search_path"] = state.search_path
+            params["search_path"] = server.params["search_path"] = state.search_path
         else:
-            self.params.pop("search_path", None)
+            params.pop("search_path", None)
             server.params.pop("search_path", None)
+        self.params = params
         was = self.pinned
         pins = list(state.pins)
         if self._custom_unknown:

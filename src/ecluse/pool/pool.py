@@ -91,9 +91,9 @@ class Pool:
         # What a client's welcome reports (a server's ParameterStatus values); with
         # several workers, learnt from the others when they know it (registry).
         self.default_params: dict[str, str] | None = registry.shared_params(settings)
-        # Encoded ParameterStatus blocks by client parameters (welcome_status), for
-        # the default_params they were built from.
-        self._welcome_cache: dict[tuple, bytes] = {}
+        # Encoded ParameterStatus blocks and shared parameter dicts by client
+        # parameters (welcome), for the default_params they were built from.
+        self._welcome_cache: dict[tuple, tuple[bytes, dict[str, str]]] = {}
         self._welcome_for: dict[str, str] | None = None
         self.last_failure: float = 0.0
         self.last_error: Exception | None = None
@@ -161,26 +161,29 @@ class Pool:
         return (self.last_error is not None and self.total() == 0
                 and time.monotonic() - self.last_failure < self.settings.server_login_retry)
 
-    def welcome_status(self, params: dict[str, str]) -> bytes:
-        """The ParameterStatus messages that welcome a client with ``params``: the
-        defaults overlaid with its own, search_path left out (PostgreSQL 15 does
-        not report it). Cached: under connection churn every login asks."""
+    def welcome(self, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        """The ParameterStatus messages that welcome a client with ``params`` (the
+        defaults overlaid with its own, search_path left out: PostgreSQL 15 does not
+        report it), and a dict equal to ``params`` shared by every client that has
+        the same: an idle client then holds no parameters of its own. The shared
+        dict must never be changed in place (copy it first). Cached: under
+        connection churn every login asks."""
         defaults = self.default_params
         assert defaults is not None
         if self._welcome_for is not defaults:
             self._welcome_for = defaults
             self._welcome_cache = {}
         key = tuple(params.items())
-        block = self._welcome_cache.get(key)
-        if block is None:
+        entry = self._welcome_cache.get(key)
+        if entry is None:
             shown = dict(defaults)
             shown.update(params)
             shown.pop("search_path", None)
             block = b"".join(encode_parameter_status(k, v) for k, v in shown.items())
             if len(self._welcome_cache) >= _WELCOME_CACHE_SIZE:
                 self._welcome_cache.clear()  # many distinct clients: rebuild as they come
-            self._welcome_cache[key] = block
-        return block
+            entry = self._welcome_cache[key] = (block, params)
+        return entry
 
     # --- state changes -----------------------------------------------------
     def _set_state(self, server: ServerConnection, state: ServerState) -> None:
@@ -220,24 +223,24 @@ class Pool:
         if self.login_failing():
             client.on_wait_failed(self._login_error())
             return None
-        waiter = Waiter(client)
-        timeout = self.settings.query_wait_timeout
-        if timeout > 0:
-            waiter.timer = asyncio.get_running_loop().call_later(
-                timeout, self._wait_timed_out, waiter)
-        self.waiters.push(waiter)
+        # No timer per waiter (one per queued transaction under load): the
+        # janitor's maintain() fails those past query_wait_timeout.
+        self.waiters.push(Waiter(client))
         self._dispatch()
         return None
 
     def take_now(self) -> ServerConnection | None:
         """Return an idle server if one may be had without waiting, else None (nobody
         is queued for it)."""
-        if self.paused or (self.waiters.queue and self.waiters):
+        if self.paused or self.waiters.live:
             return None
         server = self._take_idle()
         if server is None:
             return None
-        self._set_state(server, _S_ACTIVE)
+        # _set_state(server, ACTIVE) for the server _take_idle returns: the last idle.
+        self.idle.pop()
+        server.state = _S_ACTIVE
+        self.active.add(server)
         stats = self.stats
         stats.server_assignment_count += 1
         stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
@@ -256,18 +259,28 @@ class Pool:
                 return True
         return False
 
-    def _wait_timed_out(self, waiter: Waiter) -> None:
-        waiter.timer = None
-        waiter.fail(PoolTimeout("query_wait_timeout"))
+    def expire_waiters(self, now: float) -> None:
+        """Fail the clients queued longer than query_wait_timeout (oldest first)."""
+        timeout = self.settings.query_wait_timeout
+        if timeout <= 0 or not self.waiters:
+            return
+        for waiter in list(self.waiters):
+            if now - waiter.since < timeout:
+                break  # the queue is in arrival order: the rest waited less
+            waiter.fail(PoolTimeout("query_wait_timeout"))
 
     def _take_idle(self) -> ServerConnection | None:
-        """Pop a usable idle server (most recently used first), closing stale ones."""
+        """Return the usable idle server most recently used (still last in ``idle``),
+        closing stale ones and sending idle ones to server_check_query."""
         s = self.settings
         now = time.monotonic()  # once: this runs at every transaction's start
-        while self.idle:
-            server = self.idle[-1]
-            if server.is_closed() or (s.server_lifetime > 0 and
-                                      now - server.created_at > s.server_lifetime):
+        idle = self.idle
+        while idle:
+            server = idle[-1]
+            transport = server.transport
+            # server.is_closed(), spelt out.
+            if server.state is _S_CLOSED or transport is None or transport.is_closing() \
+                    or (s.server_lifetime > 0 and now - server.created_at > s.server_lifetime):
                 self._set_state(server, ServerState.USED)
                 server.close()
                 continue
@@ -292,7 +305,7 @@ class Pool:
         """Give idle servers to waiters; launch new servers if waiters remain."""
         if self.paused:
             return
-        if not self.waiters.queue or not self.waiters:
+        if not self.waiters:
             # Nobody waits (every release in steady state): nothing to hand out or launch.
             if self.registry.shared:
                 self._publish_wanted()
@@ -385,7 +398,7 @@ class Pool:
             self.idle.append(server)
         else:
             self._set_state(server, _S_IDLE)
-        if self.waiters.queue or self.registry.shared:
+        if self.waiters.live or self.registry.shared:
             self._dispatch()
 
     def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
@@ -543,9 +556,11 @@ class Pool:
 
     # --- maintenance (called by the janitor) ---------------------------------
     def maintain(self) -> None:
-        """Close expired idle servers and keep min_pool_size warm."""
+        """Fail clients queued too long, close expired idle servers and keep
+        min_pool_size warm."""
         s = self.settings
         now = time.monotonic()
+        self.expire_waiters(now)
         keep = s.min_pool_size
         for server in list(self.idle):
             expired = s.server_lifetime > 0 and now - server.created_at > s.server_lifetime

@@ -1,4 +1,4 @@
-"""Clients waiting for a server: a FIFO of Waiter objects with timeouts.
+"""Clients waiting for a server: a FIFO of Waiter objects (the pool expires them).
 
 A Waiter can refuse a hand-over once it has given up (timed out, cancelled,
 disconnected), so a server is never given to a client that already left.
@@ -6,7 +6,6 @@ disconnected), so a server is never given to a client that already left.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -26,13 +25,13 @@ class WaitingClient(Protocol):
 class Waiter:
     """One client's place in the queue."""
 
-    __slots__ = ("client", "done", "since", "timer")
+    __slots__ = ("client", "done", "queue", "since")
 
     def __init__(self, client: WaitingClient):
         self.client = client
         self.since = time.monotonic()
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.queue: WaiterQueue | None = None  # counted among its live waiters
 
     def waited(self) -> float:
         return time.monotonic() - self.since
@@ -59,22 +58,25 @@ class Waiter:
 
     def _finish(self) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.queue is not None:  # gave up while queued
+            self.queue.live -= 1
+            self.queue = None
 
 
 class WaiterQueue:
-    """FIFO of waiters; finished waiters are skipped lazily."""
+    """FIFO of waiters; finished waiters are skipped lazily, and counted out at once."""
 
-    __slots__ = ("queue",)
+    __slots__ = ("live", "queue")
 
     def __init__(self) -> None:
-        # May still hold finished waiters; empty means nobody waits, which the pool
-        # tests at every transaction without a call.
+        # May still hold finished waiters: ``live`` counts the others, which the pool
+        # tests at every transaction.
         self.queue: deque[Waiter] = deque()
+        self.live = 0
 
     def push(self, waiter: Waiter) -> None:
+        waiter.queue = self
+        self.live += 1
         self.queue.append(waiter)
 
     def pop(self) -> Waiter | None:
@@ -82,17 +84,18 @@ class WaiterQueue:
         while q:
             w = q.popleft()
             if not w.done:
+                w.queue = None
+                self.live -= 1
                 return w
         return None
 
     def __len__(self) -> int:
-        return sum(1 for w in self.queue if not w.done)
+        return self.live
 
     def __bool__(self) -> bool:
-        q = self.queue
-        while q and q[0].done:
-            q.popleft()
-        return bool(q)
+        if not self.live and self.queue:
+            self.queue.clear()  # only finished ones are left
+        return self.live > 0
 
     def __iter__(self) -> Iterator[Waiter]:
         return (w for w in self.queue if not w.done)

@@ -28,6 +28,7 @@ from typing import Protocol
 from ecluse.config.tls import ServerTls
 from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
 from ecluse.protocol import codes
+from ecluse.protocol import replies as rq
 from ecluse.protocol.backend import (
     decode_data_row,
     decode_error_fields,
@@ -56,6 +57,7 @@ _Z = codes.BE_READY_FOR_QUERY
 _S = codes.BE_PARAMETER_STATUS
 _E = codes.BE_ERROR_RESPONSE
 _D = codes.BE_DATA_ROW
+_FE_QUERY = codes.FE_QUERY
 _TRACKED_REPLIES = frozenset({
     codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE, codes.BE_PORTAL_SUSPENDED,
     codes.BE_COPY_IN_RESPONSE, codes.BE_COPY_OUT_RESPONSE, codes.BE_COPY_BOTH_RESPONSE,
@@ -149,7 +151,7 @@ class ServerConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.key: BackendKeyData | None = None
         self.client: ServerLink | None = None
-        self.tracker = RequestTracker()
+        self._tracker = RequestTracker()  # read through the tracker property
         # The pooler-wide prepared statements this server holds (frontend/prepared.py).
         self.prepared = PreparedCache(max_prepared)
         # Set while a client whose statement names are rewritten is linked.
@@ -188,9 +190,26 @@ class ServerConnection(asyncio.Protocol):
         self._tls_asked = False
         self._tls_task: asyncio.Task | None = None
         self.tls = False
-        # The linked client's requests all came by the express path
-        # (frontend/express.py): a plain reply may take _relay_express.
+        # One Query came by the express path (frontend/express.py) and nothing
+        # since: its reply may take _relay_express, and the tracker and reply
+        # queue have not been told of it yet (_settle_express does, on first need).
         self.express = False
+
+    @property
+    def tracker(self) -> RequestTracker:
+        """The request tracker, told of an outstanding express Query first."""
+        if self.express:
+            self._settle_express()
+        return self._tracker
+
+    def _settle_express(self) -> None:
+        """Record the outstanding express Query as the general path would have:
+        anything but _relay_express is about to look at this link's requests."""
+        self.express = False
+        tracker = self._tracker
+        tracker.on_client_message(_FE_QUERY)
+        if self.replies is not None:
+            self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
 
     def __repr__(self) -> str:
         pid = self.key.process_id if self.key else 0
@@ -219,8 +238,10 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(first)
 
     def data_received(self, data: bytes) -> None:
-        if self.express and self._relay_express(data):
-            return
+        if self.express:
+            if self._relay_express(data):
+                return
+            self._settle_express()
         if self._tls_setup:
             self._on_ssl_response(data)
             return
@@ -366,10 +387,19 @@ class ServerConnection(asyncio.Protocol):
         self.client = client
         self.tracker.reset()
 
+    def link_express(self, client: ServerLink, replies: ReplyQueue) -> None:
+        """Attach a client whose Query comes by the express path, and is sent next."""
+        self.client = client
+        self._tracker.reset()
+        replies.reset()
+        self.replies = replies
+        self.express = True
+
     def unlink(self) -> None:
         """Detach the client; resume reading if its slowness had paused us."""
+        if self.express:
+            self._settle_express()  # left with its Query outstanding: drain as usual
         self.client = None
-        self.express = False
         self.replies = None
         self.last_used = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
@@ -377,7 +407,8 @@ class ServerConnection(asyncio.Protocol):
 
     def send(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
-        self.express = False  # this request came the general way
+        # The sender read .tracker first, which settled any express Query.
+        assert not self.express
         self.transport.write(data)
 
     def _relay_express(self, data: bytes) -> bool:
@@ -407,13 +438,13 @@ class ServerConnection(asyncio.Protocol):
             pos += length + 1
         if pos != last:
             return False
-        tracker = self.tracker
+        # What the tracker and reply queue would do with the Query and this
+        # ReadyForQuery, had they been told: nothing outstanding, this status.
+        self.express = False
+        self._tracker.status = data[-1]
         self.stats.query_count += 1
-        tracker.on_server_message(_Z, data[-1])
-        self.replies.on_reply(_Z, data)
         client.write_from_server(data)
-        if tracker.is_done():
-            client.on_server_ready(self)
+        client.on_server_ready(self)
         return True
 
     def _relay(self, pieces, whole: bytes | None = None) -> None:

@@ -94,6 +94,8 @@ class ModelServer:
             self.read += 1 + length
             if kind == ord("X"):  # Terminate: the connection is being closed
                 break
+            if kind == ord("f"):  # CopyFail outside COPY: PostgreSQL drops it
+                continue
             assert kind == ord("Q")
             out.append(self.answer(body[:-1].decode()))
         return out
@@ -146,6 +148,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 def run(mode: str, steps, express: bool, monkeypatch) -> dict:
     if not express:
         monkeypatch.setattr(ExpressPath, "_express_query", lambda self, data: False)
+        monkeypatch.setattr(ExpressPath, "_express_pending", lambda self, server: False)
     taken = []
     real_relay = ServerConnection._relay_express
 
@@ -187,6 +190,12 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
                 if session.state is ClientState.CLOSED:
                     continue
                 session.data_received(msg(b"Q", SQL[what % len(SQL)].encode() + b"\0"))
+            elif kind == "close":
+                # The client goes away, perhaps with its Query outstanding.
+                session = clients[who % CLIENTS]
+                if session.state is not ClientState.CLOSED:
+                    session.transport.closed = True
+                    session.connection_lost(None)
             else:
                 for i, model in enumerate(models):
                     if not due[i]:
@@ -211,7 +220,7 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
     return asyncio.run(go())
 
 
-step = st.tuples(st.sampled_from(["send", "reply"]), st.integers(0, 20),
+step = st.tuples(st.sampled_from(["send", "send", "reply", "reply", "close"]), st.integers(0, 20),
                  st.one_of(st.integers(0, 20), st.lists(st.integers(1, 200), max_size=3)))
 
 
@@ -219,7 +228,7 @@ def normalise(steps):
     # "send" takes an SQL index, "reply" a list of cut points.
     out = []
     for kind, who, what in steps:
-        if kind == "send":
+        if kind != "reply":
             out.append((kind, who, what if isinstance(what, int) else len(what)))
         else:
             out.append((kind, who, what if isinstance(what, list) else [what + 1]))
@@ -248,6 +257,16 @@ def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
     assert result["express"] == 3
     assert result["server_states"].count(ServerState.IDLE) == SERVERS
     assert result["counters"][0] == 3  # three queries counted
+
+
+def test_a_client_that_waited_goes_the_express_way_too(monkeypatch) -> None:
+    # Four clients, three servers: the fourth waits with its Query buffered, and
+    # gets the first server released; all four replies come back the express way.
+    steps = [("send", i, 0) for i in range(4)] + [("reply", 0, [])] * 4
+    result = run("transaction", steps, True, monkeypatch)
+    assert result["express"] == 4, result["express"]
+    assert result["counters"][0] == 4
+    assert all(out.endswith(b"SELECT 1\0Z\0\0\0\x05I") for out in result["clients"][:4])
 
 
 @given(st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
