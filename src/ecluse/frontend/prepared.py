@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+from typing import Protocol
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import backend as be
@@ -103,18 +103,26 @@ class ClientStatement:
         self.undone = False  # its Parse was refused or skipped: it never existed
 
 
+class SqlWatcher(Protocol):
+    """Sees the SQL of each Query and Parse a client sends (kind, text or None when
+    too long to hold, whether the Parse names its statement); for a Query it may
+    return the reply to fake instead of sending it (e.g. DEALLOCATE of a client
+    name)."""
+
+    def on_sql(self, kind: int, sql: bytes | None, named: bool) -> rq.Fake | None: ...
+
+
 class StatementRewriter:
     """Per-client statement names mapped onto per-server prepared statements."""
 
-    __slots__ = ("_drop_rest", "_skip_to_sync", "enabled", "known_good", "replies", "sql_hook",
-                 "statements")
+    __slots__ = ("_drop_rest", "_skip_to_sync", "enabled", "known_good", "replies",
+                 "sql_watcher", "statements")
 
     def __init__(self, known_good: dict[str, None] | None = None, enabled: bool = True) -> None:
         self.enabled = enabled  # False (max_prepared_statements = 0): names pass through
-        # Sees the SQL of each Query and Parse (kind, text, whether the Parse names its
-        # statement); for a Query it may return the reply to fake instead of sending it
-        # (e.g. DEALLOCATE of a client name).
-        self.sql_hook: Callable[[int, bytes | None, bool], rq.Fake | None] | None = None
+        # Sees the SQL of each Query and Parse (an object, not a bound method: one of
+        # those per idle client costs 64 bytes).
+        self.sql_watcher: SqlWatcher | None = None
         self.statements: dict[bytes, ClientStatement] = {}
         # Server names some server of this pool has parsed without error, shared by
         # the pool's clients: a client may prepare one of these without a server.
@@ -216,10 +224,11 @@ class StatementRewriter:
                     continue
                 self._skip_to_sync = False
             if msg_type == _QUERY:
-                if self.sql_hook is not None:
-                    # Text too long to hold whole is passed as None: the hook must assume
-                    # the worst about it.
-                    fake = self.sql_hook(_QUERY, bytes(raw[5:-1]) if end else None, False)
+                if self.sql_watcher is not None:
+                    # Text too long to hold whole is passed as None: the watcher must
+                    # assume the worst about it.
+                    fake = self.sql_watcher.on_sql(_QUERY, bytes(raw[5:-1]) if end else None,
+                                                   False)
                     if fake is not None:
                         self.replies.add(rq.QUERY, rq.FAKE, fake)
                         continue
@@ -229,13 +238,14 @@ class StatementRewriter:
                 # Skipped only after an error earlier in an unsynced batch.
                 self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
                 continue
-            if msg_type == codes.FE_PARSE and self.sql_hook is not None and start:
+            if msg_type == codes.FE_PARSE and self.sql_watcher is not None and start:
                 if end:
                     name_end = _cstr_end(raw, 5, "Parse")
                     text = bytes(raw[name_end + 1:])
-                    self.sql_hook(codes.FE_PARSE, text[:text.find(b"\0")], name_end > 5)
+                    self.sql_watcher.on_sql(codes.FE_PARSE, text[:text.find(b"\0")],
+                                            name_end > 5)
                 else:
-                    self.sql_hook(codes.FE_PARSE, None, True)
+                    self.sql_watcher.on_sql(codes.FE_PARSE, None, True)
             if not self.enabled and msg_type in _NAMING:
                 out.append(raw)
                 tracker.on_client_message(msg_type)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -170,7 +171,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self._tls_early: bytearray | None = None  # decrypted before start_tls returned
         self._rewriter: StatementRewriter | None = None
         self._admitted = False  # counted in ctx's per-database/per-user client limits
-        # Session state in transaction/statement mode (see _on_sql and _start_probe).
+        # Session state in transaction/statement mode (see on_sql and _start_probe).
         # SET by the client, replayed on link; replaced whole by each probe, never
         # changed in place, so every client without any shares one empty mapping.
         self.session_settings: Mapping[str, str] = _NO_SETTINGS
@@ -306,7 +307,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self._refuse_cleartext()
         validate_startup_params(msg.params)
         startup = resolve_startup(msg.params, settings.ignore_startup_parameters)
-        self.user, self.database = startup.user, startup.database
+        # Interned: thousands of clients of one pool then share two strings.
+        self.user, self.database = sys.intern(startup.user), sys.intern(startup.database)
         self.params = startup.params
         if settings.log_connections and not self.control_link:
             log.info("%s login attempt", self._describe())
@@ -429,7 +431,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if self.pool.settings.mode != "session":
             enabled = self.ctx.config.settings.max_prepared_statements > 0
             self._rewriter = StatementRewriter(self.pool.known_statements, enabled)
-            self._rewriter.sql_hook = self._on_sql
+            self._rewriter.sql_watcher = self
             self._framer.set_inspect(_REWRITE_INSPECT, 1 << 20)
             self._framer.stream_oversize = True
         else:

@@ -52,8 +52,8 @@ class SessionStateKeeping:
 
     __slots__ = ()
 
-    def _on_sql(self, kind: int, sql: bytes | None, named: bool) -> Fake | None:
-        """Rewriter hook: the text of each Query and Parse sent to a server."""
+    def on_sql(self, kind: int, sql: bytes | None, named: bool) -> Fake | None:
+        """The rewriter's SqlWatcher: the text of each Query and Parse sent to a server."""
         if sql is None:
             self._suspect = True  # too long to scan: assume the worst
             return None
