@@ -13,8 +13,10 @@ Rules:
    step, do exactly what this does: the client IDLE with nothing buffered, no
    probe or LISTEN pending, framer and rewriter at a message boundary, a
    whole Query no longer than the framer would accept, SQL that cannot leave
-   session state (frontend/sqlscan.py), an idle server available at once.
-   Any other case goes the general way before anything has changed.
+   session state (frontend/sqlscan.py). Any other case goes the general way
+   before anything has changed. With no idle server the client queues as
+   the general path would queue it, and when a server frees up its Query
+   goes on the express way (_express_pending).
 2. It leaves every object (session, server, pool, counters) in the state the
    general path leaves it in, except the server's tracker and reply queue:
    they are told of the Query only when something other than the express
@@ -32,6 +34,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ecluse.frontend.sqlscan import may_leave_session_state
+from ecluse.frontend.statekeeping import HARMLESS_CACHE_MAX
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import codes
 from ecluse.server.params import build_sync_query
@@ -69,16 +72,26 @@ class ExpressPath:
                 or int.from_bytes(data[1:5]) + 1 != n or not self._framer.at_boundary:
             return False
         rewriter = self._rewriter
-        pool = self.pool
-        if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down \
-                or not pool.idle or pool.waiters.live:
-            return False  # (no idle server: the general path queues the client)
-        if may_leave_session_state(data[5:-1].decode("utf-8", "replace")):
+        if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:
             return False
+        sql = data[5:-1]
+        if may_leave_session_state(sql.decode("utf-8", "replace")):
+            return False
+        pool = self.pool
+        pool.stats.received += n
         server = pool.take_now()
         if server is None:
-            return False
-        pool.stats.received += n
+            # No idle server, or others queue first: wait in line as _queue_pieces and
+            # _acquire would have it, the SQL known harmless for _express_pending.
+            if len(sql) <= HARMLESS_CACHE_MAX:
+                self._harmless_sql = sql
+            self._pending = [(_Q, data, True, True)]
+            self._pending_bytes = n
+            self._set_state(_WAITING)
+            server = pool.acquire(self)
+            if server is not None:
+                self.on_server_assigned(server)
+            return True
         if self.session_settings or server.session_settings or \
                 not params_in_step(self.params, server.params):
             # Rule 3: as _acquire would, with the pool's answer already in hand.

@@ -44,7 +44,7 @@ log = logging.getLogger("ecluse.client")
 
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED_PARAMETERS)
 # Longest SQL text remembered as scanned and harmless (see _answer_idle_sql).
-_HARMLESS_CACHE_MAX = 8192
+HARMLESS_CACHE_MAX = 8192
 
 
 class SessionStateKeeping:
@@ -121,7 +121,7 @@ class SessionStateKeeping:
         sql = bytes(raw[5:-1])
         text = sql.decode("utf-8", "replace")
         if not may_leave_session_state(text):
-            if len(sql) <= _HARMLESS_CACHE_MAX:
+            if len(sql) <= HARMLESS_CACHE_MAX:
                 # The rewriter's hook sees the same text next: spare it a second scan.
                 self._harmless_sql = sql
             return False

@@ -137,7 +137,8 @@ class Pool:
 
     def can_launch(self) -> bool:
         limit = self._limit()
-        if self.closed or self._backing_off() or self.total() >= limit:
+        # The pool full is the usual answer under load: tested first.
+        if self.total() >= limit or self.closed or self._backing_off():
             return False
         if self.registry.shared:
             # Reading the node-wide counts costs more than a transaction's relay:
@@ -327,7 +328,8 @@ class Pool:
         needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
         while needed > 0 and self.can_launch() and self.launch():
             needed -= 1
-        if self.waiters and self.total() == 0 and not self.can_launch():
+        if self.waiters and not self.idle and not self.active and self.total() == 0 \
+                and not self.can_launch():
             self.registry.make_room(self)
         if self.registry.shared:
             self._publish_wanted()
