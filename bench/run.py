@@ -146,7 +146,9 @@ class Bench:
         max_clients = max(self.args.clients + self.args.churn_clients, default=1)
         self.cluster = PgCluster(os.path.join(self.tmp, "pgdata"))
         settings = {
-            "max_connections": str(max(700, max_clients + 100)),
+            # The direct rows' clients, plus the servers every pooler instance keeps
+            # (pool size 20 each, TLS instances included) while they run.
+            "max_connections": str(max(700, max_clients + 400)),
             "shared_buffers": "256MB",
         }
         if self.args.tls_protocols:

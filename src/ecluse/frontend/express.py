@@ -1,9 +1,11 @@
-"""The express path: one simple Query from an idle client straight to an idle server.
+"""The express path: a request from an idle client straight to an idle server.
 
-Most transactions a transaction pooler sees are a single Query sent by a client
-that holds no server, answered by one chunk ending with ReadyForQuery. The
-general path (framer pieces, the rewriter, the pool's queue, the link, the
-tracker, the reply queue) spends most of ecluse's CPU per transaction on
+Most transactions a transaction pooler sees are a single Query, or a single
+extended-protocol batch of the unnamed statement (Parse, Bind, Describe,
+Execute, Sync: what drivers send for a query with parameters), sent by a
+client that holds no server, answered by one chunk ending with ReadyForQuery.
+The general path (framer pieces, the rewriter, the pool's queue, the link,
+the tracker, the reply queue) spends most of ecluse's CPU per transaction on
 steps that have nothing to do in that case. This mixin of FrontendSession
 fuses them for the client -> server direction; ServerConnection's
 ``_relay_express`` does the same for the reply.
@@ -11,15 +13,17 @@ fuses them for the client -> server direction; ServerConnection's
 Rules:
 1. A request goes the express way only when the general path would, step for
    step, do exactly what this does: the client IDLE with nothing buffered, no
-   probe or LISTEN pending, framer and rewriter at a message boundary, a
-   whole Query no longer than the framer would accept, SQL that cannot leave
-   session state (frontend/sqlscan.py). Any other case goes the general way
-   before anything has changed. With no idle server the client queues as
-   the general path would queue it, and when a server frees up its Query
-   goes on the express way (_express_pending).
+   probe or LISTEN pending, framer and rewriter at a message boundary, whole
+   messages no longer than the framer would accept (a Query, or a batch of
+   the unnamed statement and portal ending with its only Sync: the rewriter
+   passes those through untouched), SQL that cannot leave session state
+   (frontend/sqlscan.py). Any other case goes the general way before
+   anything has changed. With no idle server the client queues as the
+   general path would queue it, and when a server frees up its request goes
+   on the express way (_express_pending).
 2. It leaves every object (session, server, pool, counters) in the state the
    general path leaves it in, except the server's tracker and reply queue:
-   they are told of the Query only when something other than the express
+   they are told of the request only when something other than the express
    reply needs them (ServerConnection._settle_express: more requests in the
    transaction, a reply in pieces or with an error, a cancel, the client
    leaving), and then exactly as the general path would have told them, so
@@ -30,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -37,6 +42,7 @@ from ecluse.frontend.sqlscan import may_leave_session_state
 from ecluse.frontend.statekeeping import HARMLESS_CACHE_MAX
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import codes
+from ecluse.protocol import replies as rq
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
@@ -58,34 +64,120 @@ def params_in_step(wanted: dict[str, str], current: dict[str, str]) -> bool:
     return build_sync_query(wanted, current) is None
 
 
+# What the server's tracker and reply queue are told when an express request is
+# settled (ServerConnection._settle_express): per message, its type and reply kind.
+SENT_QUERY = ((codes.FE_QUERY, rq.QUERY),)
+_SENT_PARSE = (codes.FE_PARSE, rq.PARSE)
+_SENT_BIND = (codes.FE_BIND, rq.BIND)
+_SENT_DESCRIBE_PORTAL = (codes.FE_DESCRIBE, rq.DESCRIBE_PORTAL)
+_SENT_DESCRIBE_STATEMENT = (codes.FE_DESCRIBE, rq.DESCRIBE_STATEMENT)
+_SENT_EXECUTE = (codes.FE_EXECUTE, rq.EXECUTE)
+_SENT_SYNC = (codes.FE_SYNC, rq.SYNC)
+_P = codes.FE_PARSE
+_B = codes.FE_BIND
+_D = codes.FE_DESCRIBE
+_E = codes.FE_EXECUTE
+_S = codes.FE_SYNC
+_DESCRIBE_PORTAL = ord("P")
+_DESCRIBE_STATEMENT = ord("S")
+_LENGTH = struct.Struct("!I")
+
+
+def plan_batch(data: bytes) -> tuple[tuple, int, int] | None:
+    """Check an extended-protocol batch for the express path: whole Parse, Bind,
+    Describe and Execute messages of the unnamed statement and portal (which the
+    rewriter passes through untouched), SQL that cannot leave session state, and
+    one Sync, last. Return (what to settle, Parses, Binds), or None."""
+    n = len(data)
+    pos = 0
+    sent = []
+    parses = binds = 0
+    unpack = _LENGTH.unpack_from
+    while pos < n:
+        if n - pos < 5:
+            return None
+        msg_type = data[pos]
+        length = unpack(data, pos + 1)[0]
+        end = pos + 1 + length
+        if length < 4 or length > _EXPRESS_MAX or end > n:
+            return None
+        if msg_type == _P:
+            nul = data.find(b"\0", pos + 6, end)
+            if length < 8 or data[pos + 5] != 0 or nul < 0 or may_leave_session_state(
+                    data[pos + 6:nul].decode("utf-8", "replace")):
+                return None
+            sent.append(_SENT_PARSE)
+            parses += 1
+        elif msg_type == _B:
+            if length < 6 or data[pos + 5] != 0 or data[pos + 6] != 0:
+                return None
+            sent.append(_SENT_BIND)
+            binds += 1
+        elif msg_type == _D:
+            kind = data[pos + 5]
+            if length != 6 or data[pos + 6] != 0:
+                return None
+            if kind == _DESCRIBE_PORTAL:
+                sent.append(_SENT_DESCRIBE_PORTAL)
+            elif kind == _DESCRIBE_STATEMENT:
+                sent.append(_SENT_DESCRIBE_STATEMENT)
+            else:
+                return None
+        elif msg_type == _E:
+            if length < 9 or data[pos + 5] != 0:
+                return None
+            sent.append(_SENT_EXECUTE)
+        elif msg_type == _S:
+            if end != n or length != 4:
+                return None
+            sent.append(_SENT_SYNC)
+        else:
+            return None
+        pos = end
+    if not sent or sent[-1] is not _SENT_SYNC:
+        return None
+    return tuple(sent), parses, binds
+
+
 class ExpressPath:
-    """FrontendSession's fused path for a lone Query from an idle client."""
+    """FrontendSession's fused path for a lone Query or unnamed extended batch."""
 
     __slots__ = ()
 
-    def _express_query(self, data: bytes) -> bool:
-        """Send ``data`` (all the client sent) to an idle server if rule 1 allows;
-        True when it did."""
+    def _express_request(self, data: bytes) -> bool:
+        """Send ``data`` (all the client sent) to an idle server if rule 1 allows, or
+        queue for one; True when it did."""
         n = len(data)
-        if n < 6 or data[0] != _Q or n > _EXPRESS_MAX or self._pending or self._probing \
-                or self._hub_waits or self._tls_task is not None \
-                or int.from_bytes(data[1:5]) + 1 != n or not self._framer.at_boundary:
+        if n < 6 or n > _EXPRESS_MAX or self._pending or self._probing or self._hub_waits \
+                or self._tls_task is not None or not self._framer.at_boundary:
             return False
         rewriter = self._rewriter
         if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:
             return False
-        sql = data[5:-1]
-        if may_leave_session_state(sql.decode("utf-8", "replace")):
-            return False
+        parses = binds = 0
+        if data[0] == _Q:
+            sql = data[5:-1]
+            if int.from_bytes(data[1:5]) + 1 != n or \
+                    may_leave_session_state(sql.decode("utf-8", "replace")):
+                return False
+            sent = SENT_QUERY
+        else:
+            plan = plan_batch(data)
+            if plan is None:
+                return False
+            sent, parses, binds = plan
         pool = self.pool
         pool.stats.received += n
         server = pool.take_now()
         if server is None:
             # No idle server, or others queue first: wait in line as _queue_pieces and
             # _acquire would have it, the SQL known harmless for _express_pending.
-            if len(sql) <= HARMLESS_CACHE_MAX:
-                self._harmless_sql = sql
-            self._pending = [(_Q, data, True, True)]
+            if sent is SENT_QUERY:
+                if len(sql) <= HARMLESS_CACHE_MAX:
+                    self._harmless_sql = sql
+                self._pending = [(_Q, data, True, True)]
+            else:
+                self._pending = self._framer.feed(data)
             self._pending_bytes = n
             self._set_state(_WAITING)
             server = pool.acquire(self)
@@ -100,10 +192,10 @@ class ExpressPath:
             self.on_server_assigned(server)
             return True
         # on_server_assigned's link, for a client whose parameters are in step; the
-        # server records the Query itself when something needs it (_settle_express).
+        # server records the request itself when something needs it (_settle_express).
         self.server = server
         replies = rewriter.replies
-        server.link_express(self, replies)
+        server.link_express(self, replies, sent, parses, binds)
         replies.on_statements_dropped = self._on_statements_dropped
         transport = server.transport
         if self._write_paused:
@@ -113,34 +205,56 @@ class ExpressPath:
         self.request_started = now
         if not self.xact_started:
             self.xact_started = now
+        if parses:
+            self._count_batch(parses)
         transport.write(data)
         return True
 
+    def _count_batch(self, parses: int) -> None:
+        """Count an extended batch's client Parses when it is sent, as the general
+        path does (link_express leaves the server's for _count_request)."""
+        self.pool.stats.client_parse_count += parses
+        self._harmless_sql = None  # the rewriter's watcher would have taken it
+
     def _express_pending(self, server: ServerConnection) -> bool:
         """The pool just linked ``server`` (parameters in step) to this client, which
-        waited with one whole Query buffered: send it the express way if rule 1
-        allows; True when it did."""
+        waited with one whole Query or unnamed batch buffered: send it the express
+        way if rule 1 allows; True when it did."""
         pending = self._pending
         rewriter = self._rewriter
-        if len(pending) != 1 or rewriter is None or self._probing or self._hub_waits:
+        if not pending or rewriter is None or self._probing or self._hub_waits \
+                or rewriter._skip_to_sync or rewriter._drop_rest \
+                or not self._framer.at_boundary:
             return False
-        msg_type, raw, start, end = pending[0]
-        if msg_type != _Q or not (start and end) or rewriter._skip_to_sync \
-                or rewriter._drop_rest or not self._framer.at_boundary:
-            return False
-        sql = bytes(raw[5:-1])
-        if sql != self._harmless_sql and \
-                may_leave_session_state(sql.decode("utf-8", "replace")):
-            return False
-        self._harmless_sql = None  # as the rewriter's hook would have consumed it
+        parses = binds = 0
+        if len(pending) == 1 and pending[0][0] == _Q:
+            _type, raw, start, end = pending[0]
+            if not (start and end):
+                return False
+            sql = bytes(raw[5:-1])
+            if sql != self._harmless_sql and \
+                    may_leave_session_state(sql.decode("utf-8", "replace")):
+                return False
+            self._harmless_sql = None  # as the rewriter's watcher would have taken it
+            sent = SENT_QUERY
+        else:
+            if not all(start and end for _t, _r, start, end in pending):
+                return False
+            raw = b"".join([piece[1] for piece in pending])
+            plan = plan_batch(raw)
+            if plan is None:
+                return False
+            sent, parses, binds = plan
         self._pending = ()
         self._pending_bytes = 0
         if self._reading_paused:
             self.resume_client_reading()
-        server.link_express(self, rewriter.replies)
+        server.link_express(self, rewriter.replies, sent, parses, binds)
         self.state = _LINKED
         self.request_started = now = time.monotonic()
         if not self.xact_started:
             self.xact_started = now
+        if parses:
+            self._count_batch(parses)
         server.transport.write(raw)
         return True

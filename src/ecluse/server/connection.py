@@ -57,7 +57,6 @@ _Z = codes.BE_READY_FOR_QUERY
 _S = codes.BE_PARAMETER_STATUS
 _E = codes.BE_ERROR_RESPONSE
 _D = codes.BE_DATA_ROW
-_FE_QUERY = codes.FE_QUERY
 _TRACKED_REPLIES = frozenset({
     codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE, codes.BE_PORTAL_SUSPENDED,
     codes.BE_COPY_IN_RESPONSE, codes.BE_COPY_OUT_RESPONSE, codes.BE_COPY_BOTH_RESPONSE,
@@ -73,10 +72,12 @@ _REPLY_TYPES = frozenset({
     codes.BE_PORTAL_SUSPENDED, _E, _Z,
 })
 # The reply messages _relay_express passes through without a look: rows, their
-# description, command tags, empty-query answers and notices.
+# description, command tags, empty-query answers, notices, and the extended
+# protocol's completions and descriptions.
 _EXPRESS_TYPES = frozenset({
     codes.BE_ROW_DESCRIPTION, _D, codes.BE_COMMAND_COMPLETE, codes.BE_EMPTY_QUERY_RESPONSE,
-    codes.BE_NOTICE_RESPONSE,
+    codes.BE_NOTICE_RESPONSE, codes.BE_PARSE_COMPLETE, codes.BE_BIND_COMPLETE,
+    codes.BE_NO_DATA, codes.BE_PARAMETER_DESCRIPTION,
 })
 _READY_LENGTH = b"\0\0\0\x05"
 _LENGTH = struct.Struct("!I")
@@ -190,10 +191,11 @@ class ServerConnection(asyncio.Protocol):
         self._tls_asked = False
         self._tls_task: asyncio.Task | None = None
         self.tls = False
-        # One Query came by the express path (frontend/express.py) and nothing
+        # A request came by the express path (frontend/express.py) and nothing
         # since: its reply may take _relay_express, and the tracker and reply
-        # queue have not been told of it yet (_settle_express does, on first need).
-        self.express = False
+        # queue have not been told of it yet. What _settle_express tells them, on
+        # first need: per message sent, its type and reply kind; None otherwise.
+        self.express: tuple[tuple[int, int], ...] | None = None
 
     @property
     def tracker(self) -> RequestTracker:
@@ -203,13 +205,18 @@ class ServerConnection(asyncio.Protocol):
         return self._tracker
 
     def _settle_express(self) -> None:
-        """Record the outstanding express Query as the general path would have:
+        """Record the outstanding express request as the general path would have:
         anything but _relay_express is about to look at this link's requests."""
-        self.express = False
+        sent, self.express = self.express, None
         tracker = self._tracker
-        tracker.on_client_message(_FE_QUERY)
-        if self.replies is not None:
-            self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
+        replies = self.replies
+        counted = tracker.parses, tracker.binds  # set when the request was sent
+        for msg_type, kind in sent:
+            tracker.on_client_message(msg_type)
+            if replies is not None:
+                replies.add(kind, undo=tracker.query_skipped_undo if kind == rq.QUERY
+                            else None)
+        tracker.parses, tracker.binds = counted
 
     def __repr__(self) -> str:
         pid = self.key.process_id if self.key else 0
@@ -387,13 +394,20 @@ class ServerConnection(asyncio.Protocol):
         self.client = client
         self.tracker.reset()
 
-    def link_express(self, client: ServerLink, replies: ReplyQueue) -> None:
-        """Attach a client whose Query comes by the express path, and is sent next."""
+    def link_express(self, client: ServerLink, replies: ReplyQueue,
+                     sent: tuple[tuple[int, int], ...], parses: int = 0,
+                     binds: int = 0) -> None:
+        """Attach a client whose request (``sent``: see ``express``, with ``parses``
+        Parses and ``binds`` Binds, for the counters) comes by the express path, and
+        is sent next."""
         self.client = client
-        self._tracker.reset()
+        tracker = self._tracker
+        tracker.reset()
+        tracker.parses = parses
+        tracker.binds = binds
         replies.reset()
         self.replies = replies
-        self.express = True
+        self.express = sent
 
     def unlink(self) -> None:
         """Detach the client; resume reading if its slowness had paused us."""
@@ -438,9 +452,9 @@ class ServerConnection(asyncio.Protocol):
             pos += length + 1
         if pos != last:
             return False
-        # What the tracker and reply queue would do with the Query and this
+        # What the tracker and reply queue would do with the request and this
         # ReadyForQuery, had they been told: nothing outstanding, this status.
-        self.express = False
+        self.express = None
         self._tracker.status = data[-1]
         self.stats.query_count += 1
         client.write_from_server(data)

@@ -50,6 +50,9 @@ def msg(t: bytes, body: bytes) -> bytes:
     return t + struct.pack("!I", len(body) + 4) + body
 
 
+ROW_DESCRIPTION = msg(b"T", b"\0\x01c\0" + b"\0" * 18)
+
+
 class Capture(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
@@ -76,57 +79,92 @@ class Capture(asyncio.Transport):
 
 
 class ModelServer:
-    """PostgreSQL's answers to the Queries written to one server connection."""
+    """PostgreSQL's answers to the Queries and extended batches written to one server
+    connection (enough of them for this test: both runs meet the same model)."""
 
     def __init__(self, conn: ServerConnection):
         self.conn = conn
         self.read = 0  # bytes of conn.transport.out already answered
         self.status = b"I"
+        self.statements: dict[bytes, str] = {}
+        self.portal = ""
+        self.skipping = False  # after an error in a batch, until Sync
+        self.batch: list[bytes] = []
 
     def replies(self) -> list[bytes]:
-        """One reply per Query not yet answered, in order."""
+        """One reply per sync point (Query or Sync) not yet answered, in order."""
         out = []
         buf = self.conn.transport.out
         while len(buf) - self.read >= 5:
             length = struct.unpack_from("!I", buf, self.read + 1)[0]
             body = bytes(buf[self.read + 5:self.read + 1 + length])
-            kind = buf[self.read]
+            kind = bytes(buf[self.read:self.read + 1])
             self.read += 1 + length
-            if kind == ord("X"):  # Terminate: the connection is being closed
+            if kind == b"X":  # Terminate: the connection is being closed
                 break
-            if kind == ord("f"):  # CopyFail outside COPY: PostgreSQL drops it
-                continue
-            assert kind == ord("Q")
-            out.append(self.answer(body[:-1].decode()))
+            if kind == b"Q":
+                out.append(self.answer(body[:-1].decode()) + msg(b"Z", self.status))
+            elif kind == b"S":
+                self.skipping = False
+                out.append(b"".join(self.batch) + msg(b"Z", self.status))
+                self.batch = []
+            elif not self.skipping:
+                self.batch.append(self.extended(kind, body))
         return out
 
+    def extended(self, kind: bytes, body: bytes) -> bytes:
+        if kind == b"P":
+            name, sql, _rest = body.split(b"\0", 2)
+            self.statements[name] = sql.decode()
+            return msg(b"1", b"")
+        if kind == b"B":
+            _portal, name, _rest = body.split(b"\0", 2)
+            self.portal = self.statements.get(name, "")
+            return msg(b"2", b"")
+        if kind == b"D":
+            sql = self.statements.get(body[1:-1], "") if body[:1] == b"S" else self.portal
+            described = ROW_DESCRIPTION if sql.lower().startswith("select") else msg(b"n", b"")
+            return (msg(b"t", b"\0\0") if body[:1] == b"S" else b"") + described
+        if kind == b"E":
+            reply = self.answer(self.portal).replace(ROW_DESCRIPTION, b"")
+            self.skipping = reply.startswith(b"E")
+            return reply
+        if kind == b"C":
+            return msg(b"3", b"")
+        return b""  # Flush; CopyFail outside COPY is dropped
+
     def answer(self, sql: str) -> bytes:
-        row = msg(b"T", b"\0\x01c\0" + b"\0" * 18) + msg(b"D", b"\0\x01\0\0\0\x011")
+        row = ROW_DESCRIPTION + msg(b"D", b"\0\x01\0\0\0\x011")
         low = sql.lower()
         if self.status == b"E" and low not in ("commit", "rollback"):
-            return msg(b"E", b"SERROR\0C25P02\0Maborted\0\0") + msg(b"Z", self.status)
+            return msg(b"E", b"SERROR\0C25P02\0Maborted\0\0")
         if low == "begin":
             self.status = b"T"
-            body = msg(b"C", b"BEGIN\0")
-        elif low in ("commit", "rollback"):
+            return msg(b"C", b"BEGIN\0")
+        if low in ("commit", "rollback"):
             self.status = b"I"
-            body = msg(b"C", low.upper().encode() + b"\0")
-        elif low == "select 1/0":
+            return msg(b"C", low.upper().encode() + b"\0")
+        if low == "select 1/0":
             self.status = b"E" if self.status != b"I" else b"I"
-            body = msg(b"E", b"SERROR\0C22012\0Mdivision by zero\0\0")
-        elif low == "":
-            body = msg(b"I", b"")
-        elif low == "select 1; select 2":
-            body = (row + msg(b"C", b"SELECT 1\0")) * 2
-        elif low == "select notice":
-            body = msg(b"N", b"SNOTICE\0C00000\0Mhello\0\0") + row + msg(b"C", b"SELECT 1\0")
-        elif low.startswith("set ") or low.startswith("reset ") or "set_config" in low:
-            body = msg(b"C", b"SET\0")
-        elif "current_setting" in low or "pg_settings" in low:
-            body = msg(b"C", b"SELECT 0\0")  # the session-state probe: nothing to report
-        else:
-            body = row + msg(b"C", b"SELECT 1\0")
-        return body + msg(b"Z", self.status)
+            return msg(b"E", b"SERROR\0C22012\0Mdivision by zero\0\0")
+        if low == "":
+            return msg(b"I", b"")
+        if low == "select 1; select 2":
+            return (row + msg(b"C", b"SELECT 1\0")) * 2
+        if low == "select notice":
+            return msg(b"N", b"SNOTICE\0C00000\0Mhello\0\0") + row + msg(b"C", b"SELECT 1\0")
+        if low.startswith("set ") or low.startswith("reset ") or "set_config" in low:
+            return msg(b"C", b"SET\0")
+        if "current_setting" in low or "pg_settings" in low:
+            return msg(b"C", b"SELECT 0\0")  # the session-state probe: nothing to report
+        return row + msg(b"C", b"SELECT 1\0")
+
+
+def batch(sql: str, name: bytes = b"") -> bytes:
+    """What libpq sends for PQexecParams (unnamed) or a named prepare-and-run."""
+    text = sql.encode() + b"\0"
+    return (msg(b"P", name + b"\0" + text + b"\0\0") + msg(b"B", b"\0" + name + b"\0" + bytes(6))
+            + msg(b"D", b"P\0") + msg(b"E", b"\0" + bytes(4)) + msg(b"S", b""))
 
 
 def without_key(data: bytes) -> bytes:
@@ -147,7 +185,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def run(mode: str, steps, express: bool, monkeypatch) -> dict:
     if not express:
-        monkeypatch.setattr(ExpressPath, "_express_query", lambda self, data: False)
+        monkeypatch.setattr(ExpressPath, "_express_request", lambda self, data: False)
         monkeypatch.setattr(ExpressPath, "_express_pending", lambda self, server: False)
     taken = []
     real_relay = ServerConnection._relay_express
@@ -185,11 +223,21 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
         # Replies due, per server: chunks not yet delivered.
         due: dict[int, list[bytes]] = {i: [] for i in range(SERVERS)}
         for kind, who, what in steps:
-            if kind == "send":
+            if kind == "bind_named":
+                # Runs statement s1 again, if this client prepared it: no Parse.
+                session = clients[who % CLIENTS]
+                if session.state is not ClientState.CLOSED:
+                    session.data_received(msg(b"B", b"\0s1\0" + bytes(6)) +
+                                          msg(b"E", b"\0" + bytes(4)) + msg(b"S", b""))
+            elif kind in ("send", "extended", "named"):
                 session = clients[who % CLIENTS]
                 if session.state is ClientState.CLOSED:
                     continue
-                session.data_received(msg(b"Q", SQL[what % len(SQL)].encode() + b"\0"))
+                sql = SQL[what % len(SQL)]
+                if kind == "send":
+                    session.data_received(msg(b"Q", sql.encode() + b"\0"))
+                elif sql != "SELECT 1; SELECT 2":  # one statement per Parse
+                    session.data_received(batch(sql, b"" if kind == "extended" else b"s1"))
             elif kind == "close":
                 # The client goes away, perhaps with its Query outstanding.
                 session = clients[who % CLIENTS]
@@ -213,14 +261,16 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
             "servers": [bytes(m.conn.transport.out) for m in models],
             "server_states": [m.conn.state for m in models],
             "counters": (stats.query_count, stats.xact_count, stats.received, stats.sent,
-                         stats.server_assignment_count),
+                         stats.server_assignment_count, stats.client_parse_count,
+                         stats.server_parse_count, stats.bind_count),
             "express": sum(taken),
         }
 
     return asyncio.run(go())
 
 
-step = st.tuples(st.sampled_from(["send", "send", "reply", "reply", "close"]), st.integers(0, 20),
+step = st.tuples(st.sampled_from(["send", "send", "extended", "named", "bind_named",
+                                  "reply", "reply", "close"]), st.integers(0, 20),
                  st.one_of(st.integers(0, 20), st.lists(st.integers(1, 200), max_size=3)))
 
 
@@ -257,6 +307,16 @@ def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
     assert result["express"] == 3
     assert result["server_states"].count(ServerState.IDLE) == SERVERS
     assert result["counters"][0] == 3  # three queries counted
+
+
+def test_an_unnamed_extended_batch_goes_the_express_way(monkeypatch) -> None:
+    steps = [("extended", 0, 0), ("reply", 0, [])] * 3 + [("named", 0, 0), ("reply", 0, [])]
+    result = run("transaction", steps, True, monkeypatch)
+    assert result["express"] == 3  # the named statement goes the general way
+    assert result["counters"][5:] == (4, 4, 4)  # client and server Parses, Binds
+    assert result["clients"][0].endswith(
+        msg(b"1", b"") + msg(b"2", b"") + ROW_DESCRIPTION + msg(b"D", b"\0\x01\0\0\0\x011")
+        + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
 
 
 def test_a_client_that_waited_goes_the_express_way_too(monkeypatch) -> None:
