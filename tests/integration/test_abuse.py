@@ -16,10 +16,11 @@ import threading
 import time
 
 import psycopg
+from wire import RawClient
 
 from ecluse.protocol.frontend import encode_password, encode_query
 from ecluse.protocol.startup import encode_startup_message
-from integration.test_copy import MB, RawClient, peak_rss
+from integration.test_copy import MB, peak_rss
 
 
 def test_client_that_never_reads_costs_bounded_memory(ecluse_factory):

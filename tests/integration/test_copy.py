@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import socket
-import struct
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
+from wire import RawClient
 
 from ecluse.protocol.frontend import (
     encode_bind,
@@ -28,7 +27,6 @@ from ecluse.protocol.frontend import (
     encode_query,
     encode_sync,
 )
-from ecluse.protocol.startup import encode_startup_message
 
 MODES = ["transaction", "session"]
 ROWS = [(i, None if i % 7 == 0 else f"row {i}\twith \"quotes\", commas\nand a newline")
@@ -180,46 +178,6 @@ def test_asyncpg_copy_functions(ec, tmp_path: Path):
     with psycopg.connect(ec.dsn(), autocommit=True) as conn:
         assert conn.execute("select count(*), now() = statement_timestamp() "
                             "from copy_apg").fetchone() == (601, True)
-
-
-# --- a raw protocol client, for message orders no driver produces ------------------------
-
-class RawClient:
-    """Speak the protocol by hand over a plain socket (trust auth only)."""
-
-    def __init__(self, ec, user: str = "postgres", dbname: str = "ecluse_test"):
-        self.sock = socket.create_connection((ec.host, ec.port), timeout=20)
-        self.buf = b""
-        self.sock.sendall(encode_startup_message({"user": user, "database": dbname}))
-        self.read_until(b"Z")
-
-    def send(self, *messages: bytes) -> None:
-        self.sock.sendall(b"".join(messages))
-
-    def read_message(self) -> tuple[bytes, bytes]:
-        while True:
-            if len(self.buf) >= 5:
-                length = struct.unpack_from("!I", self.buf, 1)[0]
-                if len(self.buf) >= length + 1:
-                    msg_type, body = self.buf[:1], self.buf[5:length + 1]
-                    self.buf = self.buf[length + 1:]
-                    return msg_type, body
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("ecluse closed the connection")
-            self.buf += chunk
-
-    def read_until(self, last: bytes) -> list[tuple[bytes, bytes]]:
-        """Messages up to and including the first of type ``last``."""
-        out = []
-        while True:
-            msg = self.read_message()
-            out.append(msg)
-            if msg[0] == last:
-                return out
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _types(messages) -> str:

@@ -9,25 +9,7 @@ import time
 
 import psycopg
 import pytest
-
-
-def startup_packet(user: str = "postgres", database: str = "ecluse_test") -> bytes:
-    body = struct.pack("!I", 196608) + f"user\0{user}\0database\0{database}\0\0".encode()
-    return struct.pack("!I", len(body) + 4) + body
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return b"".join(chunks)
+from wire import read_until_closed, startup_packet
 
 
 def error_fields(data: bytes) -> dict[str, str]:

@@ -22,6 +22,7 @@ import asyncpg
 import pg8000.native
 import psycopg
 import pytest
+from wire import RawClient
 
 from ecluse.protocol.backend import (
     decode_data_row,
@@ -39,7 +40,6 @@ from ecluse.protocol.frontend import (
     encode_query,
     encode_sync,
 )
-from integration.test_copy import RawClient
 from integration.test_pgbench import pgbench_tables, run_pgbench  # noqa: F401 (fixture)
 
 MODES = ["transaction", "session"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from wire import RawClient
 
 from ecluse.protocol.frontend import (
     encode_bind,
@@ -20,7 +21,7 @@ from ecluse.protocol.frontend import (
     encode_query,
     encode_sync,
 )
-from integration.test_copy import RawClient, _types
+from integration.test_copy import _types
 
 MODES = ["transaction", "session"]
 

@@ -24,31 +24,12 @@ import threading
 import asyncpg
 import psycopg
 import pytest
+from wire import read_until_closed, startup_packet
 
 from ecluse.devcluster import PgCluster, find_free_port
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 READY_IDLE = b"Z\x00\x00\x00\x05I"
-
-
-def startup_packet(user: str = "postgres", database: str = "ecluse_test") -> bytes:
-    body = struct.pack("!I", 3 << 16) + f"user\0{user}\0database\0{database}\0\0".encode()
-    return struct.pack("!I", len(body) + 4) + body
-
-
-def read_until_closed(sock, timeout: float = 5.0, until: bytes | None = None) -> bytes:
-    """Read until the peer closes (or ``until`` was received)."""
-    sock.settimeout(timeout)
-    out = b""
-    while until is None or until not in out:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            return out
-        if not chunk:
-            return out
-        out += chunk
-    return out
 
 
 def private_copy(path: str, directory) -> str:

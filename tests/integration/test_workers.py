@@ -13,6 +13,7 @@ import time
 
 import psycopg
 import pytest
+from wire import read_until_ready
 
 from ecluse.protocol.frontend import encode_query
 from ecluse.protocol.startup import encode_cancel_request, encode_startup_message
@@ -151,21 +152,6 @@ def test_cancel_crosses_to_the_peer_that_issued_the_key(ecluse_factory):
         errors = [body for kind, body in replies if kind == b"E"]
         assert errors and b"C57014" in errors[0]
     assert f"passed on to 127.0.0.1:{first.port}" in second.log()
-
-
-def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
-    """Read backend messages up to and including ReadyForQuery."""
-    data, out = b"", []
-    while True:
-        while len(data) >= 5 and len(data) >= 1 + struct.unpack("!i", data[1:5])[0]:
-            size = struct.unpack("!i", data[1:5])[0]
-            kind, body, data = data[:1], data[5:1 + size], data[1 + size:]
-            out.append((kind, body))
-            if kind == b"Z":
-                return out
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before ReadyForQuery"
-        data += chunk
 
 
 def test_rolling_restart_under_pgbench_loses_no_transaction(ecluse_factory):

@@ -74,16 +74,10 @@ class ConsoleLink:
         # not learn whether the user is listed.
         if not self.console.local and not may_log_in(self.ctx.config.settings, self.user):
             raise ClientRefused("not allowed", sqlstate="28000")
-        out = [outcome.final_message, be.encode_authentication_ok()]
-        out += [be.encode_parameter_status(k, v)
-                for k, v in welcome_parameters(self.params).items()]
-        self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
-        out.append(be.encode_backend_key_data(self.cancel_pid, self.cancel_secret))
-        out.append(be.encode_ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self._send_welcome(b"".join([
+            outcome.final_message, be.encode_authentication_ok(),
+            *(be.encode_parameter_status(k, v)
+              for k, v in welcome_parameters(self.params).items())]))
         self._framer.set_inspect(_CONSOLE_INSPECT, _CONSOLE_MESSAGE_MAX)
         self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(ClientState.WELCOME)

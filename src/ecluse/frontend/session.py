@@ -450,14 +450,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         for name in TRACKED_PARAMETERS:
             if name not in self.params and name in defaults:
                 self.params[name] = defaults[name]
-        self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
         block, self.params = self.pool.welcome(self.params)  # shared: copy to change
-        self.transport.write(auth_ok + block
-                             + be.encode_backend_key_data(self.cancel_pid, self.cancel_secret)
-                             + _READY_IDLE)
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self._send_welcome(auth_ok + block)
         self._set_state(_IDLE)
         self.pool.stats.client_connect_count += 1
         if self.ctx.config.settings.log_connections:
@@ -466,6 +460,17 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             pieces, self._pending = self._pending, ()
             self._pending_bytes = 0
             self._queue_pieces(pieces)
+
+    def _send_welcome(self, head: bytes) -> None:
+        """Write ``head`` (AuthenticationOk and the ParameterStatus messages) with a
+        new cancel key and ReadyForQuery, in one write: the login is over."""
+        self.cancel_pid, self.cancel_secret = self.ctx.new_cancel_key(self)
+        self.transport.write(head + be.encode_backend_key_data(self.cancel_pid,
+                                                               self.cancel_secret)
+                             + _READY_IDLE)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
 
     def _on_login_timeout(self) -> None:
         self._login_timer = None

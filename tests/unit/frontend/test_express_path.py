@@ -18,6 +18,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wire import FakeTransport, msg
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
@@ -46,36 +47,7 @@ SQL = ["SELECT 1", "BEGIN", "COMMIT", "SELECT 1/0", "", "SELECT 1; SELECT 2",
        "SELECT notice", "SET x = 1", "select 'set x = 1' -- harmless", "ROLLBACK"]
 
 
-def msg(t: bytes, body: bytes) -> bytes:
-    return t + struct.pack("!I", len(body) + 4) + body
-
-
 ROW_DESCRIPTION = msg(b"T", b"\0\x01c\0" + b"\0" * 18)
-
-
-class Capture(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class ModelServer:
@@ -206,7 +178,7 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
         for _ in range(SERVERS):
             conn = ServerConnection(pool, None, "127.0.0.1", 5432,
                                     asyncio.get_running_loop().create_future())
-            conn.transport = Capture()
+            conn.transport = FakeTransport()
             conn.params = dict(PARAMS)
             conn.stats = pool.stats
             conn._framer.set_inspect(frozenset(b"ZSEACIsGHW"))
@@ -216,7 +188,7 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
         clients = []
         for _ in range(CLIENTS):
             session = FrontendSession(ctx)
-            session.connection_made(Capture())
+            session.connection_made(FakeTransport())
             session.data_received(encode_startup_message({"user": "postgres", "database": "app"}))
             assert session.state is ClientState.IDLE
             clients.append(session)

@@ -11,6 +11,7 @@ import asyncio
 import struct
 
 import pytest
+from wire import FakeTransport
 
 from ecluse.config import config_from_string
 from ecluse.frontend import authn
@@ -29,32 +30,6 @@ app = host=127.0.0.1 port=1
 auth_type = md5
 auth_user = pgb
 """
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
 
 
 def messages(raw: bytes) -> list[tuple[str, bytes]]:

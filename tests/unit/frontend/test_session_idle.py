@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from wire import FakeTransport
+
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import ClientState, FrontendSession
@@ -24,31 +26,6 @@ auth_type = trust
 pool_mode = transaction
 client_login_timeout = 60
 """
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def test_idle_session_holds_no_timer_task_or_buffers() -> None:

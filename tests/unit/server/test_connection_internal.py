@@ -11,27 +11,11 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from wire import FakeTransport
 
 from ecluse.protocol import backend as be
 from ecluse.protocol.frontend import decode_bind, decode_parse
 from ecluse.server.connection import _RELAY_INSPECT, ServerConnection, ServerState
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data) -> None:
-        self.written.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return False
-
-    def resume_reading(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
 
 
 class Client:

@@ -11,6 +11,7 @@ import asyncio
 import ssl
 
 import pytest
+from wire import FakeTransport
 
 from ecluse.config.model import SslMode
 from ecluse.config.tls import ServerTls
@@ -18,31 +19,6 @@ from ecluse.errors import RemoteProtocolError, ServerLoginFailed
 from ecluse.protocol.startup import encode_ssl_request
 from ecluse.server.connection import ServerConnection
 from ecluse.server.login import login
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-        self.paused = False
-
-    def write(self, data) -> None:
-        self.written.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "sockname" else default
 
 
 class Hooks:

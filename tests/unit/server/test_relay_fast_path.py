@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from wire import FakeTransport
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import backend as be
@@ -21,20 +22,6 @@ from ecluse.protocol.framing import Framer
 from ecluse.protocol.messages import RowDescriptionField
 from ecluse.protocol.replies import ReplyQueue
 from ecluse.server.connection import _RELAY_INSPECT, ServerConnection, ServerState
-
-
-class FakeTransport:
-    def write(self, data) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def resume_reading(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
 
 
 class Client:
