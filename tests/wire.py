@@ -31,6 +31,23 @@ def split_messages(raw: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def cut(data: bytes, cuts: list[int], keep_empty: bool = False) -> list[bytes]:
+    """``data`` cut at the offsets in ``cuts`` (taken modulo its length), in order:
+    how a stream may arrive in reads. With ``keep_empty`` an offset may also be 0 or
+    the end, or repeat, giving empty pieces (reads no transport delivers, but a
+    framer must take)."""
+    if keep_empty:
+        points = sorted(c % (len(data) + 1) for c in cuts)
+    else:
+        points = sorted({c % len(data) for c in cuts} - {0})
+    out, last = [], 0
+    for point in points:
+        out.append(data[last:point])
+        last = point
+    out.append(data[last:])
+    return out
+
+
 def startup_packet(user: str = "postgres", database: str = "ecluse_test") -> bytes:
     """A protocol 3.0 StartupMessage."""
     body = struct.pack("!I", 3 << 16) + f"user\0{user}\0database\0{database}\0\0".encode()

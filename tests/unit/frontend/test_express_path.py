@@ -18,7 +18,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire import FakeTransport, msg
+from wire import FakeTransport, cut, msg
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
@@ -145,16 +145,6 @@ def without_key(data: bytes) -> bytes:
     return data if at < 0 else data[:at + 5] + bytes(8) + data[at + 13:]
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % len(data) for c in cuts} - {0})
-    out, last = [], 0
-    for p in points:
-        out.append(data[last:p])
-        last = p
-    out.append(data[last:])
-    return out
-
-
 def run(mode: str, steps, express: bool, monkeypatch) -> dict:
     if not express:
         monkeypatch.setattr(ExpressPath, "_express_request", lambda self, data: False)
@@ -220,7 +210,7 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
                 for i, model in enumerate(models):
                     if not due[i]:
                         for reply in model.replies():
-                            due[i].extend(split(reply, what))
+                            due[i].extend(cut(reply, what))
                 waiting = [i for i in range(SERVERS) if due[i]]
                 if waiting:
                     i = waiting[who % len(waiting)]

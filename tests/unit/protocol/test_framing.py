@@ -14,6 +14,7 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wire import cut
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import codes
@@ -70,16 +71,6 @@ def _reassemble(pieces: list[tuple[int, bytes, bool, bool]]) -> list[tuple[int, 
     return messages
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    out, prev = [], 0
-    for p in points:
-        out.append(data[prev:p])
-        prev = p
-    out.append(data[prev:])
-    return out
-
-
 messages_st = st.lists(
     st.tuples(
         st.sampled_from(sorted(VALID)),
@@ -99,7 +90,7 @@ def test_chunking_does_not_change_the_messages(msgs, cuts):
 
     whole = _feed(f := _framer(), [stream])
     assert f.at_boundary
-    split = _feed(f := _framer(), _split(stream, cuts))
+    split = _feed(f := _framer(), cut(stream, cuts, keep_empty=True))
     assert f.at_boundary
     bytewise = _feed(f := _framer(), [stream[i:i + 1] for i in range(len(stream))])
     assert f.at_boundary
