@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 _Q = codes.FE_QUERY
 _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
-# Longest Query taken: the framer delivers longer ones in pieces (see session.py).
-_EXPRESS_MAX = 1 << 20
 
 
 def params_in_step(wanted: dict[str, str], current: dict[str, str]) -> bool:
@@ -99,7 +97,7 @@ def plan_batch(data: bytes) -> tuple[tuple, int, int] | None:
         msg_type = data[pos]
         length = unpack(data, pos + 1)[0]
         end = pos + 1 + length
-        if length < 4 or length > _EXPRESS_MAX or end > n:
+        if length < 4 or end > n:
             return None
         if msg_type == _P:
             nul = data.find(b"\0", pos + 6, end)
@@ -148,8 +146,11 @@ class ExpressPath:
         """Send ``data`` (all the client sent) to an idle server if rule 1 allows, or
         queue for one; True when it did."""
         n = len(data)
-        if n < 6 or n > _EXPRESS_MAX or self._pending or self._probing or self._hub_waits \
-                or self._tls_task is not None or not self._framer.at_boundary:
+        framer = self._framer
+        # No message longer than the framer delivers whole (max_packet_size may be
+        # lower than the usual 1 MB): those it streams or refuses, the general way.
+        if n < 6 or n > framer.inspect_max or self._pending or self._probing \
+                or self._hub_waits or self._tls_task is not None or not framer.at_boundary:
             return False
         rewriter = self._rewriter
         if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:

@@ -66,6 +66,12 @@ class Framer:
             self._inspect_max = min(inspect_max, self._max_len)
 
     @property
+    def inspect_max(self) -> int:
+        """The longest message of an inspected type delivered whole (and accepted
+        at all, without stream_oversize)."""
+        return self._inspect_max
+
+    @property
     def holds_partial(self) -> bool:
         """True when bytes of a partial header or inspected message are buffered:
         the next ``feed`` does not start at the chunk it is given."""

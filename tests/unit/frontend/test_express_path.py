@@ -145,7 +145,7 @@ def without_key(data: bytes) -> bytes:
     return data if at < 0 else data[:at + 5] + bytes(8) + data[at + 13:]
 
 
-def run(mode: str, steps, express: bool, monkeypatch) -> dict:
+def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "") -> dict:
     if not express:
         monkeypatch.setattr(ExpressPath, "_express_request", lambda self, data: False)
         monkeypatch.setattr(ExpressPath, "_express_pending", lambda self, server: False)
@@ -158,7 +158,7 @@ def run(mode: str, steps, express: bool, monkeypatch) -> dict:
         return done
 
     monkeypatch.setattr(ServerConnection, "_relay_express", counting_relay)
-    config = config_from_string(CONFIG.format(mode=mode))
+    config = config_from_string(CONFIG.format(mode=mode) + extra_config)
 
     async def go() -> dict:
         ctx = ClientContext(config, PoolRegistry(config))
@@ -279,6 +279,23 @@ def test_an_unnamed_extended_batch_goes_the_express_way(monkeypatch) -> None:
     assert result["clients"][0].endswith(
         msg(b"1", b"") + msg(b"2", b"") + ROW_DESCRIPTION + msg(b"D", b"\0\x01\0\0\0\x011")
         + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+
+
+def test_no_express_for_a_message_longer_than_max_packet_size(monkeypatch) -> None:
+    # The general path refuses a Query longer than max_packet_size; so must this one.
+    long_sql = "SELECT '" + "x" * 200 + "'"
+    steps = [("send", 0, SQL.index("SELECT 1"))]
+    SQL.append(long_sql)
+    try:
+        steps.append(("send", 1, len(SQL) - 1))
+        result = run("transaction", [*steps, ("reply", 0, [])], True, monkeypatch,
+                     "max_packet_size = 128\n")
+    finally:
+        SQL.remove(long_sql)
+    assert result["express"] == 1  # the short Query only
+    assert b"too long" in result["clients"][1]
+    assert result["client_states"][1] is ClientState.CLOSED
+    assert all(long_sql.encode() not in out for out in result["servers"])
 
 
 def test_a_client_that_waited_goes_the_express_way_too(monkeypatch) -> None:
