@@ -54,7 +54,7 @@ from ecluse.errors import (
 from ecluse.frontend import authn
 from ecluse.frontend.consolelink import ConsoleLink
 from ecluse.frontend.context import ClientContext
-from ecluse.frontend.express import ExpressPath, params_in_step
+from ecluse.frontend.express import ExpressPath
 from ecluse.frontend.prepared import StatementRewriter
 from ecluse.frontend.startup import resolve_startup
 from ecluse.frontend.statekeeping import SessionStateKeeping
@@ -556,8 +556,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             server.replies = rewriter.replies
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
-        sync = None if params_in_step(self.params, server.params) else \
-            build_sync_query(self.params, server.params)
+        sync = build_sync_query(self.params, server.params)
         if self.session_settings or server.session_settings:
             extra = build_settings_sync(self.session_settings, server.session_settings)
             if extra is not None:

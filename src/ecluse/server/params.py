@@ -41,6 +41,16 @@ def build_sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> s
     search_path: PostgreSQL 15 does not report it, so ``current`` holds it only
     when ecluse set it, and a client that wants the default gets a RESET.
     """
+    # Asked at every link: nearly always every parameter the client has is the
+    # server's too, which this tests in C.
+    if wanted.items() <= current.items() and \
+            ("search_path" in wanted or "search_path" not in current):
+        return None
+    return sync_statements(wanted, current)
+
+
+def sync_statements(wanted: Mapping[str, str], current: Mapping[str, str]) -> str | None:
+    """build_sync_query, parameter by parameter."""
     stmts = []
     for name in TRACKED_PARAMETERS:
         want = wanted.get(name)

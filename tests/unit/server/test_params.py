@@ -5,7 +5,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecluse.server.params import build_sync_query, canonical_name, quote_literal
+from ecluse.server.params import (
+    build_sync_query,
+    canonical_name,
+    quote_literal,
+    sync_statements,
+)
 
 
 def test_nothing_to_do_when_equal():
@@ -55,3 +60,13 @@ def test_quote_literal_cannot_be_escaped_from(value):
 def test_search_path_is_set_as_a_list():
     sql = build_sync_query({"search_path": "a, \"B c\""}, {})
     assert sql == "SELECT pg_catalog.set_config('search_path', E'a, \"B c\"', false)"
+
+
+@given(st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
+                                        "application_name", "extra"]),
+                       st.sampled_from(["a", "b"]), max_size=4),
+       st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
+                                        "application_name"]),
+                       st.sampled_from(["a", "b"]), max_size=4))
+def test_the_in_step_shortcut_agrees_with_the_full_comparison(wanted, current) -> None:
+    assert build_sync_query(wanted, current) == sync_statements(wanted, current)
