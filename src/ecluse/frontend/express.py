@@ -53,15 +53,6 @@ _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
 
 
-def params_in_step(wanted: dict[str, str], current: dict[str, str]) -> bool:
-    """True when build_sync_query(wanted, current) would be None, tested in C when
-    every parameter the client has is the server's too (the usual case)."""
-    if wanted.items() <= current.items() and \
-            ("search_path" in wanted or "search_path" not in current):
-        return True
-    return build_sync_query(wanted, current) is None
-
-
 # What the server's tracker and reply queue are told when an express request is
 # settled (ServerConnection._settle_express): per message, its type and reply kind.
 SENT_QUERY = ((codes.FE_QUERY, rq.QUERY),)
@@ -137,6 +128,20 @@ def plan_batch(data: bytes) -> tuple[tuple, int, int] | None:
     return tuple(sent), parses, binds
 
 
+def plan_request(data: bytes, harmless: bytes | None = None) -> tuple[tuple, int, int] | None:
+    """Check a whole Query or batch for the express path (plan_batch); ``harmless`` is a
+    Query text already found harmless, spared a second scan. Return (what to
+    settle, Parses, Binds), or None."""
+    if data[0] != _Q:
+        return plan_batch(data)
+    if int.from_bytes(data[1:5]) + 1 != len(data):
+        return None
+    sql = data[5:-1]
+    if sql != harmless and may_leave_session_state(sql.decode("utf-8", "replace")):
+        return None
+    return SENT_QUERY, 0, 0
+
+
 class ExpressPath:
     """FrontendSession's fused path for a lone Query or unnamed extended batch."""
 
@@ -155,30 +160,18 @@ class ExpressPath:
         rewriter = self._rewriter
         if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:
             return False
-        parses = binds = 0
-        if data[0] == _Q:
-            sql = data[5:-1]
-            if int.from_bytes(data[1:5]) + 1 != n or \
-                    may_leave_session_state(sql.decode("utf-8", "replace")):
-                return False
-            sent = SENT_QUERY
-        else:
-            plan = plan_batch(data)
-            if plan is None:
-                return False
-            sent, parses, binds = plan
+        plan = plan_request(data)
+        if plan is None:
+            return False
         pool = self.pool
         pool.stats.received += n
         server = pool.take_now()
         if server is None:
             # No idle server, or others queue first: wait in line as _queue_pieces and
             # _acquire would have it, the SQL known harmless for _express_pending.
-            if sent is SENT_QUERY:
-                if len(sql) <= HARMLESS_CACHE_MAX:
-                    self._harmless_sql = sql
-                self._pending = [(_Q, data, True, True)]
-            else:
-                self._pending = self._framer.feed(data)
+            if plan[0] is SENT_QUERY and n - 6 <= HARMLESS_CACHE_MAX:
+                self._harmless_sql = data[5:-1]
+            self._pending = framer.feed(data)
             self._pending_bytes = n
             self._set_state(_WAITING)
             server = pool.acquire(self)
@@ -186,36 +179,19 @@ class ExpressPath:
                 self.on_server_assigned(server)
             return True
         if self.session_settings or server.session_settings or \
-                not params_in_step(self.params, server.params):
+                build_sync_query(self.params, server.params) is not None:
             # Rule 3: as _acquire would, with the pool's answer already in hand.
             self._set_state(_WAITING)
-            self._buffer(self._framer.feed(data))
+            self._buffer(framer.feed(data))
             self.on_server_assigned(server)
             return True
-        # on_server_assigned's link, for a client whose parameters are in step; the
-        # server records the request itself when something needs it (_settle_express).
+        # on_server_assigned's link, for a client whose parameters are in step.
         self.server = server
-        replies = rewriter.replies
-        server.link_express(self, replies, sent, parses, binds)
-        replies.on_statements_dropped = self._on_statements_dropped
-        transport = server.transport
+        rewriter.replies.on_statements_dropped = self._on_statements_dropped
         if self._write_paused:
-            transport.pause_reading()
-        self.state = _LINKED
-        now = self.last_activity
-        self.request_started = now
-        if not self.xact_started:
-            self.xact_started = now
-        if parses:
-            self._count_batch(parses)
-        transport.write(data)
+            server.transport.pause_reading()
+        self._express_send(server, data, plan, self.last_activity)
         return True
-
-    def _count_batch(self, parses: int) -> None:
-        """Count an extended batch's client Parses when it is sent, as the general
-        path does (link_express leaves the server's for _count_request)."""
-        self.pool.stats.client_parse_count += parses
-        self._harmless_sql = None  # the rewriter's watcher would have taken it
 
     def _express_pending(self, server: ServerConnection) -> bool:
         """The pool just linked ``server`` (parameters in step) to this client, which
@@ -225,37 +201,32 @@ class ExpressPath:
         rewriter = self._rewriter
         if not pending or rewriter is None or self._probing or self._hub_waits \
                 or rewriter._skip_to_sync or rewriter._drop_rest \
-                or not self._framer.at_boundary:
+                or not self._framer.at_boundary \
+                or not all(start and end for _t, _r, start, end in pending):
             return False
-        parses = binds = 0
-        if len(pending) == 1 and pending[0][0] == _Q:
-            _type, raw, start, end = pending[0]
-            if not (start and end):
-                return False
-            sql = bytes(raw[5:-1])
-            if sql != self._harmless_sql and \
-                    may_leave_session_state(sql.decode("utf-8", "replace")):
-                return False
-            self._harmless_sql = None  # as the rewriter's watcher would have taken it
-            sent = SENT_QUERY
-        else:
-            if not all(start and end for _t, _r, start, end in pending):
-                return False
-            raw = b"".join([piece[1] for piece in pending])
-            plan = plan_batch(raw)
-            if plan is None:
-                return False
-            sent, parses, binds = plan
+        data = b"".join([piece[1] for piece in pending])
+        plan = plan_request(data, self._harmless_sql)
+        if plan is None:
+            return False
         self._pending = ()
         self._pending_bytes = 0
         if self._reading_paused:
             self.resume_client_reading()
-        server.link_express(self, rewriter.replies, sent, parses, binds)
+        self._express_send(server, data, plan, time.monotonic())
+        return True
+
+    def _express_send(self, server: ServerConnection, data: bytes, plan: tuple[tuple, int, int],
+                      now: float) -> None:
+        """Link ``server`` for the request ``data`` (checked: ``plan``) and send it; the
+        server records the request itself when something needs it (_settle_express)."""
+        sent, parses, binds = plan
+        server.link_express(self, self._rewriter.replies, sent, parses, binds)
         self.state = _LINKED
-        self.request_started = now = time.monotonic()
+        self.request_started = now
         if not self.xact_started:
             self.xact_started = now
-        if parses:
-            self._count_batch(parses)
-        server.transport.write(raw)
-        return True
+        # As the general path: client Parses counted when sent (the server's, and its
+        # Binds, when it is ready), the harmless-text cache taken by the SQL watcher.
+        self.pool.stats.client_parse_count += parses
+        self._harmless_sql = None
+        server.transport.write(data)

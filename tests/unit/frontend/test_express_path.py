@@ -22,12 +22,11 @@ from wire import FakeTransport, cut, msg
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
-from ecluse.frontend.express import ExpressPath, params_in_step
+from ecluse.frontend.express import ExpressPath
 from ecluse.frontend.session import ClientState, FrontendSession
 from ecluse.pool.registry import PoolRegistry
 from ecluse.protocol.startup import encode_startup_message
 from ecluse.server.connection import ServerConnection, ServerState
-from ecluse.server.params import build_sync_query
 
 SERVERS = 3
 CLIENTS = 5
@@ -306,13 +305,3 @@ def test_a_client_that_waited_goes_the_express_way_too(monkeypatch) -> None:
     assert result["express"] == 4, result["express"]
     assert result["counters"][0] == 4
     assert all(out.endswith(b"SELECT 1\0Z\0\0\0\x05I") for out in result["clients"][:4])
-
-
-@given(st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
-                                        "application_name", "extra"]),
-                       st.sampled_from(["a", "b"]), max_size=4),
-       st.dictionaries(st.sampled_from(["client_encoding", "TimeZone", "search_path",
-                                        "application_name"]),
-                       st.sampled_from(["a", "b"]), max_size=4))
-def test_params_in_step_agrees_with_build_sync_query(wanted, current) -> None:
-    assert params_in_step(wanted, current) == (build_sync_query(wanted, current) is None)
