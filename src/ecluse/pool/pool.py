@@ -238,10 +238,7 @@ class Pool:
         server = self._take_idle()
         if server is None:
             return None
-        # _set_state(server, ACTIVE) for the server _take_idle returns: the last idle.
-        self.idle.pop()
-        server.state = _S_ACTIVE
-        self.active.add(server)
+        self._set_state(server, _S_ACTIVE)
         stats = self.stats
         stats.server_assignment_count += 1
         stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
@@ -278,10 +275,8 @@ class Pool:
         idle = self.idle
         while idle:
             server = idle[-1]
-            transport = server.transport
-            # server.is_closed(), spelt out.
-            if server.state is _S_CLOSED or transport is None or transport.is_closing() \
-                    or (s.server_lifetime > 0 and now - server.created_at > s.server_lifetime):
+            if server.is_closed() or (s.server_lifetime > 0 and
+                                      now - server.created_at > s.server_lifetime):
                 self._set_state(server, ServerState.USED)
                 server.close()
                 continue
@@ -372,8 +367,7 @@ class Pool:
                 or server.in_internal() or server.close_when_released or self.closed \
                 or (s.server_lifetime > 0 and
                     time.monotonic() - server.created_at > s.server_lifetime) \
-                or len(self.idle) + len(self.active) + len(self.used) + len(self.login) \
-                + self.launching > s.pool_size + s.reserve_pool:  # a reload shrank it
+                or self.total() > s.pool_size + s.reserve_pool:  # a reload shrank it
             self._set_state(server, ServerState.USED)
             server.close()
             return
@@ -393,15 +387,8 @@ class Pool:
             self._set_state(server, ServerState.USED)
             server.close()
             return
-        if server.state is _S_ACTIVE:
-            # The usual way back, spelt out: this runs once per transaction.
-            self.active.discard(server)
-            server.state = _S_IDLE
-            self.idle.append(server)
-        else:
-            self._set_state(server, _S_IDLE)
-        if self.waiters.live or self.registry.shared:
-            self._dispatch()
+        self._set_state(server, _S_IDLE)
+        self._dispatch()
 
     def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
         if server.state is ServerState.CLOSED:
