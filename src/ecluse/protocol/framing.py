@@ -35,6 +35,29 @@ Piece = tuple[int, memoryview | bytes, bool, bool]
 OVERSIZE_HEAD = 1024
 
 
+_READY = b"Z\0\0\0\x05"  # ReadyForQuery's type and length; its status byte follows
+_LENGTH = struct.Struct("!I")
+
+
+def is_whole_reply(data: bytes, plain: frozenset[int]) -> bool:
+    """True when ``data`` is exactly whole messages of the types in ``plain`` followed
+    by a ReadyForQuery, the last message: a server's reply that can be relayed
+    without being split (the express path's test, server/connection.py)."""
+    last = len(data) - 6
+    if last < 0 or data[last:last + 5] != _READY:
+        return False
+    pos = 0
+    unpack = _LENGTH.unpack_from
+    while pos < last:
+        if data[pos] not in plain:
+            return False
+        length = unpack(data, pos + 1)[0]
+        if length < 4:
+            return False
+        pos += length + 1
+    return pos == last
+
+
 class Framer:
     """Split a stream of typed protocol messages into forwardable pieces."""
 

@@ -20,7 +20,6 @@ import asyncio
 import enum
 import itertools
 import logging
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -35,7 +34,7 @@ from ecluse.protocol.backend import (
     decode_parameter_status,
     error_sqlstate,
 )
-from ecluse.protocol.framing import Framer
+from ecluse.protocol.framing import Framer, is_whole_reply
 from ecluse.protocol.frontend import (
     encode_bind,
     encode_execute,
@@ -79,8 +78,6 @@ _EXPRESS_TYPES = frozenset({
     codes.BE_NOTICE_RESPONSE, codes.BE_PARSE_COMPLETE, codes.BE_BIND_COMPLETE,
     codes.BE_NO_DATA, codes.BE_PARAMETER_DESCRIPTION,
 })
-_READY_LENGTH = b"\0\0\0\x05"
-_LENGTH = struct.Struct("!I")
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
 # SHOW SERVERS' id: stable for a connection's life, never reused within a worker.
@@ -199,7 +196,7 @@ class ServerConnection(asyncio.Protocol):
 
     @property
     def tracker(self) -> RequestTracker:
-        """The request tracker, told of an outstanding express Query first."""
+        """The request tracker, told of an outstanding express request first."""
         if self.express:
             self._settle_express()
         return self._tracker
@@ -412,7 +409,7 @@ class ServerConnection(asyncio.Protocol):
     def unlink(self) -> None:
         """Detach the client; resume reading if its slowness had paused us."""
         if self.express:
-            self._settle_express()  # left with its Query outstanding: drain as usual
+            self._settle_express()  # left with its request outstanding: drain as usual
         self.client = None
         self.replies = None
         self.last_used = time.monotonic()
@@ -421,7 +418,7 @@ class ServerConnection(asyncio.Protocol):
 
     def send(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
-        # The sender read .tracker first, which settled any express Query.
+        # The sender read .tracker first, which settled any express request.
         assert not self.express
         self.transport.write(data)
 
@@ -432,25 +429,9 @@ class ServerConnection(asyncio.Protocol):
         Anything else (a reply in several chunks, an error, a ParameterStatus,
         COPY) returns False before changing anything, for the general relay.
         """
-        n = len(data)
-        last = n - 6
         client = self.client
-        if last < 0 or data[last] != _Z or client is None or self._internal is not None \
-                or not self._framer.at_boundary:
-            return False
-        if data[last + 1:last + 5] != _READY_LENGTH:
-            return False
-        pos = 0
-        unpack = _LENGTH.unpack_from
-        plain = _EXPRESS_TYPES
-        while pos < last:
-            if data[pos] not in plain:
-                return False
-            length = unpack(data, pos + 1)[0]
-            if length < 4:
-                return False
-            pos += length + 1
-        if pos != last:
+        if client is None or self._internal is not None or not self._framer.at_boundary \
+                or not is_whole_reply(data, _EXPRESS_TYPES):
             return False
         # What the tracker and reply queue would do with the request and this
         # ReadyForQuery, had they been told: nothing outstanding, this status.

@@ -18,7 +18,7 @@ from wire import cut
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import codes
-from ecluse.protocol.framing import Framer
+from ecluse.protocol.framing import Framer, is_whole_reply
 
 VALID = codes.BACKEND_TYPES
 INSPECT = frozenset({codes.BE_READY_FOR_QUERY, codes.BE_ERROR_RESPONSE,
@@ -281,3 +281,16 @@ def test_oversize_inspected_message_streams_with_its_head_first(extra, cuts):
     assert b"".join(p[1] for p in pieces) == wire
     assert pieces[-1] == (codes.BE_READY_FOR_QUERY, _msg(codes.BE_READY_FOR_QUERY, b"I"),
                           True, True)
+
+
+@given(st.lists(st.tuples(st.sampled_from(b"TDCZSE"), st.binary(max_size=20)), max_size=6),
+       st.integers(0, 3))
+def test_is_whole_reply_only_for_plain_messages_ending_with_ready(messages, trim) -> None:
+    plain = frozenset(b"TDC")
+    data = b"".join(bytes([t]) + struct.pack("!I", len(body) + 4) + body
+                    for t, body in messages)
+    cut = data[:len(data) - trim] if trim else data
+    expected = (not trim and bool(messages) and messages[-1][0] == ord("Z")
+                and len(messages[-1][1]) == 1
+                and all(t in plain for t, _b in messages[:-1]))
+    assert is_whole_reply(cut, plain) == expected
