@@ -2,8 +2,9 @@
 
 For message orders no driver produces and for unit tests without sockets:
 building and splitting messages, a raw protocol client over a plain socket,
-readers for raw sockets, and an asyncio transport that records what is
-written to it. Imported by tests as ``wire`` (pytest puts tests/ on the path).
+readers for raw sockets, an asyncio transport that records what is written
+to it, and stand-ins for a server connection's client and pool. Imported by
+tests as ``wire`` (pytest puts tests/ on the path).
 """
 
 from __future__ import annotations
@@ -158,3 +159,36 @@ class FakeTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         self.reading = True
+
+
+class LinkStub:
+    """A ServerLink (server/connection.py) that accepts everything and records
+    nothing; tests subclass it for what they watch. Losing the server fails the test."""
+
+    def write_from_server(self, data) -> None:
+        pass
+
+    def on_server_ready(self, server) -> None:
+        pass
+
+    def on_server_params(self, name: str, value: str) -> None:
+        pass
+
+    def on_server_notification(self, raw: bytes) -> None:
+        pass
+
+    def on_server_lost(self, server, error) -> None:
+        raise AssertionError(error)
+
+    def pause_client_reading(self) -> None:
+        pass
+
+    def resume_client_reading(self) -> None:
+        pass
+
+
+class PoolStub:
+    """The PoolHooks of a server connection with no pool."""
+
+    def on_server_closed(self, server) -> None:
+        pass

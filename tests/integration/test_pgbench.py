@@ -23,6 +23,16 @@ def run_pgbench(ec, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def processed_without_failures(out: subprocess.CompletedProcess) -> int:
+    """Check that a pgbench run reported no failed transaction (pgbench 15 prints
+    the line only when there were retries or failures); return how many it
+    processed."""
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    assert failed is None or failed.group(1) == "0", out.stdout
+    return int(re.search(r"number of transactions actually processed: (\d+)",
+                         out.stdout).group(1))
+
+
 @pytest.mark.parametrize("mode", ["simple", "extended"])
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
 def test_pgbench_select_only_more_clients_than_servers(ecluse_factory, pgbench_tables, mode,

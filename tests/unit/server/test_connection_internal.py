@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from wire import FakeTransport
+from wire import FakeTransport, LinkStub, PoolStub
 
 from ecluse.protocol import backend as be
 from ecluse.protocol.frontend import decode_bind, decode_parse
 from ecluse.server.connection import _RELAY_INSPECT, ServerConnection, ServerState
 
 
-class Client:
+class Client(LinkStub):
     """A ServerLink that records what reaches it."""
 
     def __init__(self) -> None:
@@ -29,32 +29,15 @@ class Client:
     def write_from_server(self, data) -> None:
         self.data += data
 
-    def on_server_ready(self, server) -> None:
-        pass
-
     def on_server_params(self, name: str, value: str) -> None:
         self.params[name] = value
 
     def on_server_notification(self, raw: bytes) -> None:
         self.notifications.append(raw)
 
-    def on_server_lost(self, server, error) -> None:
-        raise AssertionError(error)
-
-    def pause_client_reading(self) -> None:
-        pass
-
-    def resume_client_reading(self) -> None:
-        pass
-
-
-class Hooks:
-    def on_server_closed(self, server) -> None:
-        pass
-
 
 def linked_server() -> tuple[ServerConnection, Client]:
-    server = ServerConnection(Hooks(), None, "127.0.0.1", 5432, None)
+    server = ServerConnection(PoolStub(), None, "127.0.0.1", 5432, None)
     server.state = ServerState.ACTIVE
     server.transport = FakeTransport()
     server._framer.set_inspect(_RELAY_INSPECT)

@@ -11,7 +11,7 @@ import asyncio
 import ssl
 
 import pytest
-from wire import FakeTransport
+from wire import FakeTransport, PoolStub
 
 from ecluse.config.model import SslMode
 from ecluse.config.tls import ServerTls
@@ -19,11 +19,6 @@ from ecluse.errors import RemoteProtocolError, ServerLoginFailed
 from ecluse.protocol.startup import encode_ssl_request
 from ecluse.server.connection import ServerConnection
 from ecluse.server.login import login
-
-
-class Hooks:
-    def on_server_closed(self, server) -> None:
-        pass
 
 
 @pytest.fixture
@@ -36,7 +31,7 @@ def loop():
 def connect(loop, mode: SslMode) -> tuple[ServerConnection, FakeTransport, asyncio.Future]:
     done = loop.create_future()
     tls = ServerTls(mode, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    server = ServerConnection(Hooks(), login({"user": "u", "database": "d"}, None),
+    server = ServerConnection(PoolStub(), login({"user": "u", "database": "d"}, None),
                               "127.0.0.1", 5432, done, tls=tls)
     transport = FakeTransport()
     server.connection_made(transport)

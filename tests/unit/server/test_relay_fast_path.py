@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wire import FakeTransport
+from wire import FakeTransport, LinkStub, PoolStub
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import backend as be
@@ -24,7 +24,7 @@ from ecluse.protocol.replies import ReplyQueue
 from ecluse.server.connection import _RELAY_INSPECT, ServerConnection, ServerState
 
 
-class Client:
+class Client(LinkStub):
     """A ServerLink that records its writes and unlinks at ReadyForQuery, as a
     transaction-mode session does."""
 
@@ -39,26 +39,6 @@ class Client:
         self.ready += 1
         server.unlink()
 
-    def on_server_params(self, name: str, value: str) -> None:
-        pass
-
-    def on_server_notification(self, raw: bytes) -> None:
-        pass
-
-    def on_server_lost(self, server, error) -> None:
-        raise AssertionError(error)
-
-    def pause_client_reading(self) -> None:
-        pass
-
-    def resume_client_reading(self) -> None:
-        pass
-
-
-class Hooks:
-    def on_server_closed(self, server) -> None:
-        pass
-
 
 # What pgbench -S gets back for each transaction.
 REPLY = be.encode_row_description([RowDescriptionField("abalance", type_oid=23)]) + \
@@ -67,7 +47,7 @@ REPLY = be.encode_row_description([RowDescriptionField("abalance", type_oid=23)]
 
 
 def linked(rewritten: bool) -> tuple[ServerConnection, Client]:
-    server = ServerConnection(Hooks(), None, "127.0.0.1", 5432, None)
+    server = ServerConnection(PoolStub(), None, "127.0.0.1", 5432, None)
     server.state = ServerState.ACTIVE
     server.transport = FakeTransport()
     server._framer.set_inspect(_RELAY_INSPECT)
