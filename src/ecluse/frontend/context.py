@@ -30,6 +30,9 @@ class ClientContext:
     config: Config
     registry: PoolRegistry
     clients: set[FrontendSession] = field(default_factory=set)
+    # Clients still logging in, oldest first, for client_login_timeout: the
+    # janitor looks at the front only (no timer per connection).
+    logging_in: dict[FrontendSession, None] = field(default_factory=dict)
     cancel_keys: dict[int, FrontendSession] = field(default_factory=dict)
     shutting_down: bool = False
     login_failures: int = 0
@@ -77,9 +80,11 @@ class ClientContext:
     def leave(self, database: str, user: str) -> None:
         """Count out a client admit() counted in."""
         for counter, key in ((self.db_clients, database), (self.user_clients, user)):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+            left = counter[key] - 1
+            if left > 0:
+                counter[key] = left
+            else:
+                counter.pop(key, None)  # dict's: Counter's own __delitem__ is Python
 
     def spawn(self, coro: Coroutine) -> None:
         """Run a background coroutine, keeping a reference until it ends."""

@@ -119,7 +119,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     __slots__ = (
         "_admitted", "_always_probe", "_auth", "_console_backlog", "_custom_names",
         "_custom_unknown", "_framer", "_harmless_sql", "_hub_waits", "_inbuf", "_listening",
-        "_login_timer", "_looked_up", "_notify_backlog", "_pending", "_pending_bytes",
+        "_looked_up", "_notify_backlog", "_pending", "_pending_bytes",
         "_probing", "_reading_paused", "_rewriter", "_secret", "_suspect", "_suspended",
         "_tls_context", "_tls_early", "_tls_task", "_write_paused", "cancel_pid",
         "cancel_secret", "connected_at", "console", "control_link", "ctx", "database", "id",
@@ -162,7 +162,6 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self._write_paused = False
         self._reading_paused = False
         self._suspended = False  # SUSPEND stopped reading (see suspend_reading)
-        self._login_timer: asyncio.TimerHandle | None = None
         # TLS (frontend/tls.py): the context when this listener may offer it, whether
         # the connection is encrypted, and the task detecting or running a handshake.
         self._tls_context: ssl.SSLContext | None = None
@@ -210,10 +209,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.ctx.clients.add(self)
-        timeout = self.ctx.config.settings.client_login_timeout
-        if timeout > 0:
-            self._login_timer = asyncio.get_running_loop().call_later(
-                timeout, self._on_login_timeout)
+        self.ctx.logging_in[self] = None  # until the welcome (client_login_timeout)
         if isinstance(peer, tuple):  # PostgreSQL offers no TLS on unix sockets either
             self._tls_context = client_tls_context(self.ctx.config.settings)
         if transport.get_extra_info("ssl_object") is not None:
@@ -468,12 +464,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self.transport.write(head + be.encode_backend_key_data(self.cancel_pid,
                                                                self.cancel_secret)
                              + _READY_IDLE)
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self.ctx.logging_in.pop(self, None)
 
-    def _on_login_timeout(self) -> None:
-        self._login_timer = None
+    def on_login_timeout(self) -> None:
+        """client_login_timeout passed (the janitor's check) before the welcome."""
+        self.ctx.logging_in.pop(self, None)
         if self.state in (_LOGIN, _AUTH, _WELCOME):
             self.fatal(ClientRefused("client_login_timeout (server down or wrong password?)",
                                      sqlstate="08P01"))
@@ -950,9 +945,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.ctx.leave(self.database, self.user)
         if self.cancel_pid and self.ctx.cancel_keys.get(self.cancel_pid) is self:
             del self.ctx.cancel_keys[self.cancel_pid]
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self.ctx.logging_in.pop(self, None)
         if self._tls_task is not None:
             self._tls_task.cancel()
             self._tls_task = None

@@ -7,6 +7,7 @@ refused. No I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -71,6 +72,12 @@ def parse_options(options: str) -> list[tuple[str, str]]:
     return pairs
 
 
+@functools.lru_cache(maxsize=8)
+def _lowered(names: tuple[str, ...]) -> frozenset[str]:
+    """ignore_startup_parameters as looked up: made once per setting, not per login."""
+    return frozenset(name.lower() for name in names)
+
+
 def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientStartup:
     """Validate a client's startup parameters.
 
@@ -78,7 +85,7 @@ def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientS
     (ignore_startup_parameters) are dropped; anything else is refused with a
     clear error, as PgBouncer does.
     """
-    ignored = {name.lower() for name in ignore}
+    ignored = _lowered(tuple(ignore))
     user = params["user"]
     database = params.get("database") or user
     tracked: dict[str, str] = {}

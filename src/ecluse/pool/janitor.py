@@ -1,4 +1,4 @@
-"""Periodic maintenance: pool sizes, server lifetimes, client and query timeouts,
+"""Periodic maintenance: pool sizes, server lifetimes, login, client and query timeouts,
 and the stats_period sample behind SHOW STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
@@ -34,6 +34,28 @@ class TimedClient(Protocol):
     def fatal(self, error: Exception) -> None: ...
 
 
+class LoggingInClient(Protocol):
+    """The fields of a client still logging in that the janitor reads."""
+
+    connected_at: float
+
+    def on_login_timeout(self) -> None: ...
+
+
+def expire_logins(logging_in: dict, timeout: float, now: float) -> None:
+    """Close the clients past client_login_timeout. ``logging_in`` (keys:
+    LoggingInClient) is in connection order, so only its front is looked at;
+    each client leaves it when it logs in, closes or times out."""
+    if timeout <= 0:
+        return
+    while logging_in:
+        client = next(iter(logging_in))
+        if now - client.connected_at <= timeout:
+            break  # the rest connected later
+        logging_in.pop(client, None)
+        client.on_login_timeout()
+
+
 def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
                           now: float) -> None:
     """Close clients past client_idle_timeout, idle_transaction_timeout or query_timeout."""
@@ -62,10 +84,12 @@ class Janitor:
     """Runs maintenance every PERIOD seconds until stopped."""
 
     def __init__(self, registry: PoolRegistry, settings: Callable[[], Settings],
-                 clients: Callable[[], Iterable[TimedClient]]):
+                 clients: Callable[[], Iterable[TimedClient]],
+                 logging_in: Callable[[], dict] = dict):
         self._registry = registry
         self._settings = settings
         self._clients = clients
+        self._logging_in = logging_in  # see expire_logins
         self._task: asyncio.Task | None = None
         self.sampler = PeriodSampler()
         self._next_sample = 0.0
@@ -93,6 +117,7 @@ class Janitor:
             pool.maintain()
         now = time.monotonic()
         settings = self._settings()
+        expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now)
         if self._registry.retired:
             self._registry.drop_retired({id(c.pool) for c in self._clients()

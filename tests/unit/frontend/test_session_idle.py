@@ -38,12 +38,12 @@ def test_idle_session_holds_no_timer_task_or_buffers() -> None:
         session = FrontendSession(ctx)
         transport = FakeTransport()
         session.connection_made(transport)
-        assert session._login_timer is not None  # client_login_timeout runs during login
+        assert session in ctx.logging_in  # client_login_timeout applies during login
         session.data_received(encode_startup_message({"user": "postgres", "database": "app"}))
         assert session.state is ClientState.IDLE
         assert transport.out.endswith(b"Z" + struct.pack("!I", 5) + b"I")
         assert not hasattr(session, "__dict__")
-        assert session._login_timer is None and session._tls_task is None
+        assert session not in ctx.logging_in and session._tls_task is None
         assert session._inbuf is None
         assert session._pending == () and session._notify_backlog == ()
         assert session._rewriter is not None and len(session._rewriter.replies) == 0

@@ -24,6 +24,8 @@ from ecluse.protocol.startup import (
     encode_gssenc_request,
     encode_ssl_request,
     encode_startup_message,
+    read_parameter_list,
+    split_parameter_list,
     startup_packet_length,
     unsupported_protocol_options,
     validate_startup_params,
@@ -256,3 +258,32 @@ def test_pure_noise_raises_only_remote_protocol_error(raw):
         return
     with contextlib.suppress(RemoteProtocolError):
         decode_startup_packet(raw[:n])
+
+
+# --- the one-pass parameter list decoder agrees with the field-by-field one ---------
+
+_PARAM_TEXT = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+                      max_size=12)
+
+
+@settings(max_examples=400)
+@given(params=st.lists(st.tuples(_PARAM_TEXT.filter(bool), _PARAM_TEXT), max_size=6))
+def test_well_formed_lists_take_the_one_pass_way(params):
+    body = b"".join(n.encode() + b"\0" + v.encode() + b"\0" for n, v in params) + b"\0"
+    assert split_parameter_list(body) == read_parameter_list(body) == dict(params)
+
+
+@settings(max_examples=1000)
+@given(body=st.lists(st.sampled_from([b"\0", b"\0\0", b"user", b"u", b"\xff", b"\xc3\xa9",
+                                      b"\xc3", b"x"]), max_size=10).map(b"".join)
+       | st.binary(max_size=40))
+def test_the_one_pass_way_accepts_nothing_the_reader_refuses(body):
+    """Whatever the bytes, split_parameter_list returns what read_parameter_list
+    returns, or None (the caller then asks read_parameter_list, which refuses)."""
+    fast = split_parameter_list(body)
+    try:
+        slow = read_parameter_list(body)
+    except RemoteProtocolError:
+        assert fast is None
+        return
+    assert fast == slow  # and no list the reader accepts is left to the slow way
