@@ -174,9 +174,7 @@ class ExpressPath:
             self._pending = framer.feed(data)
             self._pending_bytes = n
             self._set_state(_WAITING)
-            server = pool.acquire(self)
-            if server is not None:
-                self.on_server_assigned(server)
+            pool.wait(self)
             return True
         if self.session_settings or server.session_settings or \
                 build_sync_query(self.params, server.params) is not None:
@@ -185,26 +183,30 @@ class ExpressPath:
             self._buffer(framer.feed(data))
             self.on_server_assigned(server)
             return True
-        # on_server_assigned's link, for a client whose parameters are in step.
-        self.server = server
-        rewriter.replies.on_statements_dropped = self._on_statements_dropped
-        if self._write_paused:
-            server.transport.pause_reading()
         self._express_send(server, data, plan, self.last_activity)
         return True
 
     def _express_pending(self, server: ServerConnection) -> bool:
-        """The pool just linked ``server`` (parameters in step) to this client, which
-        waited with one whole Query or unnamed batch buffered: send it the express
-        way if rule 1 allows; True when it did."""
+        """The pool just gave ``server`` (parameters in step) to this client, which
+        waited with one whole Query or unnamed batch buffered: link it and send the
+        request the express way if rule 1 allows; True when it did, False (nothing
+        done) for on_server_assigned's general link."""
         pending = self._pending
         rewriter = self._rewriter
         if not pending or rewriter is None or self._probing or self._hub_waits \
                 or rewriter._skip_to_sync or rewriter._drop_rest \
-                or not self._framer.at_boundary \
-                or not all(start and end for _t, _r, start, end in pending):
+                or not self._framer.at_boundary:
             return False
-        data = b"".join([piece[1] for piece in pending])
+        if len(pending) == 1:  # a Query: the framer kept the chunk itself
+            _t, data, start, end = pending[0]
+            if not (start and end):
+                return False
+            if type(data) is not bytes:
+                data = bytes(data)
+        elif all(start and end for _t, _r, start, end in pending):
+            data = b"".join([piece[1] for piece in pending])
+        else:
+            return False
         plan = plan_request(data, self._harmless_sql)
         if plan is None:
             return False
@@ -219,8 +221,14 @@ class ExpressPath:
                       now: float) -> None:
         """Link ``server`` for the request ``data`` (checked: ``plan``) and send it; the
         server records the request itself when something needs it (_settle_express)."""
+        # on_server_assigned's link, for a client whose parameters are in step.
+        self.server = server
+        replies = self._rewriter.replies
+        replies.on_statements_dropped = self._on_statements_dropped
+        if self._write_paused:
+            server.transport.pause_reading()
         sent, parses, binds = plan
-        server.link_express(self, self._rewriter.replies, sent, parses, binds)
+        server.link_express(self, replies, sent, parses, binds)
         self.state = _LINKED
         self.request_started = now
         if not self.xact_started:

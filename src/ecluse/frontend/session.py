@@ -542,6 +542,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if self.state is _CLOSED:
             self.pool.release(server, reset=False)
             return
+        sync = build_sync_query(self.params, server.params)
+        if self.session_settings or server.session_settings:
+            extra = build_settings_sync(self.session_settings, server.session_settings)
+            if extra is not None:
+                sync = extra if sync is None else f"{sync};{extra}"
+        if sync is None and self._express_pending(server):
+            return  # linked and sent the express way
         self.server = server
         server.link(self)
         rewriter = self._rewriter
@@ -551,14 +558,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             server.replies = rewriter.replies
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
-        sync = build_sync_query(self.params, server.params)
-        if self.session_settings or server.session_settings:
-            extra = build_settings_sync(self.session_settings, server.session_settings)
-            if extra is not None:
-                sync = extra if sync is None else f"{sync};{extra}"
         if sync is None:
-            if self._express_pending(server):
-                return
             self._set_state(_LINKED)
             self._flush_pending()
         else:

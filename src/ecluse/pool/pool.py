@@ -219,16 +219,19 @@ class Pool:
         A queued client later gets on_server_assigned() or on_wait_failed().
         """
         server = self.take_now()
-        if server is not None:
-            return server
+        if server is None:
+            self.wait(client)
+        return server
+
+    def wait(self, client: WaitingClient) -> None:
+        """Queue the client (take_now just found no server for it)."""
         if self.login_failing():
             client.on_wait_failed(self._login_error())
-            return None
+            return
         # No timer per waiter (one per queued transaction under load): the
         # janitor's maintain() fails those past query_wait_timeout.
         self.waiters.push(Waiter(client))
         self._dispatch()
-        return None
 
     def take_now(self) -> ServerConnection | None:
         """Return an idle server if one may be had without waiting, else None (nobody
@@ -297,8 +300,9 @@ class Pool:
         self._set_state(server, ServerState.IDLE)
         self._dispatch()
 
-    def _dispatch(self) -> None:
-        """Give idle servers to waiters; launch new servers if waiters remain."""
+    def _dispatch(self, released: ServerConnection | None = None) -> None:
+        """Give idle servers to waiters, ``released`` (a server just given back,
+        still active) first; launch new servers if waiters remain."""
         if self.paused:
             return
         if not self.waiters:
@@ -307,13 +311,18 @@ class Pool:
                 self._publish_wanted()
             return
         while self.waiters:
-            server = self._take_idle()
+            # (With no idle server, the usual case when a client queues, no call.)
+            server = released or (self._take_idle() if self.idle else None)
+            released = None
             if server is None:
                 break
             waiter = self.waiters.pop()
-            if waiter is None:
+            if waiter is None:  # pragma: no cover - the loop's test saw a live one
+                if server.state is _S_ACTIVE:
+                    self._set_state(server, ServerState.IDLE)
                 break
-            self._set_state(server, ServerState.ACTIVE)
+            if server.state is not _S_ACTIVE:
+                self._set_state(server, ServerState.ACTIVE)
             waited = waiter.waited()
             if waiter.assign(server):
                 self.stats.server_assignment_count += 1
@@ -386,6 +395,13 @@ class Pool:
             # Another worker's clients wait for this pool's node-wide slots: lend it.
             self._set_state(server, ServerState.USED)
             server.close()
+            return
+        if self.waiters.live and not self.paused and not server.is_closed():
+            # Clients wait, so no server is idle: this one goes to the first of them
+            # as it is, without the round trip through the idle list (where
+            # _take_idle would find it fresh: its age was checked above, its
+            # last use is now).
+            self._dispatch(server)
             return
         self._set_state(server, _S_IDLE)
         self._dispatch()
