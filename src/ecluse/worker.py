@@ -90,6 +90,14 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
     return socks
 
 
+class ControlSession(FrontendSession):
+    """A session on the worker's control socket: another worker asking for the node
+    (admin/node.py)."""
+
+    __slots__ = ()
+    control_link = True
+
+
 class Worker:
     """Serve clients on the given sockets until told to stop."""
 
@@ -181,9 +189,7 @@ class Worker:
         return FrontendSession(self.ctx)
 
     def _new_control_session(self) -> FrontendSession:
-        session = FrontendSession(self.ctx)
-        session.control_link = True  # another worker asking for the node (admin/node.py)
-        return session
+        return ControlSession(self.ctx)
 
     def _warm_pools(self) -> None:
         """Create pools of databases with a fixed user so min_pool_size holds at once."""

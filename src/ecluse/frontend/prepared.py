@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 from ecluse.errors import RemoteProtocolError
@@ -112,6 +114,11 @@ class SqlWatcher(Protocol):
     def on_sql(self, kind: int, sql: bytes | None, named: bool) -> rq.Fake | None: ...
 
 
+# The statements of a client that never named one: shared, read-only (an empty
+# dict per idle client is 64 bytes). _named() gives the client its own dict.
+_NO_STATEMENTS: Mapping[bytes, ClientStatement] = MappingProxyType({})
+
+
 class StatementRewriter:
     """Per-client statement names mapped onto per-server prepared statements."""
 
@@ -123,7 +130,7 @@ class StatementRewriter:
         # Sees the SQL of each Query and Parse (an object, not a bound method: one of
         # those per idle client costs 64 bytes).
         self.sql_watcher: SqlWatcher | None = None
-        self.statements: dict[bytes, ClientStatement] = {}
+        self.statements: Mapping[bytes, ClientStatement] = _NO_STATEMENTS
         # Server names some server of this pool has parsed without error, shared by
         # the pool's clients: a client may prepare one of these without a server.
         # Also, under _OUTDATED + name, the names whose result type changed.
@@ -134,11 +141,19 @@ class StatementRewriter:
 
     def forget_all(self) -> None:
         """The client's statements are gone (it ran DEALLOCATE ALL or DISCARD ALL)."""
-        self.statements.clear()
+        if self.statements:
+            self._named().clear()  # in place: undo callbacks hold this dict
 
     def deallocate(self, name: bytes) -> bool:
         """Drop one client statement, as SQL DEALLOCATE would; False if unknown."""
-        return self.statements.pop(name, None) is not None
+        return name in self.statements and self._named().pop(name, None) is not None
+
+    def _named(self) -> dict[bytes, ClientStatement]:
+        """The client's statements, to change: its own dict, made on first use."""
+        statements = self.statements
+        if not isinstance(statements, dict):  # _NO_STATEMENTS
+            statements = self.statements = {}
+        return statements
 
     def _remember(self, key: str) -> None:
         good = self.known_good
@@ -196,10 +211,10 @@ class StatementRewriter:
         out = []
         for name, stmt in plan:
             if stmt is None:
-                self.statements.pop(name, None)
+                self._named().pop(name, None)
                 out.append(_CLOSE_COMPLETE)
             else:
-                self.statements[name] = stmt
+                self._named()[name] = stmt
                 out.append(_PARSE_COMPLETE)
         out.extend(_READY_IDLE for t, _r, _s, _e in pieces if t == codes.FE_SYNC)
         return b"".join(out)
@@ -311,8 +326,8 @@ class StatementRewriter:
             return
         tail = bytes(raw[name_end + 1:])
         stmt = ClientStatement(self._server_name(tail), tail)
-        self.statements[name] = stmt
-        statements = self.statements
+        statements = self._named()
+        statements[name] = stmt
 
         def unregister(_err: bytes | None) -> None:
             stmt.undone = True
@@ -426,8 +441,8 @@ class StatementRewriter:
             return
         # The server statement stays: other clients may share it. Closing an unknown
         # name is not an error in PostgreSQL either.
-        stmt = self.statements.pop(name, None)
-        statements = self.statements
+        statements = self._named()
+        stmt = statements.pop(name, None)
 
         def skipped(_err: bytes | None) -> None:
             if stmt is not None and not stmt.undone:

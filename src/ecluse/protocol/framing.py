@@ -22,7 +22,9 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import struct
+from typing import NamedTuple
 
 from ecluse.errors import RemoteProtocolError
 
@@ -58,41 +60,76 @@ def is_whole_reply(data: bytes, plain: frozenset[int]) -> bool:
     return pos == last
 
 
+class FramingRules(NamedTuple):
+    """How a Framer cuts a stream: which types are accepted, which delivered whole
+    (``inspect``, up to ``inspect_max`` bytes), the longest message, whether
+    longer inspected ones are streamed, and whom errors name. Shared by every
+    Framer with the same rules (shared_rules): thousands of idle clients hold one."""
+
+    valid: frozenset[int]
+    inspect: frozenset[int]
+    max_len: int
+    inspect_max: int
+    side: str
+    stream_oversize: bool
+
+
+@functools.lru_cache(maxsize=64)
+def shared_rules(rules: FramingRules) -> FramingRules:
+    """The one instance of ``rules`` the framers share."""
+    return rules
+
+
 class Framer:
     """Split a stream of typed protocol messages into forwardable pieces."""
 
-    __slots__ = ("_inspect", "_inspect_max", "_max_len", "_pending", "_skip", "_skip_type",
-                 "_valid", "side", "stream_oversize")
+    __slots__ = ("_pending", "_rules", "_skip", "_skip_type")
 
     def __init__(self, valid: frozenset[int], inspect: frozenset[int], max_len: int,
                  inspect_max: int = 1 << 20, side: str = "peer",
                  stream_oversize: bool = False):
-        self._valid = valid
-        self._inspect = inspect
-        self._max_len = min(max_len, MAX_WIRE_LENGTH)
-        self._inspect_max = min(inspect_max, self._max_len)
+        max_len = min(max_len, MAX_WIRE_LENGTH)
+        self._rules = shared_rules(FramingRules(valid, inspect, max_len,
+                                                min(inspect_max, max_len), side,
+                                                stream_oversize))
         self._pending = b""  # a partial header or a partial inspected message
         self._skip = 0  # bytes of a streamed message still to come
         self._skip_type = 0
-        self.side = side
-        self.stream_oversize = stream_oversize
+
+    def _change(self, **changes) -> None:
+        self._rules = shared_rules(self._rules._replace(**changes))
 
     def set_valid(self, valid: frozenset[int]) -> None:
         """Change which message types are accepted from now on (e.g. after login)."""
-        self._valid = valid
+        self._change(valid=valid)
 
     def set_inspect(self, inspect: frozenset[int], inspect_max: int | None = None) -> None:
         """Change which types are delivered whole (e.g. after login); bytes already
         buffered keep their framing."""
-        self._inspect = inspect
-        if inspect_max is not None:
-            self._inspect_max = min(inspect_max, self._max_len)
+        if inspect_max is None:
+            self._change(inspect=inspect)
+        else:
+            self._change(inspect=inspect, inspect_max=min(inspect_max, self._rules.max_len))
+
+    @property
+    def stream_oversize(self) -> bool:
+        """Whether an inspected message longer than inspect_max is streamed (in
+        pieces) rather than refused."""
+        return self._rules.stream_oversize
+
+    @stream_oversize.setter
+    def stream_oversize(self, value: bool) -> None:
+        self._change(stream_oversize=value)
+
+    @property
+    def side(self) -> str:
+        return self._rules.side
 
     @property
     def inspect_max(self) -> int:
         """The longest message of an inspected type delivered whole (and accepted
         at all, without stream_oversize)."""
-        return self._inspect_max
+        return self._rules.inspect_max
 
     @property
     def holds_partial(self) -> bool:
@@ -110,9 +147,10 @@ class Framer:
         if not self._pending and not self._skip and len(data) >= 5:
             # The common chunk on a request/response link: exactly one whole message.
             msg_type, length = _HEADER.unpack_from(data)
-            if length + 1 == len(data) and length >= 4 and msg_type in self._valid and (
-                    length <= self._inspect_max if msg_type in self._inspect
-                    else length <= self._max_len):
+            rules = self._rules
+            if length + 1 == len(data) and length >= 4 and msg_type in rules.valid and (
+                    length <= rules.inspect_max if msg_type in rules.inspect
+                    else length <= rules.max_len):
                 # The chunk itself, not a view of it: writing and slicing bytes is
                 # cheaper, and both read the same.
                 return [(msg_type, data if type(data) is bytes else memoryview(data),
@@ -131,9 +169,7 @@ class Framer:
             pos = take
         # Locals: this loop runs once per message on every relayed byte stream.
         unpack = _HEADER.unpack_from
-        valid = self._valid
-        inspect = self._inspect
-        max_len = self._max_len
+        valid, inspect, max_len, inspect_max, side, stream_oversize = self._rules
         append = out.append
         while pos < n:
             if n - pos < 5:
@@ -142,19 +178,19 @@ class Framer:
             msg_type, length = unpack(data, pos)
             if msg_type not in valid:
                 raise RemoteProtocolError(
-                    f"invalid message type {chr(msg_type)!r} from {self.side}")
+                    f"invalid message type {chr(msg_type)!r} from {side}")
             if length < 4:
-                raise RemoteProtocolError(f"invalid message length {length} from {self.side}")
+                raise RemoteProtocolError(f"invalid message length {length} from {side}")
             total = length + 1
             if msg_type in inspect:
-                if length <= self._inspect_max:
+                if length <= inspect_max:
                     if n - pos < total:
                         self._pending = bytes(mv[pos:])
                         break
                     append((msg_type, mv[pos:pos + total], True, True))
                     pos += total
                     continue
-                if not self.stream_oversize:
+                if not stream_oversize:
                     raise RemoteProtocolError(
                         f"message of type {chr(msg_type)!r} too long ({length} bytes)")
                 if n - pos < min(total, OVERSIZE_HEAD) and length <= max_len:

@@ -50,5 +50,19 @@ def test_idle_session_holds_no_timer_task_or_buffers() -> None:
         assert session._rewriter.replies._q is None
         assert not session.session_settings
         assert not ctx.tasks
+        # Nothing of its own where the shared would do: no statements dict before it
+        # names a statement, framing rules shared with the other clients.
+        assert not isinstance(session._rewriter.statements, dict)
+        other = FrontendSession(ctx)
+        other.connection_made(FakeTransport())
+        other.data_received(encode_startup_message({"user": "postgres", "database": "app"}))
+        assert other._framer._rules is session._framer._rules
+        # The cancel key kept as one int is the one the client was given.
+        at = transport.out.index(b"K" + struct.pack("!I", 12))
+        pid, secret = struct.unpack_from("!I4s", transport.out, at + 5)
+        assert (session.cancel_pid, session.cancel_secret) == (pid, secret)
+        assert ctx.cancel_keys[pid] is session
+        session.close()
+        assert pid not in ctx.cancel_keys
 
     asyncio.run(run())

@@ -294,3 +294,20 @@ def test_is_whole_reply_only_for_plain_messages_ending_with_ready(messages, trim
                 and len(messages[-1][1]) == 1
                 and all(t in plain for t, _b in messages[:-1]))
     assert is_whole_reply(cut, plain) == expected
+
+
+def test_framers_share_rules_without_sharing_changes():
+    """Framers made alike share one rules object (one per idle client would cost
+    memory); a change to one framer's rules never reaches another's."""
+    a = Framer(codes.FRONTEND_TYPES, frozenset({ord("Q")}), 1 << 20, side="client")
+    b = Framer(codes.FRONTEND_TYPES, frozenset({ord("Q")}), 1 << 20, side="client")
+    assert a._rules is b._rules
+    a.set_inspect(frozenset(), 100)
+    a.stream_oversize = True
+    assert (b.inspect_max, b.stream_oversize, b._rules.inspect) == (1 << 20, False,
+                                                                   frozenset({ord("Q")}))
+    big = b"Q" + struct.pack("!I", 4 + 200) + b"x" * 199 + b"\0"
+    assert b.feed(big) == [(ord("Q"), big, True, True)]  # b still delivers it whole
+    b.set_inspect(frozenset(), 100)
+    b.stream_oversize = True
+    assert a._rules is b._rules  # alike again: shared again
