@@ -33,7 +33,6 @@ import logging
 import ssl
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -480,7 +479,6 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     def on_login_timeout(self) -> None:
         """client_login_timeout passed (the janitor's check) before the welcome."""
-        self.ctx.logging_in.pop(self, None)
         if self.state in (_LOGIN, _AUTH, _WELCOME):
             self.fatal(ClientRefused("client_login_timeout (server down or wrong password?)",
                                      sqlstate="08P01"))
@@ -711,12 +709,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         """Add the request that just ended (and its transaction, if it ended) to stats."""
         now = time.monotonic()
         if self.request_started:
-            # PoolStats.add_query spelt out: it runs at every request's end.
-            took = now - self.request_started
-            stats.query_time_us += int(took * 1_000_000)
-            hist = stats.query_seconds
-            hist.counts[bisect_left(hist.bounds, took)] += 1
-            hist.total += took
+            stats.add_query(now - self.request_started)
             self.request_started = 0.0
         if tracker.parses or tracker.binds:
             stats.server_parse_count += tracker.parses
@@ -821,10 +814,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     async def _accept_tls(self) -> None:
         raw = self.transport
-        assert raw is not None and self._tls_context is not None
+        context = self._tls_context
+        assert raw is not None and context is not None
         self._tls_early = bytearray()
         try:
-            tls = await accept_tls(raw, self, self._tls_context)
+            tls = await accept_tls(raw, self, context)
         except (OSError, EOFError, TimeoutError) as exc:
             # ssl.SSLError is an OSError. Nothing can be said in clear text now.
             reason = str(exc) or repr(exc)
@@ -955,7 +949,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if self._admitted:
             self._admitted = False
             self.ctx.leave(self.database, self.user)
-        pid = self.cancel_key >> 32
+        pid = self.cancel_pid
         if pid and self.ctx.cancel_keys.get(pid) is self:
             del self.ctx.cancel_keys[pid]
         self.ctx.logging_in.pop(self, None)

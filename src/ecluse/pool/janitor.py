@@ -85,7 +85,7 @@ class Janitor:
 
     def __init__(self, registry: PoolRegistry, settings: Callable[[], Settings],
                  clients: Callable[[], Iterable[TimedClient]],
-                 logging_in: Callable[[], dict] = dict):
+                 logging_in: Callable[[], dict]):
         self._registry = registry
         self._settings = settings
         self._clients = clients

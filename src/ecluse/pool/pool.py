@@ -242,9 +242,8 @@ class Pool:
         if server is None:
             return None
         self._set_state(server, _S_ACTIVE)
-        stats = self.stats
-        stats.server_assignment_count += 1
-        stats.wait_seconds.counts[0] += 1  # observe(0.0): no wait, first bucket
+        self.stats.server_assignment_count += 1
+        self.stats.add_wait(0.0)
         return server
 
     def resume(self) -> None:

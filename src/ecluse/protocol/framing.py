@@ -38,7 +38,6 @@ OVERSIZE_HEAD = 1024
 
 
 _READY = b"Z\0\0\0\x05"  # ReadyForQuery's type and length; its status byte follows
-_LENGTH = struct.Struct("!I")
 
 
 def is_whole_reply(data: bytes, plain: frozenset[int]) -> bool:
@@ -49,12 +48,10 @@ def is_whole_reply(data: bytes, plain: frozenset[int]) -> bool:
     if last < 0 or data[last:last + 5] != _READY:
         return False
     pos = 0
-    unpack = _LENGTH.unpack_from
+    unpack = _HEADER.unpack_from
     while pos < last:
-        if data[pos] not in plain:
-            return False
-        length = unpack(data, pos + 1)[0]
-        if length < 4:
+        msg_type, length = unpack(data, pos)
+        if msg_type not in plain or length < 4:
             return False
         pos += length + 1
     return pos == last

@@ -46,6 +46,14 @@ def _pool_with_one_server():
     return pool, server
 
 
+def _server_taken_and_a_client_waiting():
+    pool, server = _pool_with_one_server()
+    owner, waiting = Client(), Client()
+    assert pool.acquire(owner) is server
+    assert pool.acquire(waiting) is None
+    return pool, server, waiting
+
+
 def test_a_released_server_goes_to_the_waiters_in_order():
     async def run() -> None:
         pool, server = _pool_with_one_server()
@@ -70,10 +78,7 @@ def test_a_released_server_goes_to_the_waiters_in_order():
 
 def test_a_closing_server_is_not_handed_to_a_waiter():
     async def run() -> None:
-        pool, server = _pool_with_one_server()
-        owner, waiting = Client(), Client()
-        assert pool.acquire(owner) is server
-        assert pool.acquire(waiting) is None
+        pool, server, waiting = _server_taken_and_a_client_waiting()
         server.transport.close()  # closing, connection_lost not yet delivered
         pool.release(server, reset=False)
         assert not waiting.got
@@ -84,10 +89,7 @@ def test_a_closing_server_is_not_handed_to_a_waiter():
 
 def test_a_paused_pool_keeps_the_released_server_idle():
     async def run() -> None:
-        pool, server = _pool_with_one_server()
-        owner, waiting = Client(), Client()
-        assert pool.acquire(owner) is server
-        assert pool.acquire(waiting) is None
+        pool, server, waiting = _server_taken_and_a_client_waiting()
         pool.paused = True
         pool.release(server, reset=False)
         assert not waiting.got and pool.idle == [server]
