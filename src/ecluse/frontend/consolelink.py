@@ -69,7 +69,6 @@ class ConsoleLink:
 
     def _console_welcome(self, outcome: AuthOutcome) -> None:
         """Admit an authenticated console client listed in admin_users or stats_users."""
-        self._secret = None
         # Checked only after authentication, as PgBouncer: a wrong password must
         # not learn whether the user is listed.
         if not self.console.local and not may_log_in(self.ctx.config.settings, self.user):

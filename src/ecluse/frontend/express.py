@@ -223,12 +223,11 @@ class ExpressPath:
         server records the request itself when something needs it (_settle_express)."""
         # on_server_assigned's link, for a client whose parameters are in step.
         self.server = server
-        replies = self._rewriter.replies
-        replies.on_statements_dropped = self._on_statements_dropped
+        self._rewriter.replies = server.track_replies(self._on_statements_dropped)
         if self._write_paused:
             server.transport.pause_reading()
         sent, parses, binds = plan
-        server.link_express(self, replies, sent, parses, binds)
+        server.link_express(self, sent, parses, binds)
         self.state = _LINKED
         self.request_started = now
         if not self.xact_started:

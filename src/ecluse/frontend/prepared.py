@@ -135,7 +135,9 @@ class StatementRewriter:
         # the pool's clients: a client may prepare one of these without a server.
         # Also, under _OUTDATED + name, the names whose result type changed.
         self.known_good = known_good if known_good is not None else {}
-        self.replies = ReplyQueue()
+        # The linked server's reply queue (ServerConnection.track_replies), None
+        # while no server is linked: one per server, not one per idle client.
+        self.replies: ReplyQueue | None = None
         self._skip_to_sync = False  # a request was refused: drop up to Sync
         self._drop_rest = False  # the rest of a streamed message being dropped
 

@@ -34,13 +34,14 @@ import ssl
 import sys
 import time
 from collections.abc import Mapping
+from socket import inet_aton
 from types import MappingProxyType
 
 from ecluse.admin.commands import on_console_left
 from ecluse.admin.console import AdminConsole, is_admin_database
 from ecluse.auth.auth_query import AuthQueryTarget
 from ecluse.auth.hba import CERT
-from ecluse.auth.methods import AuthOutcome, authenticate_client
+from ecluse.auth.methods import AuthGen, AuthOutcome, authenticate_client
 from ecluse.config.model import SslMode
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import (
@@ -109,6 +110,20 @@ _AUTH_OK = be.encode_authentication_ok()
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
 
+class _Login:
+    """What a session needs only until its welcome, dropped with it (an idle client
+    keeps one slot for all of it)."""
+
+    __slots__ = ("auth", "inbuf", "looked_up", "secret", "tls_early")
+
+    def __init__(self) -> None:
+        self.inbuf: bytearray | None = bytearray()  # the startup packets' bytes, LOGIN only
+        self.auth: AuthGen | None = None  # the authentication exchange, AUTH only
+        self.secret: str | None = None  # the client's stored secret, during AUTH only
+        self.looked_up = False  # that secret came from auth_query
+        self.tls_early: bytearray | None = None  # decrypted before start_tls returned
+
+
 class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
@@ -116,20 +131,23 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     # of a __dict__ keep an idle session small. Every attribute of the session and
     # of its mixins is declared here.
     __slots__ = (
-        "_admitted", "_always_probe", "_auth", "_console_backlog", "_custom_names",
-        "_custom_unknown", "_framer", "_harmless_sql", "_hub_waits", "_inbuf", "_listening",
-        "_looked_up", "_notify_backlog", "_pending", "_pending_bytes",
-        "_probing", "_reading_paused", "_rewriter", "_secret", "_suspect", "_suspended",
-        "_tls_early", "_tls_task", "_write_paused", "cancel_key",
+        "_admitted", "_always_probe", "_console_backlog", "_custom_names",
+        "_custom_unknown", "_framer", "_harmless_sql", "_hub_waits", "_listening",
+        "_login", "_notify_backlog", "_peer", "_pending", "_pending_bytes",
+        "_probing", "_reading_paused", "_rewriter", "_suspect", "_suspended",
+        "_tls_task", "_write_paused", "cancel_key",
         "connected_at", "console", "ctx", "database", "id",
-        "last_activity", "params", "peer", "pinned", "pool", "request_started", "server",
+        "last_activity", "params", "pinned", "pool", "request_started", "server",
         "session_settings", "state", "tls", "transport", "user", "xact_started")
 
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
         self.state = _LOGIN
         self.transport: asyncio.Transport | None = None
-        self.peer = "?"
+        # The peer address: an IPv4 address and port packed in one int (32 bytes per
+        # idle client, where "127.0.0.1:54321" takes 64), else as the peer property
+        # shows it.
+        self._peer: int | str = "?"
         self.user = ""
         self.database = ""
         # The client's tracked parameters; after the welcome a dict shared with the
@@ -147,13 +165,10 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self.xact_started = 0.0  # first request of the open transaction, for xact_time
         self.id = next(ctx.client_ids)  # SHOW CLIENTS' id, KILL_CLIENT's argument
         settings = ctx.config.settings
-        self._inbuf: bytearray | None = bytearray()  # LOGIN only; dropped after it
+        self._login: _Login | None = _Login()  # dropped with the welcome
         self._framer = Framer(codes.FRONTEND_TYPES, codes.FRONTEND_TYPES,
                               settings.max_packet_size,
                               inspect_max=settings.max_startup_packet_size, side="client")
-        self._auth = None
-        self._secret: str | None = None  # the client's stored secret, during AUTH only
-        self._looked_up = False  # that secret came from auth_query
         # Pieces received while no server is linked; () when none, so that an idle
         # client holds no empty list.
         self._pending: list | tuple = ()
@@ -165,7 +180,6 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         # the connection is encrypted, and the task detecting or running a handshake.
         self.tls = False
         self._tls_task: asyncio.Task | None = None
-        self._tls_early: bytearray | None = None  # decrypted before start_tls returned
         self._rewriter: StatementRewriter | None = None
         self._admitted = False  # counted in ctx's per-database/per-user client limits
         # Session state in transaction/statement mode (see on_sql and _start_probe).
@@ -192,6 +206,15 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     def __repr__(self) -> str:
         return f"<client {self.peer} {self.database}/{self.user} {self.state.value}>"
+
+    @property
+    def peer(self) -> str:
+        """The client's address as host:port, or "unix"."""
+        peer = self._peer
+        if type(peer) is int:
+            return (f"{peer >> 40}.{peer >> 32 & 255}.{peer >> 24 & 255}.{peer >> 16 & 255}"
+                    f":{peer & 0xFFFF}")
+        return peer
 
     @property
     def cancel_pid(self) -> int:
@@ -221,7 +244,12 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        if not isinstance(peer, tuple):
+            self._peer = "unix"
+        elif len(peer) == 2:  # IPv4
+            self._peer = int.from_bytes(inet_aton(peer[0])) << 16 | peer[1]
+        else:
+            self._peer = f"{peer[0]}:{peer[1]}"
         self.ctx.clients.add(self)
         self.ctx.logging_in[self] = None  # until the welcome (client_login_timeout)
         if transport.get_extra_info("ssl_object") is not None:
@@ -278,7 +306,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     # --- startup -------------------------------------------------------------
     def _on_startup_data(self, data: bytes) -> None:
-        buf = self._inbuf
+        login = self._login
+        assert login is not None and login.inbuf is not None
+        buf = login.inbuf
         buf += data
         limit = self.ctx.config.settings.max_startup_packet_size
         while self.state is _LOGIN:
@@ -305,7 +335,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                 return
             else:
                 self._on_startup_message(msg)
-        self._inbuf = None  # the startup phase is over
+        login.inbuf = None  # the startup phase is over
         if buf:  # bytes after StartupMessage: the client's first password reply
             rest = bytes(buf)
             self._on_auth_pieces(self._framer.feed(rest))
@@ -382,7 +412,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             return  # the client left (or timed out) meanwhile
         self.resume_client_reading()
         try:
-            self._looked_up = True
+            self._login.looked_up = True
             self._begin_auth(method, secret)
         except (AuthFailed, ClientRefused) as exc:
             self.ctx.login_failures += isinstance(exc, AuthFailed)
@@ -390,15 +420,17 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.fatal(exc)
 
     def _begin_auth(self, method: str, secret: str | None) -> None:
-        self._secret = secret
-        self._auth = authenticate_client(method, self.user, secret)
+        login = self._login
+        login.secret = secret
+        login.auth = authenticate_client(method, self.user, secret)
         self._step_auth(None)
 
     def _step_auth(self, body: bytes | None) -> None:
+        login = self._login
         try:
-            out = next(self._auth) if body is None else self._auth.send(body)
+            out = next(login.auth) if body is None else login.auth.send(body)
         except StopIteration as stop:
-            self._auth = None
+            login.auth = None
             self._auth_done(stop.value)
             return
         self.transport.write(out)
@@ -408,8 +440,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self._console_welcome(outcome)
             return
         assert self.pool is not None
-        authn.share_login_secret(self.pool, self.user, outcome, self._secret, self._looked_up)
-        self._secret = None
+        login = self._login
+        authn.share_login_secret(self.pool, self.user, outcome, login.secret, login.looked_up)
+        login.secret = None
         self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(_WELCOME)
         # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between;
@@ -424,7 +457,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                     raise RemoteProtocolError("invalid frontend message type 'p' after login")
                 self._queue_pieces(rest)
                 return
-            if self._auth is None:
+            if self._login.auth is None:
                 # auth_query is still running: no authentication request was sent yet.
                 raise RemoteProtocolError("unexpected message before the authentication request")
             if msg_type != codes.FE_PASSWORD:
@@ -476,6 +509,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self.cancel_key = pid << 32 | int.from_bytes(secret)
         self.transport.write(head + be.encode_backend_key_data(pid, secret) + _READY_IDLE)
         self.ctx.logging_in.pop(self, None)
+        self._login = None
 
     def on_login_timeout(self) -> None:
         """client_login_timeout passed (the janitor's check) before the welcome."""
@@ -563,9 +597,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         server.link(self)
         rewriter = self._rewriter
         if rewriter is not None:
-            rewriter.replies.reset()
-            rewriter.replies.on_statements_dropped = self._on_statements_dropped
-            server.replies = rewriter.replies
+            rewriter.replies = server.track_replies(self._on_statements_dropped)
         if self._write_paused and server.transport is not None:
             server.transport.pause_reading()
         if sync is None:
@@ -732,9 +764,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             linked.unlink()
         rewriter = self._rewriter
         if rewriter is not None:
-            replies = rewriter.replies
-            replies.reset()  # its queue, until the next link
-            replies.on_statements_dropped = None
+            rewriter.replies = None  # the server's, emptied by unlink
         if self.state is _LINKED:
             self.state = _IDLE  # the usual transition, once per transaction
         else:
@@ -802,21 +832,23 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     def _on_tls_setup_data(self, data: bytes) -> None:
         """Data while TLS is being set up: decrypted early data, or an attack."""
-        if self._tls_early is None:
+        early = self._login.tls_early
+        if early is None:
             # Reading is paused until start_tls runs: bytes now would be cleartext
             # injected before the handshake (CVE-2021-23214 class).
             raise RemoteProtocolError("received unencrypted data during the TLS setup")
         # The TLS layer can deliver the client's first message just before
         # start_tls returns the transport to answer on: keep it until then.
-        self._tls_early += data
-        if len(self._tls_early) > self.ctx.config.settings.max_startup_packet_size:
+        early += data
+        if len(early) > self.ctx.config.settings.max_startup_packet_size:
             raise RemoteProtocolError("too much data during the TLS handshake")
 
     async def _accept_tls(self) -> None:
         raw = self.transport
         context = self._tls_context
         assert raw is not None and context is not None
-        self._tls_early = bytearray()
+        login = self._login
+        login.tls_early = bytearray()
         try:
             tls = await accept_tls(raw, self, context)
         except (OSError, EOFError, TimeoutError) as exc:
@@ -828,7 +860,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             raw.abort()
             return
         self._tls_task = None
-        early, self._tls_early = self._tls_early, None
+        early, login.tls_early = login.tls_early, None
         if self.state is _CLOSED:
             tls.abort()
             return
@@ -953,6 +985,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if pid and self.ctx.cancel_keys.get(pid) is self:
             del self.ctx.cancel_keys[pid]
         self.ctx.logging_in.pop(self, None)
+        self._login = None
         if self._tls_task is not None:
             self._tls_task.cancel()
             self._tls_task = None
@@ -973,6 +1006,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         message is closed: the rest of that message will never come.
         """
         server.unlink()
+        if self._rewriter is not None:
+            self._rewriter.replies = None
         reset = pool.settings.mode == "session" or pool.settings.server_reset_query_always
         if self.pinned or self._suspect or self._always_probe:
             # The client may have left session state: only a full reset may clear it.

@@ -152,8 +152,10 @@ class ServerConnection(asyncio.Protocol):
         self._tracker = RequestTracker()  # read through the tracker property
         # The pooler-wide prepared statements this server holds (frontend/prepared.py).
         self.prepared = PreparedCache(max_prepared)
-        # Set while a client whose statement names are rewritten is linked.
+        # Set while a client whose statement names are rewritten is linked: the
+        # server's own queue (one per server, not one per idle client).
         self.replies: ReplyQueue | None = None
+        self._reply_queue: ReplyQueue | None = None  # made on the first such link
         self.transport: asyncio.Transport | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at
@@ -391,19 +393,27 @@ class ServerConnection(asyncio.Protocol):
         self.client = client
         self.tracker.reset()
 
-    def link_express(self, client: ServerLink, replies: ReplyQueue,
-                     sent: tuple[tuple[int, int], ...], parses: int = 0,
-                     binds: int = 0) -> None:
+    def track_replies(self, on_statements_dropped: Callable[[], None]) -> ReplyQueue:
+        """This server's reply queue, emptied, for the client being linked whose
+        statement names are rewritten (frontend/prepared.py); set until unlink."""
+        queue = self._reply_queue
+        if queue is None:
+            queue = self._reply_queue = ReplyQueue()
+        queue.reset()
+        queue.on_statements_dropped = on_statements_dropped
+        self.replies = queue
+        return queue
+
+    def link_express(self, client: ServerLink, sent: tuple[tuple[int, int], ...],
+                     parses: int = 0, binds: int = 0) -> None:
         """Attach a client whose request (``sent``: see ``express``, with ``parses``
         Parses and ``binds`` Binds, for the counters) comes by the express path, and
-        is sent next."""
+        is sent next (its replies tracked if track_replies was called first)."""
         self.client = client
         tracker = self._tracker
         tracker.reset()
         tracker.parses = parses
         tracker.binds = binds
-        replies.reset()
-        self.replies = replies
         self.express = sent
 
     def unlink(self) -> None:
@@ -411,7 +421,11 @@ class ServerConnection(asyncio.Protocol):
         if self.express:
             self._settle_express()  # left with its request outstanding: drain as usual
         self.client = None
-        self.replies = None
+        replies = self.replies
+        if replies is not None:
+            self.replies = None
+            replies.reset()
+            replies.on_statements_dropped = None  # holds the client
         self.last_used = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()

@@ -20,6 +20,7 @@ from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol import frontend as fe
 from ecluse.protocol.messages import RowDescriptionField
+from ecluse.protocol.replies import ReplyQueue
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
 
@@ -137,6 +138,7 @@ def test_rewritten_stream_equals_a_private_session(batches, capacity):
     references = [ModelPG(), ModelPG()]
     servers = [ModelPG(), ModelPG()]
     caches = [PreparedCache(capacity), PreparedCache(capacity)]
+    queues = [ReplyQueue(), ReplyQueue()]  # each server's, lent to the linked client
     for client, server_index, try_local, ops in batches:
         wire = [encode(op) for op in ops] + [fe.encode_sync()]
         expected = [r for m in wire for r in references[client].handle(m)]
@@ -149,6 +151,7 @@ def test_rewritten_stream_equals_a_private_session(batches, capacity):
             continue
         server, cache = servers[server_index], caches[server_index]
         tracker = RequestTracker()
+        rewriter.replies = queues[server_index]
         rewriter.replies.reset()
         rewriter.replies.on_statements_dropped = cache.clear
         sent = rewriter.rewrite(pieces, cache, tracker)
@@ -175,6 +178,7 @@ def test_identical_statements_from_two_clients_share_one_server_statement():
     a, b = StatementRewriter(known), StatementRewriter(known)
     server, cache = ModelPG(), PreparedCache(10)
     for rewriter, name in ((a, "x"), (b, "y")):
+        rewriter.replies = ReplyQueue()
         wire = [fe.encode_parse(name, "select 1"), fe.encode_sync()]
         sent = rewriter.rewrite([(m[0], memoryview(m), True, True) for m in wire], cache,
                                 RequestTracker())
@@ -191,6 +195,7 @@ def test_local_answer_needs_a_statement_known_to_parse():
     wire = [fe.encode_parse("s", "select 1"), fe.encode_sync()]
     pieces = [(m[0], memoryview(m), True, True) for m in wire]
     assert rewriter.answer_locally(pieces) is None  # never parsed anywhere yet
+    rewriter.replies = ReplyQueue()
     rewriter.rewrite(pieces, PreparedCache(10), RequestTracker())
     rewriter.replies.on_reply(codes.BE_PARSE_COMPLETE, be.encode_parse_complete())
     other = StatementRewriter(known)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
 from wire import FakeTransport
 
 from ecluse.config import config_from_string
@@ -44,10 +46,10 @@ def test_idle_session_holds_no_timer_task_or_buffers() -> None:
         assert transport.out.endswith(b"Z" + struct.pack("!I", 5) + b"I")
         assert not hasattr(session, "__dict__")
         assert session not in ctx.logging_in and session._tls_task is None
-        assert session._inbuf is None
+        assert session._login is None  # the login's buffers and secrets are gone
         assert session._pending == () and session._notify_backlog == ()
-        assert session._rewriter is not None and len(session._rewriter.replies) == 0
-        assert session._rewriter.replies._q is None
+        # No reply queue of its own: it borrows the linked server's.
+        assert session._rewriter is not None and session._rewriter.replies is None
         assert not session.session_settings
         assert not ctx.tasks
         # Nothing of its own where the shared would do: no statements dict before it
@@ -66,3 +68,17 @@ def test_idle_session_holds_no_timer_task_or_buffers() -> None:
         assert pid not in ctx.cancel_keys
 
     asyncio.run(run())
+
+
+@given(address=st.ip_addresses(), port=st.integers(0, 65535))
+def test_peer_address_reads_back_as_given(address, port) -> None:
+    """The address kept packed (IPv4) or as text reads back as host:port."""
+    ctx = ClientContext(config_from_string(CONFIG), PoolRegistry(config_from_string(CONFIG)))
+    session = FrontendSession(ctx)
+    host = str(address)
+    peername = (host, port) if address.version == 4 else (host, port, 0, 0)
+    session.connection_made(FakeTransport(peername))
+    assert session.peer == f"{host}:{port}"
+    unix = FrontendSession(ctx)
+    unix.connection_made(FakeTransport(""))
+    assert unix.peer == "unix"

@@ -55,9 +55,18 @@ def linked(rewritten: bool) -> tuple[ServerConnection, Client]:
     server.link(client)
     server.tracker.on_client_message(codes.FE_QUERY)
     if rewritten:
-        server.replies = ReplyQueue()
-        server.replies.add(rq.QUERY)
+        server.track_replies(lambda: None).add(rq.QUERY)
     return server, client
+
+
+def test_reply_queue_is_the_servers_and_emptied_on_unlink() -> None:
+    server, _client = linked(rewritten=True)
+    queue = server.replies
+    assert isinstance(queue, ReplyQueue) and len(queue) == 1
+    server.unlink()
+    # Emptied and no longer holding the client's callback; the next link reuses it.
+    assert server.replies is None and len(queue) == 0 and queue.on_statements_dropped is None
+    assert server.track_replies(lambda: None) is queue
 
 
 def test_whole_reply_is_written_as_read() -> None:
