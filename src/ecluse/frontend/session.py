@@ -228,7 +228,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     def _tls_context(self) -> ssl.SSLContext | None:
         """The context to offer TLS with, if this listener may (TCP: PostgreSQL
         offers no TLS on unix sockets either)."""
-        if self.peer == "unix":
+        if self._peer == "unix":
             return None
         return client_tls_context(self.ctx.config.settings)
 
@@ -443,7 +443,6 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         login = self._login
         authn.share_login_secret(self.pool, self.user, outcome, login.secret, login.looked_up)
         login.secret = None
-        self._framer.set_valid(codes.FRONTEND_SESSION_TYPES)
         self._set_state(_WELCOME)
         # SASLFinal, when SCRAM ran, precedes AuthenticationOk with no reply between;
         # the welcome follows in the same write when nothing has to be fetched first.
@@ -473,10 +472,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             enabled = self.ctx.config.settings.max_prepared_statements > 0
             self._rewriter = StatementRewriter(self.pool.known_statements, enabled)
             self._rewriter.sql_watcher = self
-            self._framer.set_inspect(_REWRITE_INSPECT, 1 << 20)
-            self._framer.stream_oversize = True
+            self._framer.switch(valid=codes.FRONTEND_SESSION_TYPES, inspect=_REWRITE_INSPECT,
+                                inspect_max=1 << 20, stream_oversize=True)
         else:
-            self._framer.set_inspect(_RELAY_INSPECT, 1 << 20)
+            self._framer.switch(valid=codes.FRONTEND_SESSION_TYPES, inspect=_RELAY_INSPECT,
+                                inspect_max=1 << 20)
         if self.pool.default_params is not None:
             self._finish_welcome(auth_ok)
             return

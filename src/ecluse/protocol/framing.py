@@ -77,6 +77,11 @@ def shared_rules(rules: FramingRules) -> FramingRules:
     return rules
 
 
+# Framer.switch's (rules, changes) -> rules; a handful in practice, bounded anyway.
+_SWITCHES: dict[tuple, FramingRules] = {}
+_SWITCHES_MAX = 256
+
+
 class Framer:
     """Split a stream of typed protocol messages into forwardable pieces."""
 
@@ -93,20 +98,36 @@ class Framer:
         self._skip = 0  # bytes of a streamed message still to come
         self._skip_type = 0
 
-    def _change(self, **changes) -> None:
-        self._rules = shared_rules(self._rules._replace(**changes))
+    def switch(self, *, valid: frozenset[int] | None = None,
+               inspect: frozenset[int] | None = None, inspect_max: int | None = None,
+               stream_oversize: bool | None = None) -> None:
+        """Change the rules given (not None) from now on; bytes already buffered keep
+        their framing. Each login and internal query switches: the switch from
+        one set of rules to another is looked up, not rebuilt."""
+        key = (self._rules, valid, inspect, inspect_max, stream_oversize)
+        rules = _SWITCHES.get(key)
+        if rules is None:
+            old = self._rules
+            rules = shared_rules(old._replace(
+                valid=old.valid if valid is None else valid,
+                inspect=old.inspect if inspect is None else inspect,
+                inspect_max=old.inspect_max if inspect_max is None else
+                min(inspect_max, old.max_len),
+                stream_oversize=old.stream_oversize if stream_oversize is None
+                else stream_oversize))
+            if len(_SWITCHES) >= _SWITCHES_MAX:
+                _SWITCHES.clear()
+            _SWITCHES[key] = rules
+        self._rules = rules
 
     def set_valid(self, valid: frozenset[int]) -> None:
         """Change which message types are accepted from now on (e.g. after login)."""
-        self._change(valid=valid)
+        self.switch(valid=valid)
 
     def set_inspect(self, inspect: frozenset[int], inspect_max: int | None = None) -> None:
         """Change which types are delivered whole (e.g. after login); bytes already
         buffered keep their framing."""
-        if inspect_max is None:
-            self._change(inspect=inspect)
-        else:
-            self._change(inspect=inspect, inspect_max=min(inspect_max, self._rules.max_len))
+        self.switch(inspect=inspect, inspect_max=inspect_max)
 
     @property
     def stream_oversize(self) -> bool:
@@ -116,7 +137,7 @@ class Framer:
 
     @stream_oversize.setter
     def stream_oversize(self, value: bool) -> None:
-        self._change(stream_oversize=value)
+        self.switch(stream_oversize=value)
 
     @property
     def side(self) -> str:

@@ -311,3 +311,29 @@ def test_framers_share_rules_without_sharing_changes():
     b.set_inspect(frozenset(), 100)
     b.stream_oversize = True
     assert a._rules is b._rules  # alike again: shared again
+
+
+_TYPE_SETS = st.sampled_from([codes.FRONTEND_TYPES, codes.FRONTEND_SESSION_TYPES,
+                              frozenset(), frozenset({ord("Q"), ord("X")})])
+_SWITCH = st.fixed_dictionaries({}, optional={
+    "valid": _TYPE_SETS, "inspect": _TYPE_SETS,
+    "inspect_max": st.sampled_from([0, 100, 1 << 20, 1 << 30]),
+    "stream_oversize": st.booleans()})
+
+
+@given(max_len=st.sampled_from([50, 1 << 20]), switches=st.lists(_SWITCH, max_size=6))
+def test_switch_gives_the_rules_asked_for(max_len, switches):
+    """Framer.switch, looked up from earlier switches or not, sets exactly the rules
+    given (inspect_max capped by the longest message) and leaves the rest alone."""
+    framer = Framer(codes.FRONTEND_TYPES, frozenset(), max_len, side="client")
+    for changes in switches:
+        want = framer._rules._asdict()
+        want.update(changes)
+        if "inspect_max" in changes:
+            want["inspect_max"] = min(changes["inspect_max"], max_len)
+        framer.switch(**changes)
+        assert framer._rules._asdict() == want
+        # Alike rules are one object, however they were reached.
+        fresh = Framer(want["valid"], want["inspect"], max_len, want["inspect_max"],
+                       side="client", stream_oversize=want["stream_oversize"])
+        assert fresh._rules is framer._rules
