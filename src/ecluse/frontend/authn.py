@@ -31,6 +31,9 @@ from ecluse.server.query import run_query_once
 
 # Methods that need the user's stored secret; the others never look it up.
 NEEDS_SECRET = frozenset({PLAIN, MD5, SCRAM})
+# AuthType's values looked up in C: Enum's .value is a Python-level property, and
+# every login asks.
+_AUTH_TYPE_NAMES = {t: t.value for t in AuthType}
 _HBA_METHODS = {"trust": TRUST, "md5": MD5, "scram-sha-256": SCRAM, "password": PLAIN,
                 "cert": CERT, "reject": REJECT}
 
@@ -59,7 +62,7 @@ def choose_method(config: Config, rules: tuple[HbaRule, ...] | None,
     """
     auth_type = config.settings.auth_type
     if auth_type is not AuthType.HBA:
-        return auth_type.value  # the address is not looked at: parsing it costs a login
+        return _AUTH_TYPE_NAMES[auth_type]  # the address is not looked at: parsing it costs a login
     address = client_address(transport)
     rule = match_hba(rules or (), address, database, user)
     where = _describe_address(address, user, database)

@@ -69,12 +69,17 @@ class ClientContext:
 
     def admit(self, database: str, user: str, db_limit: int, user_limit: int) -> str | None:
         """Count a client in, or return the name of the limit it would exceed."""
-        if db_limit and self.db_clients[database] >= db_limit:
+        # dict.get, not Counter's [] whose Python __missing__ runs for every first
+        # client: under churn, nearly every login.
+        db_clients, user_clients = self.db_clients, self.user_clients
+        db_count = db_clients.get(database, 0)
+        user_count = user_clients.get(user, 0)
+        if db_limit and db_count >= db_limit:
             return "max_db_client_connections"
-        if user_limit and self.user_clients[user] >= user_limit:
+        if user_limit and user_count >= user_limit:
             return "max_user_client_connections"
-        self.db_clients[database] += 1
-        self.user_clients[user] += 1
+        db_clients[database] = db_count + 1
+        user_clients[user] = user_count + 1
         return None
 
     def leave(self, database: str, user: str) -> None:

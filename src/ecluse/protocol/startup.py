@@ -47,8 +47,27 @@ def startup_packet_length(buf: bytes | bytearray, max_size: int = DEFAULT_MAX_ST
     return length
 
 
+_LENGTH_AND_CODE = struct.Struct("!II")
+
+
 def decode_startup_packet(packet: bytes) -> StartupPacket:
     """Decode one whole startup-phase packet, length prefix included."""
+    if len(packet) >= 8:
+        # The StartupMessage of a v3 client, every login: without the Reader.
+        length, code = _LENGTH_AND_CODE.unpack_from(packet)
+        if length == len(packet) and code >> 16 == PROTOCOL_MAJOR_3:
+            body = packet[8:]
+            params = split_parameter_list(body)
+            if params is None:
+                params = read_parameter_list(body)
+            return StartupMessage(PROTOCOL_MAJOR_3, code & 0xFFFF, params)
+    return read_startup_packet(packet)
+
+
+def read_startup_packet(packet: bytes) -> StartupPacket:
+    """decode_startup_packet field by field, for every packet: the requests, bad
+    packets (it names what is wrong), and the reference its fast path is tested
+    against."""
     r = Reader(packet, "startup packet")
     length = r.uint32()
     if length != len(packet):

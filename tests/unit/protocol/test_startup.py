@@ -25,6 +25,7 @@ from ecluse.protocol.startup import (
     encode_ssl_request,
     encode_startup_message,
     read_parameter_list,
+    read_startup_packet,
     split_parameter_list,
     startup_packet_length,
     unsupported_protocol_options,
@@ -287,3 +288,27 @@ def test_the_one_pass_way_accepts_nothing_the_reader_refuses(body):
         assert fast is None
         return
     assert fast == slow  # and no list the reader accepts is left to the slow way
+
+
+def _outcome(decode, wire: bytes):
+    try:
+        return decode(wire)
+    except RemoteProtocolError as exc:
+        return type(exc), exc.sqlstate
+
+
+@settings(max_examples=600)
+@given(body=st.binary(max_size=60) | st.lists(st.sampled_from(
+           [b"\0", b"user\0", b"u\0", b"\xff\0", b"database\0"]), max_size=8).map(b"".join),
+       code=st.one_of(st.sampled_from([codes.PROTOCOL_3_0, codes.PROTOCOL_3_0 + 2,
+                                       codes.SSL_REQUEST_CODE, codes.CANCEL_REQUEST_CODE,
+                                       2 << 16, 3 << 16 | 0xFFFF]),
+                      st.integers(min_value=0, max_value=2**32 - 1)),
+       length_delta=st.sampled_from([0, 0, 0, -1, 1]))
+def test_the_startup_fast_path_agrees_with_the_reader(body, code, length_delta):
+    """decode_startup_packet's StartupMessage shortcut decodes or refuses exactly as
+    the field-by-field read_startup_packet does, wrong length words included."""
+    wire = bytearray(_packet(code, body))
+    wire[:4] = struct.pack("!I", max(0, len(wire) + length_delta))
+    wire = bytes(wire)
+    assert _outcome(decode_startup_packet, wire) == _outcome(read_startup_packet, wire)
