@@ -264,9 +264,10 @@ class Pool:
         timeout = self.settings.query_wait_timeout
         if timeout <= 0 or not self.waiters:
             return
-        for waiter in list(self.waiters):
-            if now - waiter.since < timeout:
-                break  # the queue is in arrival order: the rest waited less
+        # The queue is in arrival order: only its front can be due. Read afresh after
+        # each failure, which may hand a server over and pop the queue meanwhile.
+        waiters = self.waiters
+        while (waiter := waiters.first()) is not None and now - waiter.since >= timeout:
             waiter.fail(PoolTimeout("query_wait_timeout"))
 
     def _take_idle(self) -> ServerConnection | None:

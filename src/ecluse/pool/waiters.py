@@ -100,8 +100,14 @@ class WaiterQueue:
     def __iter__(self) -> Iterator[Waiter]:
         return (w for w in self.queue if not w.done)
 
+    def first(self) -> Waiter | None:
+        """The live waiter queued longest, or None; finished ones ahead of it are
+        dropped on the way."""
+        q = self.queue
+        while q and q[0].done:
+            q.popleft()
+        return q[0] if q else None
+
     def oldest_wait(self) -> float:
-        for w in self.queue:
-            if not w.done:
-                return w.waited()
-        return 0.0
+        w = self.first()
+        return w.waited() if w is not None else 0.0
