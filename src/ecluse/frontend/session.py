@@ -761,10 +761,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         assert pool is not None
         linked, self.server = self.server, None
         if linked is not None:
-            linked.unlink()
-        rewriter = self._rewriter
-        if rewriter is not None:
-            rewriter.replies = None  # the server's, emptied by unlink
+            self._unlink(linked)
         if self.state is _LINKED:
             self.state = _IDLE  # the usual transition, once per transaction
         else:
@@ -772,6 +769,12 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         pool.release(server, reset=pool.settings.server_reset_query_always)
         if self.ctx.shutting_down:
             self.close()
+
+    def _unlink(self, server: ServerConnection) -> None:
+        """Detach from ``server``, and from its reply queue (emptied by unlink)."""
+        server.unlink()
+        if self._rewriter is not None:
+            self._rewriter.replies = None
 
     def on_server_lost(self, server: ServerConnection, error: Exception) -> None:
         if self.server is not server:
@@ -1005,9 +1008,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         goes back to the pool. A server the client left in the middle of a
         message is closed: the rest of that message will never come.
         """
-        server.unlink()
-        if self._rewriter is not None:
-            self._rewriter.replies = None
+        self._unlink(server)
         reset = pool.settings.mode == "session" or pool.settings.server_reset_query_always
         if self.pinned or self._suspect or self._always_probe:
             # The client may have left session state: only a full reset may clear it.

@@ -56,11 +56,8 @@ def decode_startup_packet(packet: bytes) -> StartupPacket:
         # The StartupMessage of a v3 client, every login: without the Reader.
         length, code = _LENGTH_AND_CODE.unpack_from(packet)
         if length == len(packet) and code >> 16 == PROTOCOL_MAJOR_3:
-            body = packet[8:]
-            params = split_parameter_list(body)
-            if params is None:
-                params = read_parameter_list(body)
-            return StartupMessage(PROTOCOL_MAJOR_3, code & 0xFFFF, params)
+            return StartupMessage(PROTOCOL_MAJOR_3, code & 0xFFFF,
+                                  decode_parameter_list(packet[8:]))
     return read_startup_packet(packet)
 
 
@@ -91,11 +88,14 @@ def read_startup_packet(packet: bytes) -> StartupPacket:
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             sqlstate="0A000",
         )
-    body = r.rest()
+    return StartupMessage(major, minor, decode_parameter_list(r.rest()))
+
+
+def decode_parameter_list(body: bytes) -> dict[str, str]:
+    """A StartupMessage parameter list: in one pass when well formed, else field
+    by field, which raises RemoteProtocolError naming what is wrong."""
     params = split_parameter_list(body)
-    if params is None:
-        params = read_parameter_list(body)
-    return StartupMessage(major, minor, params)
+    return params if params is not None else read_parameter_list(body)
 
 
 def split_parameter_list(body: bytes) -> dict[str, str] | None:
