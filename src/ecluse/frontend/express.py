@@ -30,6 +30,11 @@ Rules:
    that whatever comes next goes the general way without knowing.
 3. Parameters not in step with the server are synced the general way, with
    the request buffered behind the SETs.
+4. When the express reply ends the transaction, the server goes back the way
+   on_server_ready would send it (counted, unlinked, released), in one step
+   when that is the usual case (on_express_ready, Pool.take_back): anything
+   else (session mode, a probe, notifications held back, a reset, a waiting
+   client, a lend, shutdown) goes through on_server_ready itself.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
 _Q = codes.FE_QUERY
 _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
+_IDLE = ClientState.IDLE
+_STATUS_IDLE = codes.STATUS_IDLE
 
 
 # What the server's tracker and reply queue are told when an express request is
@@ -237,3 +244,21 @@ class ExpressPath:
         self.pool.stats.client_parse_count += parses
         self._harmless_sql = None
         server.transport.write(data)
+
+    def on_express_ready(self, server: ServerConnection) -> None:
+        """The whole reply to the express request was written (rule 4)."""
+        pool = self.pool
+        tracker = server.tracker
+        s = pool.settings
+        if tracker.status != _STATUS_IDLE or s.mode == "session" or s.server_reset_query_always \
+                or self._notify_backlog or self._suspect or self._always_probe or self.pinned \
+                or self.ctx.shutting_down or not self._framer.at_boundary:
+            self.on_server_ready(server)
+            return
+        # on_server_ready's steps for an idle transaction-mode server, in line.
+        self._count_request(pool.stats, tracker)
+        self.server = None
+        self._unlink(server)
+        self.state = _IDLE  # from LINKED, the usual transition
+        if not pool.take_back(server):
+            pool.release(server, reset=False)

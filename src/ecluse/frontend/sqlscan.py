@@ -79,15 +79,6 @@ _CREATE_OR_INTO_TEMP = re.compile(
     rf"|\b(?:create|into|global|local)\s*+{_COMMENT_START}", re.ASCII)
 
 
-def _starts_stateful_statement(low: str) -> bool:
-    pos = 0
-    while (m := _STATEMENT_START.search(low, pos)) is not None:
-        if m.lastgroup is not None:
-            return True
-        pos = m.end()
-    return False
-
-
 def may_leave_session_state(sql: str) -> bool:
     """Tell whether running sql may leave (or release) state on the server session.
 
@@ -103,9 +94,14 @@ def may_leave_session_state(sql: str) -> bool:
     # or a regex with a literal prefix, which CPython scans for in C: about
     # 0.5 us for a pgbench statement, against 7 us for one IGNORECASE search.
     low = ";" + sql.lower()
+    # Statement starts, one search each (in line: this runs at every transaction).
+    pos = 0
+    while (m := _STATEMENT_START.search(low, pos)) is not None:
+        if m.lastgroup is not None:
+            return True
+        pos = m.end()
     return (
-        _starts_stateful_statement(low)
-        or "set_config" in low
+        "set_config" in low
         or "pg_temp" in low
         or ("advisory_" in low and _ADVISORY.search(low) is not None)
         or ("temp" in low and _CREATE_OR_INTO_TEMP.search(low) is not None)

@@ -241,7 +241,10 @@ class Pool:
         server = self._take_idle()
         if server is None:
             return None
-        self._set_state(server, _S_ACTIVE)
+        # _set_state(server, ACTIVE): _take_idle's server is the last idle one.
+        self.idle.pop()
+        self.active.add(server)
+        server.state = _S_ACTIVE
         self.stats.server_assignment_count += 1
         self.stats.add_wait(0.0)
         return server
@@ -405,6 +408,29 @@ class Pool:
             return
         self._set_state(server, _S_IDLE)
         self._dispatch()
+
+    def take_back(self, server: ServerConnection) -> bool:
+        """release(server, reset=False)'s usual case in one step, for a server just
+        unlinked from a transaction that ended with nothing outstanding (the express
+        path's): back on the idle list; False, with nothing done, when release has
+        more to do (a handover, a lend, a close, a cancel to wait for)."""
+        s = self.settings
+        if server.state is not _S_ACTIVE or self.waiters.live or self.paused or self.closed \
+                or server.close_when_released or server.cancel_in_flight \
+                or (s.server_lifetime > 0 and
+                    time.monotonic() - server.created_at > s.server_lifetime) \
+                or self.total() > s.pool_size + s.reserve_pool:
+            return False
+        shared = self.registry.shared
+        if shared and self._above_fair_share() and self.registry.counts.wanted_elsewhere(self.key):
+            return False
+        # _set_state(server, IDLE) from ACTIVE, then _dispatch() with nobody waiting.
+        self.active.discard(server)
+        server.state = _S_IDLE
+        self.idle.append(server)
+        if shared:
+            self._publish_wanted()
+        return True
 
     def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
         if server.state is ServerState.CLOSED:

@@ -89,6 +89,11 @@ class SharedCounts:
     def set_worker(self, worker: int) -> None:
         self.worker = worker
 
+    def close(self) -> None:
+        """Let go of the table and its lock (a process that made one and is done)."""
+        self._mm.close()
+        os.close(self._lock_fd)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)

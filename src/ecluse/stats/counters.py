@@ -98,13 +98,18 @@ class PoolStats:
         self.query_seconds = Histogram()
         self.wait_seconds = Histogram()
 
+    # Both run at every transaction: Histogram.observe written out, one call less.
     def add_query(self, seconds: float) -> None:
         self.query_time_us += int(seconds * 1_000_000)
-        self.query_seconds.observe(seconds)
+        hist = self.query_seconds
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1
+        hist.total += seconds
 
     def add_wait(self, seconds: float) -> None:
         self.wait_time_us += int(seconds * 1_000_000)
-        self.wait_seconds.observe(seconds)
+        hist = self.wait_seconds
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1
+        hist.total += seconds
 
     def add_error(self, origin: str, sqlstate: str) -> None:
         key = (origin, sqlstate[:2] or "??")

@@ -24,7 +24,9 @@ from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.express import ExpressPath
 from ecluse.frontend.session import ClientState, FrontendSession
+from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
+from ecluse.pool.shared import SharedCounts
 from ecluse.protocol.startup import encode_startup_message
 from ecluse.server.connection import ServerConnection, ServerState
 
@@ -144,7 +146,8 @@ def without_key(data: bytes) -> bytes:
     return data if at < 0 else data[:at + 5] + bytes(8) + data[at + 13:]
 
 
-def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "") -> dict:
+def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "",
+        shared: bool = False) -> dict:
     if not express:
         monkeypatch.setattr(ExpressPath, "_express_request", lambda self, data: False)
         monkeypatch.setattr(ExpressPath, "_express_pending", lambda self, server: False)
@@ -157,12 +160,25 @@ def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "") ->
         return done
 
     monkeypatch.setattr(ServerConnection, "_relay_express", counting_relay)
+    taken_back = []
+    real_take_back = Pool.take_back
+
+    def counting_take_back(self, server):
+        done = real_take_back(self, server)
+        taken_back.append(done)
+        return done
+
+    monkeypatch.setattr(Pool, "take_back", counting_take_back)
     config = config_from_string(CONFIG.format(mode=mode) + extra_config)
+    counts = SharedCounts(workers=2, slots=16) if shared else None
 
     async def go() -> dict:
-        ctx = ClientContext(config, PoolRegistry(config))
+        # shared: one of two workers (pool/shared.py), the other's clients waiting for
+        # this pool whenever a "want" step says so: its servers are lent, not kept.
+        ctx = ClientContext(config, PoolRegistry(config, counts=counts))
         pool = ctx.registry.get_pool(config.database("app"), "postgres")
         pool.default_params = dict(PARAMS)
+        pool.launch = lambda: False  # no new server: a lent one is gone for good
         models = []
         for _ in range(SERVERS):
             conn = ServerConnection(pool, None, "127.0.0.1", 5432,
@@ -199,6 +215,11 @@ def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "") ->
                     session.data_received(msg(b"Q", sql.encode() + b"\0"))
                 elif sql != "SELECT 1; SELECT 2":  # one statement per Parse
                     session.data_received(batch(sql, b"" if kind == "extended" else b"s1"))
+            elif kind == "want":
+                if counts is not None:
+                    counts.set_worker(1)
+                    counts.set_wanted(pool.key, what % 2 * 5)
+                    counts.set_worker(0)
             elif kind == "close":
                 # The client goes away, perhaps with its Query outstanding.
                 session = clients[who % CLIENTS]
@@ -221,17 +242,25 @@ def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "") ->
             "client_states": [c.state for c in clients],
             "servers": [bytes(m.conn.transport.out) for m in models],
             "server_states": [m.conn.state for m in models],
+            # Which server the next client gets: the most recently released.
+            "idle_order": [[m.conn for m in models].index(conn) for conn in pool.idle],
             "counters": (stats.query_count, stats.xact_count, stats.received, stats.sent,
                          stats.server_assignment_count, stats.client_parse_count,
-                         stats.server_parse_count, stats.bind_count),
+                         stats.server_parse_count, stats.bind_count,
+                         stats.query_seconds.count(), stats.wait_seconds.count()),
             "express": sum(taken),
+            "taken_back": sum(taken_back),
         }
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    finally:
+        if shared:
+            counts.close()
 
 
 step = st.tuples(st.sampled_from(["send", "send", "extended", "named", "bind_named",
-                                  "reply", "reply", "close"]), st.integers(0, 20),
+                                  "reply", "reply", "close", "want"]), st.integers(0, 20),
                  st.one_of(st.integers(0, 20), st.lists(st.integers(1, 200), max_size=3)))
 
 
@@ -246,19 +275,21 @@ def normalise(steps):
     return out
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["one-worker", "two-workers"])
 @pytest.mark.parametrize("mode", ["transaction", "statement"])
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=1, max_size=60))
-def test_express_path_is_invisible(mode, steps, monkeypatch) -> None:
+def test_express_path_is_invisible(mode, shared, steps, monkeypatch) -> None:
     steps = normalise(steps)
     with monkeypatch.context() as m:
-        fast = run(mode, steps, True, m)
+        fast = run(mode, steps, True, m, shared=shared)
     with monkeypatch.context() as m:
-        slow = run(mode, steps, False, m)
-    assert slow["express"] == 0
-    fast.pop("express")
-    slow.pop("express")
+        slow = run(mode, steps, False, m, shared=shared)
+    assert slow["express"] == slow["taken_back"] == 0
+    for key in ("express", "taken_back"):
+        fast.pop(key)
+        slow.pop(key)
     assert fast == slow
 
 
@@ -266,6 +297,7 @@ def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
     steps = [("send", 0, 0), ("reply", 0, [])] * 3
     result = run("transaction", steps, True, monkeypatch)
     assert result["express"] == 3
+    assert result["taken_back"] == 3  # and back to the idle list in one step
     assert result["server_states"].count(ServerState.IDLE) == SERVERS
     assert result["counters"][0] == 3  # three queries counted
 
@@ -274,7 +306,7 @@ def test_an_unnamed_extended_batch_goes_the_express_way(monkeypatch) -> None:
     steps = [("extended", 0, 0), ("reply", 0, [])] * 3 + [("named", 0, 0), ("reply", 0, [])]
     result = run("transaction", steps, True, monkeypatch)
     assert result["express"] == 3  # the named statement goes the general way
-    assert result["counters"][5:] == (4, 4, 4)  # client and server Parses, Binds
+    assert result["counters"][5:8] == (4, 4, 4)  # client and server Parses, Binds
     assert result["clients"][0].endswith(
         msg(b"1", b"") + msg(b"2", b"") + ROW_DESCRIPTION + msg(b"D", b"\0\x01\0\0\0\x011")
         + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
@@ -305,3 +337,16 @@ def test_a_client_that_waited_goes_the_express_way_too(monkeypatch) -> None:
     assert result["express"] == 4, result["express"]
     assert result["counters"][0] == 4
     assert all(out.endswith(b"SELECT 1\0Z\0\0\0\x05I") for out in result["clients"][:4])
+
+
+def test_a_server_wanted_by_another_worker_is_lent_not_taken_back(monkeypatch) -> None:
+    # Two workers, the other's clients waiting for this pool: a server released
+    # above this worker's fair share is closed (lent) by the express path too.
+    steps = [("send", 0, 0), ("reply", 0, []), ("want", 0, 1), ("send", 1, 0), ("reply", 0, [])]
+    result = run("transaction", steps, True, monkeypatch, shared=True)
+    assert result["express"] == 2
+    assert result["taken_back"] == 1  # the first, before anyone wanted it elsewhere
+    lent = [i for i, out in enumerate(result["servers"]) if out.endswith(b"X\0\0\0\x04")]
+    assert len(lent) == 1  # Terminate sent, the connection closed
+    assert result["server_states"][lent[0]] is not ServerState.IDLE
+    assert len(result["idle_order"]) == SERVERS - 1

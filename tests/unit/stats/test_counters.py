@@ -76,3 +76,16 @@ def test_sampler_needs_two_samples_and_survives_a_dropped_pool():
     assert sampler.sample({"db": stats}, now=10.0)["db"]["xact_count"] == 10
     fresh = PoolStats()  # the pool was recreated by a reload: counters start over
     assert sampler.sample({"db": fresh}, now=20.0)["db"]["xact_count"] == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1e4, allow_nan=False)), max_size=60))
+def test_query_and_wait_times_land_where_observe_puts_them(events):
+    # add_query and add_wait write Histogram.observe out in line: same buckets, same sums.
+    stats, queries, waits = PoolStats(), Histogram(), Histogram()
+    for is_query, seconds in events:
+        (stats.add_query if is_query else stats.add_wait)(seconds)
+        (queries if is_query else waits).observe(seconds)
+    assert stats.query_seconds.counts == queries.counts
+    assert stats.wait_seconds.counts == waits.counts
+    assert stats.query_seconds.total == queries.total
+    assert stats.wait_seconds.total == waits.total
