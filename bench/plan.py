@@ -43,6 +43,9 @@ IDLE_SETTLE_S = 2.0
 RUN_OVERHEAD_S = 1.0
 # Descriptors beyond the clients: server connections, logs, listening sockets, epoll.
 FD_HEADROOM = 4096
+# The share of its descriptor limit an idle-only ecluse worker is planned to fill: the
+# kernel spreads connections over the SO_REUSEPORT sockets unevenly, by a few hundred.
+IDLE_WORKER_FILL = 0.85
 
 
 def _int_list(text: str) -> list[int]:
@@ -101,6 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="idle logged-in clients each pooler is made to hold, one count at "
                         f"a time (default {join_ints(DEFAULT_IDLE_CLIENTS)}, "
                         f"{join_ints(QUICK_IDLE_CLIENTS)} with --quick)")
+    p.add_argument("--idle-workers", type=int, metavar="K",
+                   help="also make ecluse with K workers hold the idle clients, after the "
+                        "others (default: as many as the hard descriptor limit needs for "
+                        "the largest count, when the ecluse targets have fewer; 0: never)")
     p.add_argument("--no-idle", action="store_true", help="skip the idle-clients phase")
     p.add_argument("--no-pgbench", action="store_true",
                    help="skip the pgbench grid (only the idle-clients phase)")
@@ -146,6 +153,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--duration, --repeat, --pool-size, --scale and --workers must be positive")
     args.target_names = resolve_targets(args.targets, args.workers)
     return args
+
+
+def idle_workers_needed(clients: int, nofile_hard: int | None) -> int:
+    """Return how many ecluse workers hold ``clients`` idle clients under a hard
+    RLIMIT_NOFILE of ``nofile_hard`` per process (None: unlimited, one worker)."""
+    if nofile_hard is None or clients <= 0:
+        return 1
+    per_worker = max(1, int((nofile_hard - FD_HEADROOM // 4) * IDLE_WORKER_FILL))
+    return -(-clients // per_worker)
 
 
 def join_ints(values: list[int]) -> str:

@@ -45,6 +45,7 @@ from plan import (
     IDLE_SETTLE_S,
     estimate_seconds,
     grid_cells,
+    idle_workers_needed,
     join_ints,
     parse_args,
     run_duration,
@@ -353,13 +354,59 @@ class Bench:
         poolers = [t for t in self.targets if isinstance(t, PoolerTarget) and t.tls is None]
         for count in self.args.idle_clients:
             for target in poolers:
-                row = self.hold_idle(target, count)
-                self.idle.append(row)
-                after = row.get("after") or {}
-                say(f"idle {target.label:<10} asked {count:,}, held {row.get('reached', 0):,}"
-                    f", rss {after.get('rss_kb', 0) / 1024:,.1f} MB, pss "
-                    f"{(after.get('pss_kb') or 0) / 1024:,.1f} MB"
-                    + (f" ({row['why']})" if row.get("why") else ""))
+                self.record_idle(target, count)
+        extra = self.start_idle_only_target()
+        if extra is not None:
+            try:
+                for count in self.args.idle_clients:
+                    self.record_idle(extra, count)
+            finally:
+                extra.stop()
+
+    def start_idle_only_target(self) -> EcluseTarget | None:
+        """Start ecluse with --idle-workers workers for the idle phase alone, or None.
+
+        One process holds at most the hard RLIMIT_NOFILE's worth of clients, which
+        only root with CAP_SYS_RESOURCE can raise: with the default --idle-workers,
+        this target has just enough workers for the largest count under that limit,
+        and is started only when the ecluse targets of the grid have fewer.
+        """
+        a = self.args
+        if not a.idle_clients or not any(n.startswith("ecluse") for n in a.target_names) \
+                or any(n.startswith("ecluse") for n in self.skipped):
+            return None
+        workers = a.idle_workers
+        if workers is None:
+            workers = idle_workers_needed(max(a.idle_clients), _nofile_hard())
+            if workers <= max(1, a.workers if "ecluse-wN" in a.targets else 1):
+                return None
+        name = ecluse_name(workers)
+        if workers < 1 or name in a.target_names:
+            return None
+        assert self.cluster is not None
+        psql = shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
+        target = EcluseTarget(os.path.join(self.tmp, name + "-idle"), self.cluster.host,
+                              self.cluster.port, DBNAME, a.pool_size, psql, None,
+                              max_client_conn=self.max_client_conn(), workers=workers)
+        try:
+            target.start()
+        except RuntimeError as exc:
+            target.stop()
+            self.skipped[name] = f"did not start: {str(exc).splitlines()[0]}"
+            say(f"skipping {name}: {exc}")
+            return None
+        say(f"{name} (idle clients only: {workers} workers under the hard descriptor "
+            f"limit {_nofile_hard() or 'none'}) listening on {target.host}:{target.port}")
+        return target
+
+    def record_idle(self, target: PoolerTarget, count: int) -> None:
+        row = self.hold_idle(target, count)
+        self.idle.append(row)
+        after = row.get("after") or {}
+        say(f"idle {target.label:<10} asked {count:,}, held {row.get('reached', 0):,}"
+            f", rss {after.get('rss_kb', 0) / 1024:,.1f} MB, pss "
+            f"{(after.get('pss_kb') or 0) / 1024:,.1f} MB"
+            + (f" ({row['why']})" if row.get("why") else ""))
 
     def hold_idle(self, target: PoolerTarget, count: int) -> dict:
         """Open ``count`` idle clients on ``target``, read its memory, close them again."""
@@ -416,6 +463,12 @@ class Bench:
             "ecluse_module": os.path.dirname(ecluse.__file__),
         }
 
+    def idle_only_names(self) -> list[str]:
+        """The idle-only ecluse targets (start_idle_only_target) that hold rows."""
+        grid = {t.name for t in self.targets}
+        return list(dict.fromkeys(r["target"] for r in self.idle
+                                  if r["target"].startswith("ecluse") and r["target"] not in grid))
+
     def document(self) -> dict:
         a = self.args
         names = list(dict.fromkeys(t.name for t in self.targets))
@@ -455,7 +508,8 @@ class Bench:
             "prepared_vs_extended": report.prepared_gain(median),
             "tls_cost": report.tls_cost(median),
             "idle": self.idle,
-            "goals": goals.all_goals(median, self.idle, ecluse_1, ecluse_n, a.churn_clients),
+            "goals": goals.all_goals(median, self.idle, ecluse_1, ecluse_n, a.churn_clients,
+                                     idle_only=self.idle_only_names()),
             "runs": self.runs,
         }
 

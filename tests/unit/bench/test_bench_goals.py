@@ -64,3 +64,13 @@ def test_churn_goal_compares_churn_rows_at_factor_one():
     assert [g["status"] for g in churn] == [goals.MET]
     assert len(found) == 2 + 1 + 2 + 1
     assert all(line.startswith("[") for line in goals.goal_lines(found))
+
+
+def test_an_idle_only_target_has_its_own_idle_goal():
+    idle = [{"target": "ecluse-w7", "asked": 100_000, "reached": 100_000},
+            {"target": "ecluse-w1", "asked": 100_000, "reached": 19_966, "why": "limit"}]
+    found = goals.all_goals([], idle, "ecluse-w1", "ecluse-w2", [], idle_only=["ecluse-w7"])
+    by_text = {g["text"].split(":")[0]: g["status"] for g in found if "idle" in g["text"]}
+    assert by_text == {"ecluse-w1 holds 100,000 idle clients": goals.NOT_MET,
+                       "ecluse-w2 holds 100,000 idle clients": goals.NOT_MEASURED,
+                       "ecluse-w7 holds 100,000 idle clients": goals.MET}

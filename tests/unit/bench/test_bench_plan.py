@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import plan
 import run
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def test_quick_defaults_are_small():
@@ -56,3 +58,23 @@ def test_idle_shortfall_names_errors_and_limits():
     assert "100 x login timed out" in why
     assert "20,000 per process x 3 processes" in why
     assert "CAP_SYS_RESOURCE" in why
+
+
+@given(st.integers(0, 10**6), st.one_of(st.none(), st.integers(2 * plan.FD_HEADROOM, 10**7)))
+def test_idle_only_workers_each_stay_under_the_descriptor_limit(clients, hard):
+    workers = plan.idle_workers_needed(clients, hard)
+    assert workers >= 1
+    if hard is None:
+        assert workers == 1
+        return
+    per_worker = -(-clients // workers)  # an even spread
+    assert per_worker <= (hard - plan.FD_HEADROOM // 4) * plan.IDLE_WORKER_FILL
+    # And no more workers than that needs.
+    fewer = workers - 1
+    assert fewer == 0 or -(-clients // fewer) > (hard - plan.FD_HEADROOM // 4) * \
+        plan.IDLE_WORKER_FILL - 1
+
+
+def test_idle_workers_option_defaults_to_automatic():
+    assert plan.parse_args([]).idle_workers is None
+    assert plan.parse_args(["--idle-workers", "0"]).idle_workers == 0
