@@ -146,29 +146,27 @@ def without_key(data: bytes) -> bytes:
     return data if at < 0 else data[:at + 5] + bytes(8) + data[at + 13:]
 
 
+def record_answers(monkeypatch, cls: type, name: str) -> list:
+    """Wrap method ``name`` of ``cls``; return the list its answers are appended to."""
+    answers = []
+    real = getattr(cls, name)
+
+    def recording(self, arg):
+        answer = real(self, arg)
+        answers.append(answer)
+        return answer
+
+    monkeypatch.setattr(cls, name, recording)
+    return answers
+
+
 def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "",
         shared: bool = False) -> dict:
     if not express:
         monkeypatch.setattr(ExpressPath, "_express_request", lambda self, data: False)
         monkeypatch.setattr(ExpressPath, "_express_pending", lambda self, server: False)
-    taken = []
-    real_relay = ServerConnection._relay_express
-
-    def counting_relay(self, data):
-        done = real_relay(self, data)
-        taken.append(done)
-        return done
-
-    monkeypatch.setattr(ServerConnection, "_relay_express", counting_relay)
-    taken_back = []
-    real_take_back = Pool.take_back
-
-    def counting_take_back(self, server):
-        done = real_take_back(self, server)
-        taken_back.append(done)
-        return done
-
-    monkeypatch.setattr(Pool, "take_back", counting_take_back)
+    taken = record_answers(monkeypatch, ServerConnection, "_relay_express")
+    taken_back = record_answers(monkeypatch, Pool, "take_back")
     config = config_from_string(CONFIG.format(mode=mode) + extra_config)
     counts = SharedCounts(workers=2, slots=16) if shared else None
 
