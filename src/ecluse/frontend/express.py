@@ -259,6 +259,9 @@ class ExpressPath:
         self._count_request(pool.stats, tracker)
         self.server = None
         self._unlink(server)
-        self.state = _IDLE  # from LINKED, the usual transition
+        if self.state is _LINKED:
+            self.state = _IDLE  # the usual transition, as _release_server
+        else:
+            self._set_state(_IDLE)
         if not pool.take_back(server):
             pool.release(server, reset=False)

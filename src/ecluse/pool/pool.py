@@ -415,7 +415,8 @@ class Pool:
         path's): back on the idle list; False, with nothing done, when release has
         more to do (a handover, a lend, a close, a cancel to wait for)."""
         s = self.settings
-        if server.state is not _S_ACTIVE or self.waiters.live or self.paused or self.closed \
+        # ``self.waiters`` as release tests it: also drops finished waiters left behind.
+        if server.state is not _S_ACTIVE or self.waiters or self.paused or self.closed \
                 or server.close_when_released or server.cancel_in_flight \
                 or (s.server_lifetime > 0 and
                     time.monotonic() - server.created_at > s.server_lifetime) \
