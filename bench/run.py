@@ -171,7 +171,7 @@ class Bench:
     def start_targets(self, names: list[str]) -> None:
         assert self.cluster is not None
         host, port = self.cluster.host, self.cluster.port
-        psql = shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
+        psql = self.psql()
         variants = [None, self.tls] if self.tls is not None else [None]
         conn = self.max_client_conn()
         for name in names:
@@ -189,12 +189,7 @@ class Bench:
                     target = EcluseTarget(workdir, host, port, DBNAME, self.args.pool_size,
                                           psql, tls, max_client_conn=conn,
                                           workers=int(name.removeprefix("ecluse-w")))
-                try:
-                    target.start()
-                except RuntimeError as exc:
-                    target.stop()
-                    self.skipped[target.label] = f"did not start: {str(exc).splitlines()[0]}"
-                    say(f"skipping {target.label}: {exc}")
+                if not self.start(target):
                     continue
                 if isinstance(target, PoolerTarget):
                     say(f"{target.label} listening on {target.host}:{target.port} "
@@ -205,6 +200,21 @@ class Bench:
                         if (name, protocol) not in self.unsupported:
                             say(f"not running {name} with -M {protocol}: {why}")
                         self.unsupported[name, protocol] = why
+
+    def psql(self) -> str:
+        assert self.cluster is not None
+        return shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
+
+    def start(self, target: Target) -> bool:
+        """Start ``target``; False, with the reason recorded among the skipped, if it fails."""
+        try:
+            target.start()
+        except RuntimeError as exc:
+            target.stop()
+            self.skipped[target.label] = f"did not start: {str(exc).splitlines()[0]}"
+            say(f"skipping {target.label}: {exc}")
+            return False
+        return True
 
     def max_client_conn(self) -> int:
         """Return a max_client_conn no client of this run can exceed (warm-up and probes too)."""
@@ -384,16 +394,10 @@ class Bench:
         if workers < 1 or name in a.target_names:
             return None
         assert self.cluster is not None
-        psql = shutil.which("psql") or os.path.join(self.cluster.bindir, "psql")
         target = EcluseTarget(os.path.join(self.tmp, name + "-idle"), self.cluster.host,
-                              self.cluster.port, DBNAME, a.pool_size, psql, None,
+                              self.cluster.port, DBNAME, a.pool_size, self.psql(), None,
                               max_client_conn=self.max_client_conn(), workers=workers)
-        try:
-            target.start()
-        except RuntimeError as exc:
-            target.stop()
-            self.skipped[name] = f"did not start: {str(exc).splitlines()[0]}"
-            say(f"skipping {name}: {exc}")
+        if not self.start(target):
             return None
         say(f"{name} (idle clients only: {workers} workers under the hard descriptor "
             f"limit {_nofile_hard() or 'none'}) listening on {target.host}:{target.port}")

@@ -31,10 +31,11 @@ Rules:
 3. Parameters not in step with the server are synced the general way, with
    the request buffered behind the SETs.
 4. When the express reply ends the transaction, the server goes back the way
-   on_server_ready would send it (counted, unlinked, released), in one step
-   when that is the usual case (on_express_ready, Pool.take_back): anything
-   else (session mode, a probe, notifications held back, a reset, a waiting
-   client, a lend, shutdown) goes through on_server_ready itself.
+   on_server_ready would send it (counted, unlinked, released), and the pool
+   takes it back in one step when that is the usual case (on_express_ready,
+   Pool.take_back): session mode, a probe or notifications held back go
+   through on_server_ready itself; a reset, a waiting client, a lend or a
+   close through Pool.release.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 _Q = codes.FE_QUERY
 _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
-_IDLE = ClientState.IDLE
 _STATUS_IDLE = codes.STATUS_IDLE
 
 
@@ -249,19 +249,11 @@ class ExpressPath:
         """The whole reply to the express request was written (rule 4)."""
         pool = self.pool
         tracker = server.tracker
-        s = pool.settings
-        if tracker.status != _STATUS_IDLE or s.mode == "session" or s.server_reset_query_always \
+        if tracker.status != _STATUS_IDLE or pool.settings.mode == "session" \
                 or self._notify_backlog or self._suspect or self._always_probe or self.pinned \
-                or self.ctx.shutting_down or not self._framer.at_boundary:
+                or not self._framer.at_boundary:
             self.on_server_ready(server)
             return
         # on_server_ready's steps for an idle transaction-mode server, in line.
         self._count_request(pool.stats, tracker)
-        self.server = None
-        self._unlink(server)
-        if self.state is _LINKED:
-            self.state = _IDLE  # the usual transition, as _release_server
-        else:
-            self._set_state(_IDLE)
-        if not pool.take_back(server):
-            pool.release(server, reset=False)
+        self._release_server(server, settled=True)

@@ -754,9 +754,10 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             stats.xact_time_us += int((now - self.xact_started) * 1_000_000)
             self.xact_started = 0.0
 
-    def _release_server(self, server: ServerConnection) -> None:
+    def _release_server(self, server: ServerConnection, settled: bool = False) -> None:
         """Unlink and give the server back between transactions (transaction and
-        statement mode)."""
+        statement mode). ``settled``: nothing is outstanding on it (an express reply,
+        frontend/express.py rule 4), so the pool may take it back in one step."""
         pool = self.pool
         assert pool is not None
         linked, self.server = self.server, None
@@ -766,7 +767,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.state = _IDLE  # the usual transition, once per transaction
         else:
             self._set_state(_IDLE)
-        pool.release(server, reset=pool.settings.server_reset_query_always)
+        reset = pool.settings.server_reset_query_always
+        if not (settled and not reset and pool.take_back(server)):
+            pool.release(server, reset=reset)
         if self.ctx.shutting_down:
             self.close()
 

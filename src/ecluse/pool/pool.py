@@ -376,10 +376,7 @@ class Pool:
         s = self.settings
         tracker = server.tracker
         if tracker.status != STATUS_IDLE or not tracker.is_done() \
-                or server.in_internal() or server.close_when_released or self.closed \
-                or (s.server_lifetime > 0 and
-                    time.monotonic() - server.created_at > s.server_lifetime) \
-                or self.total() > s.pool_size + s.reserve_pool:  # a reload shrank it
+                or server.in_internal() or self._must_retire(server):
             self._set_state(server, ServerState.USED)
             server.close()
             return
@@ -393,9 +390,7 @@ class Pool:
             server.run_internal(s.server_reset_query,
                                 lambda err, srv=server: self._on_reset(srv, err))
             return
-        if self.registry.shared and not self.waiters and self._above_fair_share() and \
-                self.registry.counts.wanted_elsewhere(self.key):
-            # Another worker's clients wait for this pool's node-wide slots: lend it.
+        if self.registry.shared and not self.waiters and self._lend_elsewhere():
             self._set_state(server, ServerState.USED)
             server.close()
             return
@@ -414,16 +409,12 @@ class Pool:
         unlinked from a transaction that ended with nothing outstanding (the express
         path's): back on the idle list; False, with nothing done, when release has
         more to do (a handover, a lend, a close, a cancel to wait for)."""
-        s = self.settings
         # ``self.waiters`` as release tests it: also drops finished waiters left behind.
-        if server.state is not _S_ACTIVE or self.waiters or self.paused or self.closed \
-                or server.close_when_released or server.cancel_in_flight \
-                or (s.server_lifetime > 0 and
-                    time.monotonic() - server.created_at > s.server_lifetime) \
-                or self.total() > s.pool_size + s.reserve_pool:
+        if server.state is not _S_ACTIVE or self.waiters or self.paused \
+                or server.cancel_in_flight or self._must_retire(server):
             return False
         shared = self.registry.shared
-        if shared and self._above_fair_share() and self.registry.counts.wanted_elsewhere(self.key):
+        if shared and self._lend_elsewhere():
             return False
         # _set_state(server, IDLE) from ACTIVE, then _dispatch() with nobody waiting.
         self.active.discard(server)
@@ -432,6 +423,22 @@ class Pool:
         if shared:
             self._publish_wanted()
         return True
+
+    def _must_retire(self, server: ServerConnection) -> bool:
+        """True when a server given back is to be closed, not reused: marked so, the
+        pool closed, past server_lifetime, or the pool above its size (a reload
+        shrank it)."""
+        s = self.settings
+        return server.close_when_released or self.closed \
+            or (s.server_lifetime > 0 and
+                time.monotonic() - server.created_at > s.server_lifetime) \
+            or self.total() > s.pool_size + s.reserve_pool
+
+    def _lend_elsewhere(self) -> bool:
+        """With several workers: True when another worker's clients wait for this
+        pool's node-wide slots and this one holds more than its share, so that a
+        server given back is closed (lent to them), not kept."""
+        return self._above_fair_share() and bool(self.registry.counts.wanted_elsewhere(self.key))
 
     def _after_cancels(self, server: ServerConnection, reset: bool) -> None:
         if server.state is ServerState.CLOSED:
