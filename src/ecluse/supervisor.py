@@ -62,7 +62,8 @@ class WorkerProcess:
     started: float
 
 
-def worker_sockets(reserved: list[socket.socket], workers: int) -> list[list[socket.socket]]:
+def worker_sockets(reserved: list[socket.socket], workers: int,
+                   backlog: int = 128) -> list[list[socket.socket]]:
     """Per worker index, the listening sockets it accepts on.
 
     A TCP address gets one SO_REUSEPORT listening twin per index; any other
@@ -73,11 +74,11 @@ def worker_sockets(reserved: list[socket.socket], workers: int) -> list[list[soc
         if sock.family in (socket.AF_INET, socket.AF_INET6) and has_reuseport():
             for sockets in per_index:
                 sockets.append(tcp_socket(sock.family, sock.getsockname(), listen=True,
-                                          reuseport=True))
+                                          reuseport=True, backlog=backlog))
             sock.close()  # the twins hold the address now
         else:
             with contextlib.suppress(OSError):
-                sock.listen(1024)
+                sock.listen(backlog)
             for sockets in per_index:
                 sockets.append(sock)
     return per_index
@@ -89,7 +90,7 @@ class Supervisor:
     def __init__(self, config: Config, reserved: list[socket.socket]):
         self.config = config
         self.workers = config.settings.workers
-        self.sockets = worker_sockets(reserved, self.workers)
+        self.sockets = worker_sockets(reserved, self.workers, config.settings.listen_backlog)
         # Two slots per worker index: two generations live during a roll-over.
         self.counts = SharedCounts(2 * self.workers, node_workers=self.workers)
         self.rundir = tempfile.mkdtemp(prefix="ecluse-")

@@ -29,6 +29,7 @@ from ecluse.pool.registry import PoolRegistry
 from ecluse.pool.shared import LocalCounts, SharedCounts
 from ecluse.protocol.messages import BackendKeyData
 from ecluse.server.cancel import send_cancel
+from ecluse.tcpopts import configure_listener
 
 log = logging.getLogger("ecluse")
 
@@ -39,7 +40,8 @@ def has_reuseport() -> bool:
     return hasattr(socket, "SO_REUSEPORT")
 
 
-def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False) -> socket.socket:
+def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False,
+               backlog: int = 128) -> socket.socket:
     """A non-blocking TCP socket bound to ``sockaddr`` (IPv6 only for IPv6 addresses)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,7 +51,7 @@ def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False) -> 
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind(sockaddr)
     if listen:
-        sock.listen(1024)
+        sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -76,7 +78,8 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
             if reserve and has_reuseport():
                 socks.append(tcp_socket(family, sockaddr, listen=False, reuseport=True))
             else:
-                socks.append(tcp_socket(family, sockaddr, listen=True))
+                socks.append(tcp_socket(family, sockaddr, listen=True,
+                                        reuseport=s.so_reuseport, backlog=s.listen_backlog))
     if s.unix_socket_dir:
         path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
         with contextlib.suppress(FileNotFoundError):
@@ -84,7 +87,7 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         os.chmod(path, s.unix_socket_mode)
-        sock.listen(1024)
+        sock.listen(s.listen_backlog)
         sock.setblocking(False)
         socks.append(sock)
     return socks
@@ -132,15 +135,20 @@ class Worker:
         loop = asyncio.get_running_loop()
         if self.config.settings.metrics_listen:
             await self._start_http(self.config.settings.metrics_listen)
+        settings = self.config.settings
+        backlog = settings.listen_backlog
         for sock in self.sockets:
+            configure_listener(sock, settings)
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(self._new_session, sock=sock)
-            elif client_tls_context(self.config.settings) is not None:
+                srv = await loop.create_unix_server(self._new_session, sock=sock,
+                                                    backlog=backlog)
+            elif client_tls_context(settings) is not None:
                 # Peeks each connection's first byte for a direct TLS handshake.
+                sock.listen(backlog)
                 srv = TlsListener(sock, self._new_session, lambda: self.ctx.config.settings)
                 srv.start()
             else:
-                srv = await loop.create_server(self._new_session, sock=sock)
+                srv = await loop.create_server(self._new_session, sock=sock, backlog=backlog)
             self._servers.append(srv)
         if self.rundir is not None:
             # Other workers pass on the CancelRequests the kernel gave them for our
@@ -240,6 +248,8 @@ class Worker:
             return
         self.config = self.ctx.config = new
         logsetup.apply(new.settings)
+        for sock in self.sockets:
+            configure_listener(sock, new.settings)
         for line in self.registry.apply_config(new):
             log.info("RELOAD: %s", line)
         self._warm_pools()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -206,7 +207,15 @@ class Settings:
     log_pooler_errors: bool = True
     stats_period: float = 60.0
     log_stats: bool = True  # a stats line per database every stats_period
+    # TCP options (tcpopts.py), PgBouncer's names, units and defaults; 0: the OS default.
+    listen_backlog: int = 128
+    so_reuseport: bool = False  # several ecluse processes on one port (workers aside)
+    tcp_defer_accept: bool = sys.platform.startswith("linux")
     tcp_keepalive: bool = True
+    tcp_keepidle: int = 0  # seconds
+    tcp_keepintvl: int = 0  # seconds
+    tcp_keepcnt: int = 0
+    tcp_user_timeout: int = 0  # milliseconds
     max_prepared_statements: int = 200  # per server; 0: no statement-name rewriting
     # TLS towards clients (config/tls.py builds the contexts).
     client_tls_sslmode: SslMode = SslMode.DISABLE

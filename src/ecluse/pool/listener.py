@@ -422,7 +422,7 @@ class ListenHub:
         server.slot_held = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port)
+                await open_socket(server, host, s.port, s.tcp)
                 await done
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):

@@ -29,6 +29,7 @@ from ecluse.protocol.codes import STATUS_IDLE
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
 from ecluse.stats.counters import PoolStats
+from ecluse.tcpopts import TcpOptions
 
 if TYPE_CHECKING:
     from ecluse.pool.registry import PoolRegistry
@@ -74,6 +75,7 @@ class PoolSettings:
     query_wait_timeout: float
     max_prepared_statements: int = 0
     server_tls: ServerTls | None = None  # None: server_tls_sslmode is disable
+    tcp: TcpOptions | None = None  # keepalive and user timeout of its connections
 
 
 class Pool:
@@ -530,7 +532,7 @@ class Pool:
         counted = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port)
+                await open_socket(server, host, s.port, s.tcp)
                 self.launching -= 1
                 counted = False
                 self._set_state(server, ServerState.LOGIN)

@@ -17,6 +17,7 @@ from ecluse.config import Config, DatabaseConfig
 from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
 from ecluse.pool.shared import Key, LocalCounts, SharedCounts
+from ecluse.tcpopts import TcpOptions
 
 log = logging.getLogger("ecluse.pool")
 
@@ -102,6 +103,7 @@ class PoolRegistry:
             query_wait_timeout=s.query_wait_timeout,
             max_prepared_statements=s.max_prepared_statements,
             server_tls=server_tls(s),
+            tcp=TcpOptions.from_settings(s),
         )
 
     # --- welcome parameters shared between workers ---------------------------

@@ -49,6 +49,8 @@ from ecluse.protocol.startup import encode_ssl_request
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
 from ecluse.stats.counters import PoolStats
+from ecluse.tcpopts import TcpOptions
+from ecluse.tcpopts import apply as apply_tcp_options
 
 log = logging.getLogger("ecluse.server")
 
@@ -127,14 +129,18 @@ InternalDone = Callable[[ErrorResponse | None], None]
 Row = list[bytes | None]
 
 
-async def open_socket(server: ServerConnection, host: str, port: int | str) -> None:
+async def open_socket(server: ServerConnection, host: str, port: int | str,
+                      tcp: TcpOptions | None = None) -> None:
     """Connect ``server`` to PostgreSQL: a unix socket when ``host`` is a directory
-    (a path starting with "/"), TCP otherwise."""
+    (a path starting with "/"), TCP otherwise, with the ``tcp`` options."""
     loop = asyncio.get_running_loop()
     if host.startswith("/"):
         await loop.create_unix_connection(lambda: server, f"{host}/.s.PGSQL.{port}")
-    else:
-        await loop.create_connection(lambda: server, host, port)
+        return
+    transport, _ = await loop.create_connection(lambda: server, host, port)
+    sock = transport.get_extra_info("socket")
+    if tcp is not None and sock is not None:
+        apply_tcp_options(sock, tcp)
 
 
 class ServerConnection(asyncio.Protocol):

@@ -77,12 +77,15 @@ max_packet_size = 1048576
 application_name_add_host = true
 server_round_robin = 1
 tcp_keepalive = 0
+tcp_keepidle = 30
+listen_backlog = 512
+tcp_defer_accept = 0
 shutdown_timeout = 10
 workers = 4
 max_prepared_statements = 100
 ; known PgBouncer settings ecluse does not implement yet
 dns_max_ttl = 15
-tcp_keepidle = 30
+pkt_buf = 4096
 auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
 """
 
@@ -130,7 +133,8 @@ def test_realistic_settings(realistic: Path) -> None:
     assert (s.shutdown_timeout, s.workers, s.max_prepared_statements) == (10.0, 4, 100)
     assert s.logfile == "/var/log/pgbouncer/pgbouncer.log"
     assert s.pidfile == "/var/run/pgbouncer/pgbouncer.pid"
-    assert dict(s.extra) == {"dns_max_ttl": "15", "tcp_keepidle": "30"}
+    assert (s.tcp_keepidle, s.listen_backlog, s.tcp_defer_accept) == (30, 512, False)
+    assert dict(s.extra) == {"dns_max_ttl": "15", "pkt_buf": "4096"}
     assert s.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 

@@ -1,0 +1,84 @@
+"""TCP socket options from the settings, on the listening sockets and on server connections.
+
+PgBouncer's settings, names, units and defaults: listen_backlog, so_reuseport,
+tcp_defer_accept, tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt and
+tcp_user_timeout (0 for the last four: the operating system's default).
+
+Rules:
+1. Client sockets get their options from the listening socket: Linux copies
+   SO_KEEPALIVE, the TCP_KEEP* times and TCP_USER_TIMEOUT to every socket it
+   accepts there, so a client costs no system call of its own. A reload sets
+   them on the listening sockets again: clients accepted from then on get the
+   new values.
+2. A server connection gets them once, when it is opened. A reload applies to
+   connections opened after it.
+3. With tcp_keepalive off, SO_KEEPALIVE is cleared and the TCP_KEEP* times are
+   left alone, as PgBouncer does.
+4. tcp_defer_accept holds a connection in the kernel until its first bytes (a
+   StartupMessage or SSLRequest) arrive, for at most DEFER_ACCEPT_SECONDS: the
+   worker then reads what it accepts at once, without a wake-up in between.
+   A client that connects and sends nothing is never seen by ecluse.
+5. Options the platform lacks are skipped: only Linux has them all.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from ecluse.config.model import Settings
+
+# PgBouncer's value for an enabled tcp_defer_accept (the kernel rounds it up to its
+# SYN-ACK retransmission schedule).
+DEFER_ACCEPT_SECONDS = 45
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    """The per-connection TCP options: keepalive and the user timeout."""
+
+    keepalive: bool = True
+    keepidle: int = 0  # seconds; 0: the OS default
+    keepintvl: int = 0  # seconds; 0: the OS default
+    keepcnt: int = 0  # probes; 0: the OS default
+    user_timeout: int = 0  # milliseconds; 0: the OS default
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TcpOptions:
+        return cls(s.tcp_keepalive, s.tcp_keepidle, s.tcp_keepintvl, s.tcp_keepcnt,
+                   s.tcp_user_timeout)
+
+    def socket_options(self) -> list[tuple[int, int, int]]:
+        """The (level, option, value) triples to set (rules 3 and 5)."""
+        opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.keepalive))]
+        if self.keepalive:
+            for name, value in (("TCP_KEEPIDLE", self.keepidle),
+                                ("TCP_KEEPINTVL", self.keepintvl),
+                                ("TCP_KEEPCNT", self.keepcnt)):
+                if value and hasattr(socket, name):
+                    opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+        if self.user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+            opts.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout))
+        return opts
+
+
+def is_tcp(sock: socket.socket) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+def apply(sock, options: TcpOptions) -> None:
+    """Set ``options`` on a TCP socket (a socket.socket or the socket-like object a
+    transport's get_extra_info("socket") returns)."""
+    for level, name, value in options.socket_options():
+        sock.setsockopt(level, name, value)
+
+
+def configure_listener(sock: socket.socket, settings: Settings) -> None:
+    """Set the connection options clients inherit (rule 1) and tcp_defer_accept on a
+    listening socket; unix sockets are left as they are."""
+    if not is_tcp(sock):
+        return
+    apply(sock, TcpOptions.from_settings(settings))
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                        DEFER_ACCEPT_SECONDS if settings.tcp_defer_accept else 0)
