@@ -334,7 +334,7 @@ class Pool:
                 self.stats.add_wait(waited)
             else:  # pragma: no cover - pop skips done waiters
                 self._set_state(server, ServerState.IDLE)
-        needed = len(self.waiters) - len(self.login) - self.launching - len(self.used)
+        needed = self.waiters.live - len(self.login) - self.launching - len(self.used)
         while needed > 0 and self.can_launch() and self.launch():
             needed -= 1
         if self.waiters and not self.idle and not self.active and self.total() == 0 \
@@ -407,14 +407,22 @@ class Pool:
         self._dispatch()
 
     def take_back(self, server: ServerConnection) -> bool:
-        """release(server, reset=False)'s usual case in one step, for a server just
+        """release(server, reset=False)'s usual cases in one step, for a server just
         unlinked from a transaction that ended with nothing outstanding (the express
-        path's): back on the idle list; False, with nothing done, when release has
-        more to do (a handover, a lend, a close, a cancel to wait for)."""
-        # ``self.waiters`` as release tests it: also drops finished waiters left behind.
-        if server.state is not _S_ACTIVE or self.waiters or self.paused \
-                or server.cancel_in_flight or self._must_retire(server):
+        path's): to the first waiting client, or back on the idle list; False, with
+        nothing done, when release has more to do (a lend, a close, a cancel to wait
+        for, a pause)."""
+        if server.state is not _S_ACTIVE or self.paused or server.cancel_in_flight \
+                or self._must_retire(server):
             return False
+        # ``self.waiters`` as release tests it: also drops finished waiters left behind.
+        if self.waiters:
+            if server.is_closed():
+                return False
+            # Clients queue, so none is idle: the first gets this one as it is, as
+            # release hands it over (_dispatch), its retire and cancel checks done above.
+            self._dispatch(server)
+            return True
         shared = self.registry.shared
         if shared and self._lend_elsewhere():
             return False
