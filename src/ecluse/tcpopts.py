@@ -23,14 +23,22 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 
 from ecluse.config.model import Settings
 
+log = logging.getLogger("ecluse")
+
 # PgBouncer's value for an enabled tcp_defer_accept (the kernel rounds it up to its
 # SYN-ACK retransmission schedule).
 DEFER_ACCEPT_SECONDS = 45
+_NAMES = {(level, getattr(socket, name)): name for level, name in (
+    (socket.SOL_SOCKET, "SO_KEEPALIVE"), (socket.IPPROTO_TCP, "TCP_KEEPIDLE"),
+    (socket.IPPROTO_TCP, "TCP_KEEPINTVL"), (socket.IPPROTO_TCP, "TCP_KEEPCNT"),
+    (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT"), (socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT"))
+    if hasattr(socket, name)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ def apply(sock, options: TcpOptions) -> None:
     """Set ``options`` on a TCP socket (a socket.socket or the socket-like object a
     transport's get_extra_info("socket") returns)."""
     for level, name, value in options.socket_options():
-        sock.setsockopt(level, name, value)
+        _set(sock, level, name, value)
 
 
 def configure_listener(sock: socket.socket, settings: Settings) -> None:
@@ -80,5 +88,16 @@ def configure_listener(sock: socket.socket, settings: Settings) -> None:
         return
     apply(sock, TcpOptions.from_settings(settings))
     if hasattr(socket, "TCP_DEFER_ACCEPT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
-                        DEFER_ACCEPT_SECONDS if settings.tcp_defer_accept else 0)
+        _set(sock, socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+             DEFER_ACCEPT_SECONDS if settings.tcp_defer_accept else 0)
+
+
+def _set(sock, level: int, name: int, value: int) -> None:
+    # The values are within the kernel's bounds (config/schema.py); a refusal (a
+    # kernel without the option, a socket closed meanwhile) costs the option, not
+    # the connection or the reload.
+    try:
+        sock.setsockopt(level, name, value)
+    except OSError as exc:
+        log.warning("could not set TCP option %s=%d: %s", _NAMES.get((level, name), name),
+                    value, exc.strerror or exc)

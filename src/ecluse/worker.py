@@ -248,8 +248,9 @@ class Worker:
             return
         self.config = self.ctx.config = new
         logsetup.apply(new.settings)
-        for sock in self.sockets:
-            configure_listener(sock, new.settings)
+        if not self.draining:  # a draining worker's listeners are closed
+            for sock in self.sockets:
+                configure_listener(sock, new.settings)
         for line in self.registry.apply_config(new):
             log.info("RELOAD: %s", line)
         self._warm_pools()

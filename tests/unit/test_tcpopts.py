@@ -124,3 +124,12 @@ def test_unix_listeners_are_left_alone(tmp_path) -> None:
         configure_listener(sock, dataclasses.replace(Settings(), tcp_keepidle=5))
         # SO_KEEPALIVE is accepted on unix sockets but means nothing there: not set.
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
+def test_refused_options_are_logged_not_raised(caplog) -> None:
+    sock = socket.socket()
+    sock.close()  # every setsockopt now fails: none may raise
+    with caplog.at_level("WARNING", logger="ecluse"):
+        configure_listener(sock, dataclasses.replace(Settings(), tcp_keepidle=9))
+    assert "TCP_KEEPIDLE=9" in caplog.text and "SO_KEEPALIVE=1" in caplog.text
+    assert "TCP_DEFER_ACCEPT" in caplog.text
