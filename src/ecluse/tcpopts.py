@@ -1,23 +1,24 @@
 """TCP socket options from the settings, on the listening sockets and on server connections.
 
 PgBouncer's settings, names, units and defaults: listen_backlog, so_reuseport,
-tcp_defer_accept, tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt and
-tcp_user_timeout (0 for the last four: the operating system's default).
+tcp_defer_accept, tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt,
+tcp_user_timeout and tcp_socket_buffer (0 for the last five: the operating
+system's default).
 
 Rules:
 1. Client sockets get their options from the listening socket: Linux copies
-   SO_KEEPALIVE, the TCP_KEEP* times and TCP_USER_TIMEOUT to every socket it
-   accepts there, so a client costs no system call of its own. A reload sets
-   them on the listening sockets again: clients accepted from then on get the
-   new values.
+   SO_KEEPALIVE, the TCP_KEEP* times, TCP_USER_TIMEOUT and the buffer sizes to
+   every socket it accepts there, so a client costs no system call of its own.
+   A reload sets them on the listening sockets again: clients accepted from
+   then on get the new values (tcp_socket_buffer, which a listener cannot be
+   given back its default, takes a restart).
 2. A server connection gets them once, when it is opened. A reload applies to
    connections opened after it.
 3. With tcp_keepalive off, SO_KEEPALIVE is cleared and the TCP_KEEP* times are
    left alone, as PgBouncer does.
 4. tcp_defer_accept holds a connection in the kernel until its first bytes (a
-   StartupMessage or SSLRequest) arrive, for at most DEFER_ACCEPT_SECONDS: the
-   worker then reads what it accepts at once, without a wake-up in between.
-   A client that connects and sends nothing is never seen by ecluse.
+   StartupMessage or SSLRequest) arrive, for at most DEFER_ACCEPT_SECONDS: a
+   client that connects and sends nothing (a port probe) never reaches ecluse.
 5. Options the platform lacks are skipped: only Linux has them all.
 """
 
@@ -37,7 +38,8 @@ DEFER_ACCEPT_SECONDS = 45
 _NAMES = {(level, getattr(socket, name)): name for level, name in (
     (socket.SOL_SOCKET, "SO_KEEPALIVE"), (socket.IPPROTO_TCP, "TCP_KEEPIDLE"),
     (socket.IPPROTO_TCP, "TCP_KEEPINTVL"), (socket.IPPROTO_TCP, "TCP_KEEPCNT"),
-    (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT"), (socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT"))
+    (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT"), (socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT"),
+    (socket.SOL_SOCKET, "SO_SNDBUF"), (socket.SOL_SOCKET, "SO_RCVBUF"))
     if hasattr(socket, name)}
 
 
@@ -50,11 +52,12 @@ class TcpOptions:
     keepintvl: int = 0  # seconds; 0: the OS default
     keepcnt: int = 0  # probes; 0: the OS default
     user_timeout: int = 0  # milliseconds; 0: the OS default
+    socket_buffer: int = 0  # bytes for SO_SNDBUF and SO_RCVBUF; 0: the OS default
 
     @classmethod
     def from_settings(cls, s: Settings) -> TcpOptions:
         return cls(s.tcp_keepalive, s.tcp_keepidle, s.tcp_keepintvl, s.tcp_keepcnt,
-                   s.tcp_user_timeout)
+                   s.tcp_user_timeout, s.tcp_socket_buffer)
 
     def socket_options(self) -> list[tuple[int, int, int]]:
         """The (level, option, value) triples to set (rules 3 and 5)."""
@@ -67,6 +70,9 @@ class TcpOptions:
                     opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
         if self.user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
             opts.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout))
+        if self.socket_buffer:
+            opts += [(socket.SOL_SOCKET, socket.SO_SNDBUF, self.socket_buffer),
+                     (socket.SOL_SOCKET, socket.SO_RCVBUF, self.socket_buffer)]
         return opts
 
 

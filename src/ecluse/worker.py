@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 import signal
@@ -56,6 +57,16 @@ def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False,
     return sock
 
 
+def unix_group_id(name: str) -> int:
+    """The id of the group ``name`` (or a number); OSError when there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise OSError(f"unix_socket_group: no group {name!r}") from None
+
+
 def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]:
     """Bind the TCP and unix listening sockets the config asks for.
 
@@ -87,6 +98,8 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         os.chmod(path, s.unix_socket_mode)
+        if s.unix_socket_group:
+            os.chown(path, -1, unix_group_id(s.unix_socket_group))
         sock.listen(s.listen_backlog)
         sock.setblocking(False)
         socks.append(sock)

@@ -1,10 +1,11 @@
-"""PgBouncer's TCP settings on a running ecluse: keepalive and user timeout on client and
-server sockets (read back from the kernel's /proc/net/tcp), listen_backlog,
-tcp_defer_accept and so_reuseport."""
+"""PgBouncer's socket settings on a running ecluse: keepalive on client and server sockets
+(read back from the kernel's /proc/net/tcp), listen_backlog, tcp_defer_accept,
+so_reuseport and unix_socket_group."""
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import select
 import signal
@@ -207,3 +208,37 @@ def test_so_reuseport_lets_two_ecluses_share_a_port(ecluse_factory):
         third.start()
     assert wait_for(lambda: third.proc.poll() is not None, timeout=15)
     assert third.proc.returncode == 1 and "cannot listen" in third.log()
+
+
+def other_group() -> grp.struct_group | None:
+    """A group this process may give a file to, other than its own primary group."""
+    for group in grp.getgrall():
+        if group.gr_gid != os.getgid() and (os.geteuid() == 0 or group.gr_gid in os.getgroups()):
+            return group
+    return None
+
+
+def test_unix_socket_group_owns_the_socket(ecluse_factory, tmp_path):
+    group = other_group()
+    if group is None:
+        pytest.skip("no second group this user may hand a file to")
+    sockdir = tmp_path / "sock"
+    sockdir.mkdir()
+    ec = ecluse_factory({"unix_socket_dir": str(sockdir), "unix_socket_mode": "0660",
+                         "unix_socket_group": group.gr_name})
+    path = sockdir / f".s.PGSQL.{ec.port}"
+    info = path.stat()
+    assert (info.st_gid, info.st_mode & 0o777) == (group.gr_gid, 0o660)
+    with psycopg.connect(f"host={sockdir} port={ec.port} user=postgres dbname=ecluse_test",
+                         autocommit=True) as client:
+        assert client.execute("select 1").fetchone() == (1,)
+
+
+def test_an_unknown_unix_socket_group_stops_startup(ecluse_factory, tmp_path):
+    ec = ecluse_factory({"unix_socket_dir": str(tmp_path),
+                         "unix_socket_group": "no-such-group-ecluse"}, start=False)
+    with contextlib.suppress(RuntimeError):  # its TCP socket may answer the probe first
+        ec.start()
+    assert wait_for(lambda: ec.proc.poll() is not None, timeout=15)
+    assert ec.proc.returncode == 1
+    assert "cannot listen: unix_socket_group: no group 'no-such-group-ecluse'" in ec.log()

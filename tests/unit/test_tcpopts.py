@@ -25,10 +25,14 @@ _USER = (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
 
 
 def read_options(sock) -> TcpOptions:
-    """What the kernel says the socket has, as a TcpOptions."""
+    """What the kernel says the socket has, as a TcpOptions (the buffer: the send and
+    receive sizes, halved since Linux doubles what it is given, when both agree)."""
+    send = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    receive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     return TcpOptions(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
                       sock.getsockopt(*_KEEP), sock.getsockopt(*_INTVL),
-                      sock.getsockopt(*_CNT), sock.getsockopt(*_USER))
+                      sock.getsockopt(*_CNT), sock.getsockopt(*_USER),
+                      send // 2 if send == receive else -1)
 
 
 def expected(options: TcpOptions, default: TcpOptions) -> TcpOptions:
@@ -39,12 +43,16 @@ def expected(options: TcpOptions, default: TcpOptions) -> TcpOptions:
         options.keepidle if keep and options.keepidle else default.keepidle,
         options.keepintvl if keep and options.keepintvl else default.keepintvl,
         options.keepcnt if keep and options.keepcnt else default.keepcnt,
-        options.user_timeout or default.user_timeout)
+        options.user_timeout or default.user_timeout,
+        options.socket_buffer or default.socket_buffer)
 
 
+# Buffers up to 100,000 bytes: under Linux's default rmem_max and wmem_max (212,992),
+# which clamp larger ones, and over its minimum (SOCK_MIN_RCVBUF/2), which raises smaller.
 tcp_options = st.builds(TcpOptions, st.booleans(), st.integers(0, 32767),
                         st.integers(0, 32767), st.integers(0, 127),
-                        st.integers(0, 2**31 - 1))
+                        st.integers(0, 2**31 - 1),
+                        st.one_of(st.just(0), st.integers(4608, 100_000)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -81,7 +89,8 @@ def readable(sock: socket.socket, timeout: float) -> bool:
 def test_accepted_sockets_inherit_the_listeners_options(keepalive: bool) -> None:
     # Rule 1 of tcpopts.py: clients get no setsockopt of their own.
     lsock, s = listener(tcp_keepalive=keepalive, tcp_keepidle=11, tcp_keepintvl=4,
-                        tcp_keepcnt=3, tcp_user_timeout=12345, tcp_defer_accept=False)
+                        tcp_keepcnt=3, tcp_user_timeout=12345, tcp_socket_buffer=50_000,
+                        tcp_defer_accept=False)
     with lsock, socket.create_connection(lsock.getsockname()) as client:
         client.sendall(b"x")
         conn, _ = lsock.accept()

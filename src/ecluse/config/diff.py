@@ -67,7 +67,8 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
 # and says so; a restart applies them. SHOW CONFIG marks them changeable = no.
 RESTART_ONLY: frozenset[str] = frozenset({
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "workers", "user",
-    "pidfile", "peer_id", "metrics_listen", "listen_backlog", "so_reuseport"})
+    "pidfile", "peer_id", "metrics_listen", "listen_backlog", "so_reuseport",
+    "tcp_socket_buffer", "unix_socket_group"})
 
 # Settings whose value is a secret: SHOW CONFIG and the logs print a mask instead.
 SECRET_SETTINGS: frozenset[str] = frozenset({"api_token"})

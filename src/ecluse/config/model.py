@@ -210,12 +210,14 @@ class Settings:
     # TCP options (tcpopts.py), PgBouncer's names, units and defaults; 0: the OS default.
     listen_backlog: int = 128
     so_reuseport: bool = False  # several ecluse processes on one port (workers aside)
+    unix_socket_group: str | None = None  # the unix socket's group (unix_socket_mode's g)
     tcp_defer_accept: bool = sys.platform.startswith("linux")
     tcp_keepalive: bool = True
     tcp_keepidle: int = 0  # seconds
     tcp_keepintvl: int = 0  # seconds
     tcp_keepcnt: int = 0
     tcp_user_timeout: int = 0  # milliseconds
+    tcp_socket_buffer: int = 0  # bytes, SO_SNDBUF and SO_RCVBUF
     max_prepared_statements: int = 200  # per server; 0: no statement-name rewriting
     # TLS towards clients (config/tls.py builds the contexts).
     client_tls_sslmode: SslMode = SslMode.DISABLE

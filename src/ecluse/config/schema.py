@@ -124,6 +124,8 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "tcp_keepintvl": int_parser(minimum=0, maximum=32767),
         "tcp_keepcnt": int_parser(minimum=0, maximum=127),
         "tcp_user_timeout": int_parser(minimum=0, maximum=2147483647),
+        "tcp_socket_buffer": int_parser(minimum=0, maximum=2147483647),
+        "unix_socket_group": parse_optional_str,
         "max_prepared_statements": _count,
         "client_tls_sslmode": _sslmode,
         "client_tls_key_file": parse_optional_str,
@@ -167,10 +169,8 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "server_tls13_ciphers",
         "service_name",
         "suspend_timeout",
-        "tcp_socket_buffer",
         "track_extra_parameters",
         "transaction_timeout",
-        "unix_socket_group",
     }
 )
 
