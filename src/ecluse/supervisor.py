@@ -41,6 +41,7 @@ import uvloop
 
 from ecluse.config import Config
 from ecluse.pool.shared import SharedCounts
+from ecluse.tcpopts import is_tcp
 from ecluse.worker import Worker, has_reuseport, tcp_socket
 
 log = logging.getLogger("ecluse.supervisor")
@@ -63,7 +64,7 @@ class WorkerProcess:
 
 
 def worker_sockets(reserved: list[socket.socket], workers: int,
-                   backlog: int = 128) -> list[list[socket.socket]]:
+                   backlog: int) -> list[list[socket.socket]]:
     """Per worker index, the listening sockets it accepts on.
 
     A TCP address gets one SO_REUSEPORT listening twin per index; any other
@@ -71,10 +72,10 @@ def worker_sockets(reserved: list[socket.socket], workers: int,
     """
     per_index: list[list[socket.socket]] = [[] for _ in range(workers)]
     for sock in reserved:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and has_reuseport():
+        if is_tcp(sock) and has_reuseport():
             for sockets in per_index:
-                sockets.append(tcp_socket(sock.family, sock.getsockname(), listen=True,
-                                          reuseport=True, backlog=backlog))
+                sockets.append(tcp_socket(sock.family, sock.getsockname(), backlog,
+                                          reuseport=True))
             sock.close()  # the twins hold the address now
         else:
             with contextlib.suppress(OSError):

@@ -35,17 +35,11 @@ log = logging.getLogger("ecluse")
 # PgBouncer's value for an enabled tcp_defer_accept (the kernel rounds it up to its
 # SYN-ACK retransmission schedule).
 DEFER_ACCEPT_SECONDS = 45
-_NAMES = {(level, getattr(socket, name)): name for level, name in (
-    (socket.SOL_SOCKET, "SO_KEEPALIVE"), (socket.IPPROTO_TCP, "TCP_KEEPIDLE"),
-    (socket.IPPROTO_TCP, "TCP_KEEPINTVL"), (socket.IPPROTO_TCP, "TCP_KEEPCNT"),
-    (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT"), (socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT"),
-    (socket.SOL_SOCKET, "SO_SNDBUF"), (socket.SOL_SOCKET, "SO_RCVBUF"))
-    if hasattr(socket, name)}
 
 
 @dataclass(frozen=True, slots=True)
 class TcpOptions:
-    """The per-connection TCP options: keepalive and the user timeout."""
+    """The per-connection TCP options: keepalive, the user timeout and the buffers."""
 
     keepalive: bool = True
     keepidle: int = 0  # seconds; 0: the OS default
@@ -59,21 +53,19 @@ class TcpOptions:
         return cls(s.tcp_keepalive, s.tcp_keepidle, s.tcp_keepintvl, s.tcp_keepcnt,
                    s.tcp_user_timeout, s.tcp_socket_buffer)
 
-    def socket_options(self) -> list[tuple[int, int, int]]:
-        """The (level, option, value) triples to set (rules 3 and 5)."""
-        opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.keepalive))]
+    def socket_options(self) -> list[tuple[int, str, int]]:
+        """The (level, option name in the socket module, value) triples to set
+        (rules 3 and 5)."""
+        sol, tcp = socket.SOL_SOCKET, socket.IPPROTO_TCP
+        opts = [(sol, "SO_KEEPALIVE", int(self.keepalive))]
         if self.keepalive:
-            for name, value in (("TCP_KEEPIDLE", self.keepidle),
-                                ("TCP_KEEPINTVL", self.keepintvl),
-                                ("TCP_KEEPCNT", self.keepcnt)):
-                if value and hasattr(socket, name):
-                    opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-        if self.user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
-            opts.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout))
-        if self.socket_buffer:
-            opts += [(socket.SOL_SOCKET, socket.SO_SNDBUF, self.socket_buffer),
-                     (socket.SOL_SOCKET, socket.SO_RCVBUF, self.socket_buffer)]
-        return opts
+            opts += [(tcp, "TCP_KEEPIDLE", self.keepidle), (tcp, "TCP_KEEPINTVL", self.keepintvl),
+                     (tcp, "TCP_KEEPCNT", self.keepcnt)]
+        opts += [(tcp, "TCP_USER_TIMEOUT", self.user_timeout),
+                 (sol, "SO_SNDBUF", self.socket_buffer), (sol, "SO_RCVBUF", self.socket_buffer)]
+        # 0 leaves the OS default, except for SO_KEEPALIVE, which is cleared.
+        return [(level, name, value) for level, name, value in opts
+                if (value or name == "SO_KEEPALIVE") and hasattr(socket, name)]
 
 
 def is_tcp(sock: socket.socket) -> bool:
@@ -94,16 +86,15 @@ def configure_listener(sock: socket.socket, settings: Settings) -> None:
         return
     apply(sock, TcpOptions.from_settings(settings))
     if hasattr(socket, "TCP_DEFER_ACCEPT"):
-        _set(sock, socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+        _set(sock, socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT",
              DEFER_ACCEPT_SECONDS if settings.tcp_defer_accept else 0)
 
 
-def _set(sock, level: int, name: int, value: int) -> None:
+def _set(sock, level: int, name: str, value: int) -> None:
     # The values are within the kernel's bounds (config/schema.py); a refusal (a
     # kernel without the option, a socket closed meanwhile) costs the option, not
     # the connection or the reload.
     try:
-        sock.setsockopt(level, name, value)
+        sock.setsockopt(level, getattr(socket, name), value)
     except OSError as exc:
-        log.warning("could not set TCP option %s=%d: %s", _NAMES.get((level, name), name),
-                    value, exc.strerror or exc)
+        log.warning("could not set TCP option %s=%d: %s", name, value, exc.strerror or exc)

@@ -41,9 +41,10 @@ def has_reuseport() -> bool:
     return hasattr(socket, "SO_REUSEPORT")
 
 
-def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False,
-               backlog: int = 128) -> socket.socket:
-    """A non-blocking TCP socket bound to ``sockaddr`` (IPv6 only for IPv6 addresses)."""
+def tcp_socket(family: int, sockaddr, backlog: int | None,
+               reuseport: bool = False) -> socket.socket:
+    """A non-blocking TCP socket bound to ``sockaddr`` (IPv6 only for IPv6 addresses),
+    listening with ``backlog`` unless it is None."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
@@ -51,7 +52,7 @@ def tcp_socket(family: int, sockaddr, listen: bool, reuseport: bool = False,
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind(sockaddr)
-    if listen:
+    if backlog is not None:
         sock.listen(backlog)
     sock.setblocking(False)
     return sock
@@ -87,10 +88,10 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
                 continue
             seen.add((family, sockaddr))
             if reserve and has_reuseport():
-                socks.append(tcp_socket(family, sockaddr, listen=False, reuseport=True))
+                socks.append(tcp_socket(family, sockaddr, None, reuseport=True))
             else:
-                socks.append(tcp_socket(family, sockaddr, listen=True,
-                                        reuseport=s.so_reuseport, backlog=s.listen_backlog))
+                socks.append(tcp_socket(family, sockaddr, s.listen_backlog,
+                                        reuseport=s.so_reuseport))
     if s.unix_socket_dir:
         path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
         with contextlib.suppress(FileNotFoundError):

@@ -75,7 +75,7 @@ class PoolSettings:
     query_wait_timeout: float
     max_prepared_statements: int = 0
     server_tls: ServerTls | None = None  # None: server_tls_sslmode is disable
-    tcp: TcpOptions | None = None  # keepalive and user timeout of its connections
+    tcp: TcpOptions | None = None  # socket options of its connections (tcpopts.py)
 
 
 class Pool:
