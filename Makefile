@@ -56,4 +56,5 @@ soak:
 
 clean:
 	rm -rf $(VENV) .ecluse-dev .pytest_cache .ruff_cache .hypothesis build src/*.egg-info
+	find src -name '*.so' -delete -o -name '_*.c' -path '*/ecluse/*' -delete
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

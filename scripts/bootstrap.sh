@@ -88,7 +88,14 @@ ensure_python_deps() {
         extras="test,bench"
     fi
     local stamp=".venv/.stamp-${extras/,/-}"
-    if [[ -e "$stamp" && ! pyproject.toml -nt "$stamp" ]]; then
+    if [[ -e "$stamp" && ! pyproject.toml -nt "$stamp" && ! setup.py -nt "$stamp" ]]; then
+        # The compiled accelerators (setup.py) are rebuilt when a .pyx changed.
+        if [[ -z "$(find src -name '*.pyx' -newer "$stamp" -print -quit)" ]]; then
+            return 0
+        fi
+        say "rebuilding ecluse's compiled accelerators"
+        .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+        touch "$stamp"
         return 0
     fi
     say "installing ecluse in .venv with extras [$extras]"

@@ -17,7 +17,7 @@ import sys
 
 import uvloop
 
-from ecluse import __version__, logsetup
+from ecluse import __version__, accel, logsetup
 from ecluse.config import Config, config_from_string, load_config
 from ecluse.config.model import Settings
 from ecluse.errors import ConfigError
@@ -109,6 +109,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     # (the pidfile is removed in the finally below).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     raise_nofile_limit()
+    log.info("%s", accel.describe())
     several = s.workers > 1
     try:
         sockets = listen_sockets(config, reserve=several)

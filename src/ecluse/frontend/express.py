@@ -40,113 +40,25 @@ Rules:
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import TYPE_CHECKING
 
-from ecluse.frontend.sqlscan import may_leave_session_state
+from ecluse import accel
+from ecluse.frontend import expressplan
+from ecluse.frontend.expressplan import SENT_QUERY
 from ecluse.frontend.statekeeping import HARMLESS_CACHE_MAX
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import codes
-from ecluse.protocol import replies as rq
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
     from ecluse.server.connection import ServerConnection
 
-_Q = codes.FE_QUERY
 _WAITING = ClientState.WAITING
 _LINKED = ClientState.LINKED
 _STATUS_IDLE = codes.STATUS_IDLE
 
-
-# What the server's tracker and reply queue are told when an express request is
-# settled (ServerConnection._settle_express): per message, its type and reply kind.
-SENT_QUERY = ((codes.FE_QUERY, rq.QUERY),)
-_SENT_PARSE = (codes.FE_PARSE, rq.PARSE)
-_SENT_BIND = (codes.FE_BIND, rq.BIND)
-_SENT_DESCRIBE_PORTAL = (codes.FE_DESCRIBE, rq.DESCRIBE_PORTAL)
-_SENT_DESCRIBE_STATEMENT = (codes.FE_DESCRIBE, rq.DESCRIBE_STATEMENT)
-_SENT_EXECUTE = (codes.FE_EXECUTE, rq.EXECUTE)
-_SENT_SYNC = (codes.FE_SYNC, rq.SYNC)
-_P = codes.FE_PARSE
-_B = codes.FE_BIND
-_D = codes.FE_DESCRIBE
-_E = codes.FE_EXECUTE
-_S = codes.FE_SYNC
-_DESCRIBE_PORTAL = ord("P")
-_DESCRIBE_STATEMENT = ord("S")
-_LENGTH = struct.Struct("!I")
-
-
-def plan_batch(data: bytes) -> tuple[tuple, int, int] | None:
-    """Check an extended-protocol batch for the express path: whole Parse, Bind,
-    Describe and Execute messages of the unnamed statement and portal (which the
-    rewriter passes through untouched), SQL that cannot leave session state, and
-    one Sync, last. Return (what to settle, Parses, Binds), or None."""
-    n = len(data)
-    pos = 0
-    sent = []
-    parses = binds = 0
-    unpack = _LENGTH.unpack_from
-    while pos < n:
-        if n - pos < 5:
-            return None
-        msg_type = data[pos]
-        length = unpack(data, pos + 1)[0]
-        end = pos + 1 + length
-        if length < 4 or end > n:
-            return None
-        if msg_type == _P:
-            nul = data.find(b"\0", pos + 6, end)
-            if length < 8 or data[pos + 5] != 0 or nul < 0 or may_leave_session_state(
-                    data[pos + 6:nul].decode("utf-8", "replace")):
-                return None
-            sent.append(_SENT_PARSE)
-            parses += 1
-        elif msg_type == _B:
-            if length < 6 or data[pos + 5] != 0 or data[pos + 6] != 0:
-                return None
-            sent.append(_SENT_BIND)
-            binds += 1
-        elif msg_type == _D:
-            kind = data[pos + 5]
-            if length != 6 or data[pos + 6] != 0:
-                return None
-            if kind == _DESCRIBE_PORTAL:
-                sent.append(_SENT_DESCRIBE_PORTAL)
-            elif kind == _DESCRIBE_STATEMENT:
-                sent.append(_SENT_DESCRIBE_STATEMENT)
-            else:
-                return None
-        elif msg_type == _E:
-            if length < 9 or data[pos + 5] != 0:
-                return None
-            sent.append(_SENT_EXECUTE)
-        elif msg_type == _S:
-            if end != n or length != 4:
-                return None
-            sent.append(_SENT_SYNC)
-        else:
-            return None
-        pos = end
-    if not sent or sent[-1] is not _SENT_SYNC:
-        return None
-    return tuple(sent), parses, binds
-
-
-def plan_request(data: bytes, harmless: bytes | None = None) -> tuple[tuple, int, int] | None:
-    """Check a whole Query or batch for the express path (plan_batch); ``harmless`` is a
-    Query text already found harmless, spared a second scan. Return (what to
-    settle, Parses, Binds), or None."""
-    if data[0] != _Q:
-        return plan_batch(data)
-    if int.from_bytes(data[1:5]) + 1 != len(data):
-        return None
-    sql = data[5:-1]
-    if sql != harmless and may_leave_session_state(sql.decode("utf-8", "replace")):
-        return None
-    return SENT_QUERY, 0, 0
+plan_request = accel.pick(expressplan.plan_request, "ecluse.frontend._expressplan")
 
 
 class ExpressPath:

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from ecluse import accel
 from ecluse.config.tls import ServerTls
 from ecluse.errors import RemoteProtocolError, ServerGone, ServerLoginFailed
-from ecluse.protocol import codes
+from ecluse.protocol import codes, framing
 from ecluse.protocol import replies as rq
 from ecluse.protocol.backend import (
     decode_data_row,
@@ -34,7 +35,7 @@ from ecluse.protocol.backend import (
     decode_parameter_status,
     error_sqlstate,
 )
-from ecluse.protocol.framing import Framer, is_whole_reply
+from ecluse.protocol.framing import Framer
 from ecluse.protocol.frontend import (
     encode_bind,
     encode_execute,
@@ -80,6 +81,7 @@ _EXPRESS_TYPES = frozenset({
     codes.BE_NOTICE_RESPONSE, codes.BE_PARSE_COMPLETE, codes.BE_BIND_COMPLETE,
     codes.BE_NO_DATA, codes.BE_PARAMETER_DESCRIPTION,
 })
+is_whole_reply = accel.pick(framing.is_whole_reply, "ecluse.protocol._framing")
 # A server message carries at most what PostgreSQL can send (1 GB rows).
 _MAX_SERVER_MESSAGE = 0x7FFFFFFF
 # SHOW SERVERS' id: stable for a connection's life, never reused within a worker.
