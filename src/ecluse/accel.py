@@ -33,9 +33,10 @@ def load(module: str):
         return None
 
 
-def pick(pure: F, module: str) -> F:
-    """The function named as ``pure`` from the compiled ``module``, or ``pure`` itself
-    when that is not built or accelerators are turned off."""
+def pick(pure: F, module: str, name: str | None = None) -> F:
+    """The function ``name`` (by default named as ``pure``) from the compiled
+    ``module``, or ``pure`` itself when that is not built or accelerators are
+    turned off."""
     compiled = None if DISABLED else load(module)
     if compiled is None:
         if not DISABLED and module not in NOT_BUILT:
@@ -43,7 +44,7 @@ def pick(pure: F, module: str) -> F:
         return pure
     if module not in IN_USE:
         IN_USE.append(module)
-    return getattr(compiled, pure.__name__)
+    return getattr(compiled, name or pure.__name__)
 
 
 def describe() -> str:

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from wire import msg
 
 from ecluse import accel
+from ecluse.errors import RemoteProtocolError
 from ecluse.frontend import expressplan
 from ecluse.frontend.sqlscan import may_leave_session_state
-from ecluse.protocol import framing
+from ecluse.protocol import codes, framing
 
 EXPRESSPLAN = accel.load("ecluse.frontend._expressplan")
 FRAMING = accel.load("ecluse.protocol._framing")
@@ -135,6 +136,66 @@ def test_the_compiled_plan_is_the_pure_plan(data, harmless) -> None:
 @settings(max_examples=1500)
 def test_the_compiled_reply_check_is_the_pure_one(data, plain) -> None:
     assert FRAMING.is_whole_reply(data, plain) == framing.is_whole_reply(data, plain)
+
+
+@st.composite
+def streams(draw) -> tuple[framing.Framer, list[bytes]]:
+    """A framer with generated rules, and chunks to feed it: messages of valid and
+    invalid types, lengths off now and then, some longer than OVERSIZE_HEAD, cut
+    anywhere."""
+    inspect = draw(st.frozensets(st.sampled_from(sorted(codes.FRONTEND_TYPES))))
+    max_len = draw(st.sampled_from([16, 300, 1 << 20, 1 << 20, 1 << 20]))
+    framer = framing.Framer(codes.FRONTEND_TYPES, inspect, max_len,
+                            inspect_max=draw(st.sampled_from([8, 40, 1 << 20])),
+                            side="client", stream_oversize=draw(st.booleans()))
+    parts = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["valid", "valid", "type", "length", "big", "big"]))
+        if kind == "type":
+            parts.append(msg(bytes([draw(st.integers(0, 255))]), b"x"))
+        elif kind == "length":
+            parts.append(b"Q" + struct.pack("!I", draw(st.sampled_from(
+                [0, 3, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]))))
+        else:
+            body = draw(st.binary(min_size=400, max_size=2000) if kind == "big"
+                        else st.binary(max_size=60))
+            parts.append(msg(bytes([draw(st.sampled_from(sorted(codes.FRONTEND_TYPES)))]),
+                             body))
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    return framer, chunks
+
+
+def _outcome(feed, framer: framing.Framer, chunk: bytes):
+    try:
+        pieces = [(t, type(raw), bytes(raw), start, end) for t, raw, start, end in
+                  feed(framer, chunk)]
+    except RemoteProtocolError as exc:
+        return "error", str(exc)
+    return pieces, (framer._pending, framer._skip, framer._skip_type)
+
+
+@compiled
+@given(streams())
+@settings(max_examples=1500)
+def test_the_compiled_framer_cuts_as_the_pure_one(stream) -> None:
+    framer, chunks = stream
+    twin = framing.Framer.__new__(framing.Framer)
+    for name in framing.Framer.__slots__:
+        setattr(twin, name, getattr(framer, name))
+    for chunk in chunks:
+        got = _outcome(FRAMING.framer_feed, framer, chunk)
+        assert got == _outcome(framing.PURE_FEED, twin, chunk)
+        if got[0] == "error":
+            break  # the framer is unusable after an error (framing.py rule 1)
+
+
+def test_the_compiled_framer_is_the_one_in_use() -> None:
+    if FRAMING is None or accel.DISABLED:
+        pytest.skip("the accelerators are not in use")
+    assert framing.Framer.feed is FRAMING.framer_feed
+    assert FRAMING.OVERSIZE_HEAD == framing.OVERSIZE_HEAD
 
 
 @compiled

@@ -26,6 +26,7 @@ import functools
 import struct
 from typing import NamedTuple
 
+from ecluse import accel
 from ecluse.errors import RemoteProtocolError
 
 _HEADER = struct.Struct("!BI")
@@ -226,3 +227,9 @@ class Framer:
                 self._skip_type = msg_type
                 pos = n
         return out
+
+
+# The pure feed stays the reference (tests/unit/test_accel.py); Framer takes the
+# compiled one (ecluse/accel.py) when it is built.
+PURE_FEED = Framer.feed
+Framer.feed = accel.pick(PURE_FEED, "ecluse.protocol._framing", "framer_feed")
