@@ -465,6 +465,10 @@ class Bench:
             "ecluse_git": self.git_head,  # of this checkout, at the start of the run
             # The package actually run (PYTHONPATH may point at another checkout).
             "ecluse_module": os.path.dirname(ecluse.__file__),
+            # Whether the ecluse processes ran the compiled byte scans (ecluse/accel.py).
+            "ecluse_accelerators": first_line([
+                sys.executable, "-c", "import ecluse.frontend.express, ecluse.server.connection;"
+                "from ecluse import accel; print(accel.describe())"]),
         }
 
     def idle_only_names(self) -> list[str]:
