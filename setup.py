@@ -16,6 +16,7 @@ else:
              ("ecluse.frontend._expressplan", "src/ecluse/frontend/_expressplan.pyx"),
          )],
         language_level=3,
+        include_path=["src"],
     )
 
 setup(ext_modules=extensions)

@@ -89,8 +89,8 @@ ensure_python_deps() {
     fi
     local stamp=".venv/.stamp-${extras/,/-}"
     if [[ -e "$stamp" && ! pyproject.toml -nt "$stamp" && ! setup.py -nt "$stamp" ]]; then
-        # The compiled accelerators (setup.py) are rebuilt when a .pyx changed.
-        if [[ -z "$(find src -name '*.pyx' -newer "$stamp" -print -quit)" ]]; then
+        # The compiled accelerators (setup.py) are rebuilt when a .pyx or .pxd changed.
+        if [[ -z "$(find src \( -name '*.pyx' -o -name '*.pxd' \) -newer "$stamp" -print -quit)" ]]; then
             return 0
         fi
         say "rebuilding ecluse's compiled accelerators"

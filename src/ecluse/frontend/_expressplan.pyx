@@ -7,6 +7,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr
 
+from ecluse.protocol._wire cimport be32
+
 from ecluse.frontend.expressplan import (
     SENT_BIND,
     SENT_DESCRIBE_PORTAL,
@@ -19,11 +21,6 @@ from ecluse.frontend.expressplan import (
 from ecluse.frontend.sqlscan import may_leave_session_state
 
 cdef object _SENT_QUERY_PLAN = (SENT_QUERY, 0, 0)
-
-
-cdef inline unsigned long _length(const unsigned char *p):
-    return ((<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16)
-            | (<unsigned long>p[2] << 8) | p[3])
 
 
 # sqlscan's leading words, lower case.
@@ -111,7 +108,7 @@ cdef object _plan_batch(bytes data):
         if n - pos < 5:
             return None
         msg_type = p[pos]
-        length = _length(p + pos + 1)
+        length = be32(p + pos + 1)
         if length < 4 or <unsigned long>(n - pos - 1) < length:
             return None
         end = pos + 1 + <Py_ssize_t>length
@@ -171,7 +168,7 @@ def plan_request(data, harmless=None):
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(b)
     if n == 0 or p[0] != b"Q":
         return _plan_batch(b)
-    if n < 6 or _length(p + 1) + 1 != <unsigned long>n or p[n - 1] != 0:
+    if n < 6 or be32(p + 1) + 1 != <unsigned long>n or p[n - 1] != 0:
         return None
     if harmless is not None and type(harmless) is bytes and PyBytes_GET_SIZE(harmless) == n - 6:
         if b[5:n - 1] == harmless:

@@ -5,6 +5,8 @@ built): the same answers on every input, the pure ones being the reference."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memset
 
+from ecluse.protocol._wire cimport be32
+
 from ecluse.errors import RemoteProtocolError
 
 # The set of plain types last asked about, as a table: the express path always
@@ -38,8 +40,7 @@ def is_whole_reply(data, frozenset plain):
         return False
     while pos < last:
         # pos < last = n - 6: the whole 5-byte header lies inside data.
-        length = ((<unsigned long>p[pos + 1] << 24) | (<unsigned long>p[pos + 2] << 16)
-                  | (<unsigned long>p[pos + 3] << 8) | p[pos + 4])
+        length = be32(p + pos + 1)
         if not _table[p[pos]] or length < 4:
             return False
         pos += <Py_ssize_t>length + 1
@@ -48,11 +49,6 @@ def is_whole_reply(data, frozenset plain):
 
 # framing.OVERSIZE_HEAD (tests/unit/test_accel.py checks they agree).
 OVERSIZE_HEAD = 1024
-
-
-cdef inline unsigned long _length(const unsigned char *p):
-    return ((<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16)
-            | (<unsigned long>p[2] << 8) | p[3])
 
 
 def framer_feed(self, data):
@@ -78,7 +74,7 @@ def framer_feed(self, data):
     if not pending and not skip and n >= 5:
         # The common chunk on a request/response link: exactly one whole message.
         msg_type = p[0]
-        length = _length(p + 1)
+        length = be32(p + 1)
         if <Py_ssize_t>length + 1 == n and length >= 4 and msg_type in valid and (
                 length <= inspect_max if msg_type in inspect else length <= max_len):
             return [(msg_type, chunk, True, True)]
@@ -102,7 +98,7 @@ def framer_feed(self, data):
             self._pending = chunk[pos:]
             break
         msg_type = p[pos]
-        length = _length(p + pos + 1)
+        length = be32(p + pos + 1)
         if msg_type not in valid:
             raise RemoteProtocolError(f"invalid message type {chr(msg_type)!r} from {side}")
         if length < 4:
