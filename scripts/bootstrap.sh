@@ -10,7 +10,23 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PYTHON="${PYTHON:-python3}"
+# The distribution's interpreter first: Debian builds /usr/bin/python3 with PGO and
+# LTO and links libpython statically, and ecluse spends a third of its CPU in the
+# interpreter, so it runs 5-8% less CPU per transaction on it than on a plain
+# source build (pyenv's default) found first on PATH (bench/README.md).
+# PYTHON=/path/to/python3.11 overrides.
+pick_python() {
+    local candidate
+    for candidate in /usr/bin/python3 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo python3
+}
+PYTHON="${PYTHON:-$(pick_python)}"
 MIN_PG=15
 bench=0
 if [[ "${1:-}" == "bench" ]]; then
@@ -79,6 +95,10 @@ ensure_venv() {
         rm -rf .venv
         apt_install python3-venv
         "$PYTHON" -m venv .venv
+    fi
+    # The compiled accelerators need Python.h; without it ecluse runs as pure Python.
+    if ! [[ -e "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ]]; then
+        apt_install python3-dev || say "warning: no Python.h; ecluse will run without its compiled accelerators" >&2
     fi
 }
 
