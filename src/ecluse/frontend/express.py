@@ -92,7 +92,7 @@ class ExpressPath:
                 self._harmless_sql = data[5:-1]
             self._pending = framer.feed(data)
             self._pending_bytes = n
-            self._set_state(_WAITING)
+            self.state = _WAITING  # _set_state's check: IDLE -> WAITING is allowed
             pool.wait(self)
             return True
         if self.session_settings or server.session_settings or \

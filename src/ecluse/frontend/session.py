@@ -762,7 +762,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         assert pool is not None
         linked, self.server = self.server, None
         if linked is not None:
-            self._unlink(linked)
+            linked.unlink()  # _unlink(linked), written out: once per transaction
+            if self._rewriter is not None:
+                self._rewriter.replies = None
         if self.state is _LINKED:
             self.state = _IDLE  # the usual transition, once per transaction
         else:

@@ -227,7 +227,7 @@ class Pool:
 
     def wait(self, client: WaitingClient) -> None:
         """Queue the client (take_now just found no server for it)."""
-        if self.login_failing():
+        if self.last_error is not None and self.login_failing():
             client.on_wait_failed(self._login_error())
             return
         # No timer per waiter (one per queued transaction under load): the
@@ -248,7 +248,7 @@ class Pool:
         self.active.add(server)
         server.state = _S_ACTIVE
         self.stats.server_assignment_count += 1
-        self.stats.add_wait(0.0)
+        self.stats.add_no_wait()
         return server
 
     def resume(self) -> None:
@@ -310,36 +310,42 @@ class Pool:
         still active) first; launch new servers if waiters remain."""
         if self.paused:
             return
-        if not self.waiters:
+        waiters = self.waiters
+        if not waiters.live:
             # Nobody waits (every release in steady state): nothing to hand out or launch.
             if self.registry.shared:
                 self._publish_wanted()
             return
-        while self.waiters:
+        while waiters.live:
             # (With no idle server, the usual case when a client queues, no call.)
             server = released or (self._take_idle() if self.idle else None)
             released = None
             if server is None:
                 break
-            waiter = self.waiters.pop()
+            waiter = waiters.pop()
             if waiter is None:  # pragma: no cover - the loop's test saw a live one
                 if server.state is _S_ACTIVE:
                     self._set_state(server, ServerState.IDLE)
                 break
             if server.state is not _S_ACTIVE:
                 self._set_state(server, ServerState.ACTIVE)
-            waited = waiter.waited()
+            waited = time.monotonic() - waiter.since  # waiter.waited(), one call less
             if waiter.assign(server):
                 self.stats.server_assignment_count += 1
                 self.stats.add_wait(waited)
             else:  # pragma: no cover - pop skips done waiters
                 self._set_state(server, ServerState.IDLE)
-        needed = self.waiters.live - len(self.login) - self.launching - len(self.used)
-        while needed > 0 and self.can_launch() and self.launch():
-            needed -= 1
-        if self.waiters and not self.idle and not self.active and self.total() == 0 \
-                and not self.can_launch():
-            self.registry.make_room(self)
+        s = self.settings
+        # Under load every server is busy and the queue stays: with as many active as
+        # the pool may ever hold (total() counts them, and _limit() is at most that),
+        # neither a launch nor make_room can happen, and can_launch is not asked.
+        if waiters.live and len(self.active) < s.pool_size + s.reserve_pool:
+            needed = waiters.live - len(self.login) - self.launching - len(self.used)
+            while needed > 0 and self.can_launch() and self.launch():
+                needed -= 1
+            if waiters.live and not self.idle and not self.active and self.total() == 0 \
+                    and not self.can_launch():
+                self.registry.make_room(self)
         if self.registry.shared:
             self._publish_wanted()
 
@@ -415,8 +421,7 @@ class Pool:
         if server.state is not _S_ACTIVE or self.paused or server.cancel_in_flight \
                 or self._must_retire(server):
             return False
-        # ``self.waiters`` as release tests it: also drops finished waiters left behind.
-        if self.waiters:
+        if self.waiters.live:
             if server.is_closed():
                 return False
             # Clients queue, so none is idle: the first gets this one as it is, as

@@ -40,7 +40,10 @@ class Waiter:
         """Hand a server over; False if this waiter already gave up."""
         if self.done:
             return False
-        self._finish()
+        if self.queue is None:  # the usual case: WaiterQueue.pop took it out
+            self.done = True
+        else:
+            self._finish()
         self.client.on_server_assigned(server)
         return True
 
@@ -58,19 +61,25 @@ class Waiter:
 
     def _finish(self) -> None:
         self.done = True
-        if self.queue is not None:  # gave up while queued
-            self.queue.live -= 1
+        queue = self.queue
+        if queue is not None:  # gave up while queued
+            queue.live -= 1
             self.queue = None
+            if not queue.live:
+                queue.queue.clear()  # only finished ones are left
 
 
 class WaiterQueue:
-    """FIFO of waiters; finished waiters are skipped lazily, and counted out at once."""
+    """FIFO of waiters; finished waiters are skipped lazily, and counted out at once.
+
+    ``live`` counts the waiters not finished, and is 0 only when the deque is
+    empty: the pool tests ``live`` (an attribute, not a call) at every transaction.
+    """
 
     __slots__ = ("live", "queue")
 
     def __init__(self) -> None:
-        # May still hold finished waiters: ``live`` counts the others, which the pool
-        # tests at every transaction.
+        # May still hold finished waiters among live ones.
         self.queue: deque[Waiter] = deque()
         self.live = 0
 
@@ -86,6 +95,8 @@ class WaiterQueue:
             if not w.done:
                 w.queue = None
                 self.live -= 1
+                if not self.live:
+                    q.clear()  # only finished ones are left
                 return w
         return None
 
@@ -93,8 +104,6 @@ class WaiterQueue:
         return self.live
 
     def __bool__(self) -> bool:
-        if not self.live and self.queue:
-            self.queue.clear()  # only finished ones are left
         return self.live > 0
 
     def __iter__(self) -> Iterator[Waiter]:

@@ -111,6 +111,10 @@ class PoolStats:
         hist.counts[bisect_left(hist.bounds, seconds)] += 1
         hist.total += seconds
 
+    def add_no_wait(self) -> None:
+        """add_wait(0.0): a client served at once, in the histogram's first bucket."""
+        self.wait_seconds.counts[0] += 1
+
     def add_error(self, origin: str, sqlstate: str) -> None:
         key = (origin, sqlstate[:2] or "??")
         self.errors[key] = self.errors.get(key, 0) + 1
