@@ -16,6 +16,10 @@ Rules:
 2. may_leave_session_state runs on every Query and Parse text: no pglast there,
    about 0.5 us for a pgbench statement.
 3. Every scan is linear in the text, whatever a client sends.
+4. Repeats that must not backtrack are atomic groups, ``(?>x*)``, never the
+   possessive ``x*+`` that means the same: CPython before 3.11.5 matches
+   possessive repeats of groups wrongly (gh-100061, gh-106052), and Debian
+   12's python3 is 3.11.2.
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ from pglast.parser import ParseError
 
 def _block_comment(depth: int) -> str:
     # PostgreSQL block comments nest; a regex cannot count, so nesting is
-    # spelled out to a fixed depth. Possessive repeats keep it linear.
-    pattern = r"/\*(?:[^*/]|\*(?!/)|/(?!\*))*+\*/"
+    # spelled out to a fixed depth. Atomic repeats keep it linear.
+    pattern = r"/\*(?>(?:[^*/]|\*(?!/)|/(?!\*))*)\*/"
     for _ in range(depth):
-        pattern = rf"/\*(?:[^*/]|\*(?!/)|/(?!\*)|{pattern})*+\*/"
+        pattern = rf"/\*(?>(?:[^*/]|\*(?!/)|/(?!\*)|{pattern})*)\*/"
     return pattern
 
 
 COMMENT_NESTING = 4  # deeper nested comments before a keyword are not seen through
 # A line comment ends at \n or \r (the scan.l "non_newline" class).
-_FILLER = rf"(?:\s|{_block_comment(COMMENT_NESTING - 1)}|--[^\n\r]*+)"
-_GAP0 = rf"{_FILLER}*+"  # whitespace and comments, possibly none
+_FILLER = rf"(?:\s|{_block_comment(COMMENT_NESTING - 1)}|--(?>[^\n\r]*))"
+_GAP0 = rf"(?>{_FILLER}*)"  # whitespace and comments, possibly none
 _COMMENT_START = r"(?:/\*|--)"
 
 # Linear time matters: a client can send megabytes of SQL. Only the gap after
@@ -62,21 +66,22 @@ _LEADING_WORDS = (
 # SET LOCAL, SET TRANSACTION and SET CONSTRAINTS die with the transaction.
 # "SET local.x = 1" is a session-level SET of the custom setting local.x, hence
 # the check for a following dot.
-_SET = (r"set\b(?!\s++(?:local|transaction|constraints)\b"
-        rf"(?!\s*+(?:\.|{_COMMENT_START})))")
+_SET = (r"set\b(?!(?>\s+)(?:local|transaction|constraints)\b"
+        rf"(?!(?>\s*)(?:\.|{_COMMENT_START})))")
 _OTHER_WORDS = "|".join(w for w in _LEADING_WORDS if w != "set")
 _WORD = rf"(?:{_SET}|(?:{_OTHER_WORDS})\b)"
 # Matched against ";" + lowered text, so the text start is a statement start
 # too. Without a comment the search fails through in C; with one it stops at
 # the comment so that the caller can resume after the whole gap.
 _STATEMENT_START = re.compile(
-    rf";\s*+(?:(?P<word>{_WORD})|(?={_COMMENT_START}){_GAP0}(?P<word2>{_WORD})?)", re.ASCII)
+    rf";(?>\s*)(?:(?P<word>{_WORD})|(?={_COMMENT_START}){_GAP0}(?P<word2>{_WORD})?)", re.ASCII)
 # pg_advisory_lock[_shared], pg_try_advisory_lock[_shared] and the unlock
 # functions; pg_advisory_xact_lock and pg_try_advisory_xact_lock do not match.
 _ADVISORY = re.compile(r"pg_(?:try_)?advisory_(?:un)?lock", re.ASCII)
 _CREATE_OR_INTO_TEMP = re.compile(
-    r"\b(?:create\s++(?:or\s++replace\s++)?|into\s++)(?:(?:global|local)\s++)?temp(?:orary)?\b"
-    rf"|\b(?:create|into|global|local)\s*+{_COMMENT_START}", re.ASCII)
+    r"\b(?:create(?>\s+)(?:or(?>\s+)replace(?>\s+))?|into(?>\s+))"
+    r"(?:(?:global|local)(?>\s+))?temp(?:orary)?\b"
+    rf"|\b(?:create|into|global|local)(?>\s*){_COMMENT_START}", re.ASCII)
 
 
 def may_leave_session_state(sql: str) -> bool:
@@ -109,16 +114,16 @@ def may_leave_session_state(sql: str) -> bool:
 
 
 # Quoted parts are bounded: PostgreSQL truncates names to 63 bytes anyway.
-_IDENT_PART = (r'(?:[a-z_\u0080-\U0010ffff][a-z0-9_$\u0080-\U0010ffff]*+'
-               r'|"(?:[^"]|""){1,256}+")')
+_IDENT_PART = (r'(?:[a-z_\u0080-\U0010ffff](?>[a-z0-9_$\u0080-\U0010ffff]*)'
+               r'|"(?>(?:[^"]|""){1,256})")')
 # Both branches succeed as soon as their first word matches and end by
 # consuming the gap that follows, so finditer never rescans a comment.
 # "SET LOCAL.x" and "SET LOCAL .x" name the setting local.x.
 _SETTING_REF = re.compile(
     rf"\bset_config{_GAP0}"
-    rf"(?P<call>\({_GAP0}(?P<literal>e?'(?P<value>(?:[^']|''){{0,256}}+)')?)?"
+    rf"(?P<call>\({_GAP0}(?P<literal>e?'(?P<value>(?>(?:[^']|''){{0,256}}))')?)?"
     rf"|\b(?:re)?set\b{_GAP0}(?:(?:session|local)\b(?!{_GAP0}\.){_GAP0})?"
-    rf"(?P<name>{_IDENT_PART}(?:{_GAP0}\.{_GAP0}{_IDENT_PART})*+)?{_GAP0}",
+    rf"(?P<name>{_IDENT_PART}(?>(?:{_GAP0}\.{_GAP0}{_IDENT_PART})*))?{_GAP0}",
     re.ASCII)
 _NAME_PART = re.compile(_IDENT_PART, re.ASCII)
 

@@ -360,3 +360,16 @@ def test_parse_intercept_garbage(head: str, tail: str) -> None:
     if result is not None:
         assert result.kind == head.strip().lower()
         assert len(result.names) + result.all <= len(result.tags)
+
+
+def test_no_possessive_repeats() -> None:
+    # Rule 4: the interpreter this runs on may be one whose possessive repeats
+    # mis-match (Debian 12's 3.11.2); the tests above catch that only there.
+    import re
+
+    from ecluse.frontend import sqlscan
+
+    patterns = [v.pattern for v in vars(sqlscan).values() if isinstance(v, re.Pattern)]
+    assert len(patterns) >= 5
+    for pattern in patterns:
+        assert re.search(r"(?<!\\)[*+?}]\+", pattern) is None, pattern
