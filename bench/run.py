@@ -456,6 +456,9 @@ class Bench:
             "kernel": platform.release(),
             "python_version": platform.python_version(),
             "python_implementation": platform.python_implementation(),
+            # Which build: the distribution's (PGO, LTO) or a plain source build
+            # differ by 5-8% in ecluse's CPU per transaction (scripts/bootstrap.sh).
+            "python_executable": os.path.realpath(sys.executable),
             "uvloop_version": _dist_version("uvloop"),
             "postgres_version": self.cluster.psql("SHOW server_version"),
             "pgbench_version": first_line([self.pgbench, "--version"]),
