@@ -52,6 +52,7 @@ from ecluse.protocol import codes
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
+    from ecluse.protocol.tracker import RequestTracker
     from ecluse.server.connection import ServerConnection
 
 _WAITING = ClientState.WAITING
@@ -157,10 +158,10 @@ class ExpressPath:
         self._harmless_sql = None
         server.transport.write(data)
 
-    def on_express_ready(self, server: ServerConnection) -> None:
-        """The whole reply to the express request was written (rule 4)."""
+    def on_express_ready(self, server: ServerConnection, tracker: RequestTracker) -> None:
+        """The whole reply to the express request was written (rule 4); ``tracker``
+        is the server's, with nothing outstanding."""
         pool = self.pool
-        tracker = server.tracker
         if tracker.status != _STATUS_IDLE or pool.settings.mode == "session" \
                 or self._notify_backlog or self._suspect or self._always_probe or self.pinned \
                 or not self._framer.at_boundary:

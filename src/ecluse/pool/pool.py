@@ -233,7 +233,11 @@ class Pool:
         # No timer per waiter (one per queued transaction under load): the
         # janitor's maintain() fails those past query_wait_timeout.
         self.waiters.push(Waiter(client))
-        self._dispatch()
+        s = self.settings
+        if self.idle or self.paused or len(self.active) < s.pool_size + s.reserve_pool:
+            self._dispatch()
+        elif self.registry.shared:
+            self._publish_wanted()  # all _dispatch() would do: every slot is busy
 
     def take_now(self) -> ServerConnection | None:
         """Return an idle server if one may be had without waiting, else None (nobody
@@ -421,12 +425,23 @@ class Pool:
         if server.state is not _S_ACTIVE or self.paused or server.cancel_in_flight \
                 or self._must_retire(server):
             return False
-        if self.waiters.live:
+        waiters = self.waiters
+        if waiters.live:
             if server.is_closed():
                 return False
             # Clients queue, so none is idle: the first gets this one as it is, as
             # release hands it over (_dispatch), its retire and cancel checks done above.
-            self._dispatch(server)
+            s = self.settings
+            if len(self.active) < s.pool_size + s.reserve_pool:
+                self._dispatch(server)  # it may launch servers for the rest, too
+                return True
+            # _dispatch(server) with every slot busy: a hand-over and nothing to launch.
+            waiter = waiters.pop()
+            self.stats.server_assignment_count += 1
+            self.stats.add_wait(time.monotonic() - waiter.since)
+            waiter.assign(server)
+            if self.registry.shared:
+                self._publish_wanted()
             return True
         shared = self.registry.shared
         if shared and self._lend_elsewhere():

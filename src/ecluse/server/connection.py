@@ -113,7 +113,7 @@ class ServerLink(Protocol):
     def write_from_server(self, data: bytes | memoryview) -> None: ...
     def on_server_ready(self, server: ServerConnection) -> None: ...
     # on_server_ready, after a reply relayed by _relay_express (link_express's clients).
-    def on_express_ready(self, server: ServerConnection) -> None: ...
+    def on_express_ready(self, server: ServerConnection, tracker: RequestTracker) -> None: ...
     def on_server_params(self, name: str, value: str) -> None: ...
     def on_server_notification(self, raw: bytes) -> None: ...
     def on_server_lost(self, server: ServerConnection, error: Exception) -> None: ...
@@ -409,7 +409,7 @@ class ServerConnection(asyncio.Protocol):
         queue = self._reply_queue
         if queue is None:
             queue = self._reply_queue = ReplyQueue()
-        queue.reset()
+        # Empty already: unlink, the only way a link ends, resets it.
         queue.on_statements_dropped = on_statements_dropped
         self.replies = queue
         return queue
@@ -463,7 +463,7 @@ class ServerConnection(asyncio.Protocol):
         self._tracker.status = data[-1]
         self.stats.query_count += 1
         client.write_from_server(data)
-        client.on_express_ready(self)
+        client.on_express_ready(self, self._tracker)
         return True
 
     def _relay(self, pieces, whole: bytes | None = None) -> None:
