@@ -20,6 +20,7 @@ from ecluse.admin.node import attach as attach_node
 from ecluse.config import Config
 from ecluse.config.diff import diff_configs, keep_restart_only
 from ecluse.config.loader import load_config
+from ecluse.config.model import Settings
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import ConfigError, EcluseError
 from ecluse.frontend.context import ClientContext
@@ -46,15 +47,19 @@ def tcp_socket(family: int, sockaddr, backlog: int | None,
     """A non-blocking TCP socket bound to ``sockaddr`` (IPv6 only for IPv6 addresses),
     listening with ``backlog`` unless it is None."""
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuseport:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(sockaddr)
-    if backlog is not None:
-        sock.listen(backlog)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        if backlog is not None:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()  # an address in use must not leak the descriptor
+        raise
     return sock
 
 
@@ -77,8 +82,48 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
     """
     s = config.settings
     socks: list[socket.socket] = []
-    addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
-    for addr in addrs:
+    # The unix socket first, listed last: a TCP socket accepts as soon as it listens,
+    # and whoever finds it ready (a supervisor's probe, a test) may look for the
+    # unix one next, which must by then have its mode and group.
+    unix = None
+    if s.unix_socket_dir:
+        path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(path)
+        os.chmod(path, s.unix_socket_mode)
+        if s.unix_socket_group:
+            os.chown(path, -1, unix_group_id(s.unix_socket_group))
+        unix.listen(s.listen_backlog)
+        unix.setblocking(False)
+    try:
+        socks += _tcp_sockets(s, reserve)
+    except BaseException:
+        if unix is not None:  # no half-started listener left behind
+            unix.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    if unix is not None:
+        socks.append(unix)
+    return socks
+
+
+def _tcp_sockets(s: Settings, reserve: bool) -> list[socket.socket]:
+    """listen_sockets' TCP part: one socket per address listen_addr resolves to."""
+    socks: list[socket.socket] = []
+    try:
+        _bind_tcp(s, reserve, socks)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _bind_tcp(s: Settings, reserve: bool, socks: list[socket.socket]) -> None:
+    for addr in (a.strip() for a in s.listen_addr.split(",") if a.strip()):
         host = None if addr == "*" else addr
         infos = socket.getaddrinfo(host, s.listen_port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -92,19 +137,6 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
             else:
                 socks.append(tcp_socket(family, sockaddr, s.listen_backlog,
                                         reuseport=s.so_reuseport))
-    if s.unix_socket_dir:
-        path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, s.unix_socket_mode)
-        if s.unix_socket_group:
-            os.chown(path, -1, unix_group_id(s.unix_socket_group))
-        sock.listen(s.listen_backlog)
-        sock.setblocking(False)
-        socks.append(sock)
-    return socks
 
 
 class ControlSession(FrontendSession):
