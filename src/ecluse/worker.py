@@ -111,32 +111,29 @@ def listen_sockets(config: Config, reserve: bool = False) -> list[socket.socket]
 
 
 def _tcp_sockets(s: Settings, reserve: bool) -> list[socket.socket]:
-    """listen_sockets' TCP part: one socket per address listen_addr resolves to."""
+    """listen_sockets' TCP part: one socket per address listen_addr resolves to;
+    none left open when one fails."""
     socks: list[socket.socket] = []
     try:
-        _bind_tcp(s, reserve, socks)
+        for addr in (a.strip() for a in s.listen_addr.split(",") if a.strip()):
+            host = None if addr == "*" else addr
+            infos = socket.getaddrinfo(host, s.listen_port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            seen = set()
+            for family, _type, _proto, _canon, sockaddr in infos:
+                if (family, sockaddr) in seen:
+                    continue
+                seen.add((family, sockaddr))
+                if reserve and has_reuseport():
+                    socks.append(tcp_socket(family, sockaddr, None, reuseport=True))
+                else:
+                    socks.append(tcp_socket(family, sockaddr, s.listen_backlog,
+                                            reuseport=s.so_reuseport))
     except BaseException:
         for sock in socks:
             sock.close()
         raise
     return socks
-
-
-def _bind_tcp(s: Settings, reserve: bool, socks: list[socket.socket]) -> None:
-    for addr in (a.strip() for a in s.listen_addr.split(",") if a.strip()):
-        host = None if addr == "*" else addr
-        infos = socket.getaddrinfo(host, s.listen_port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        seen = set()
-        for family, _type, _proto, _canon, sockaddr in infos:
-            if (family, sockaddr) in seen:
-                continue
-            seen.add((family, sockaddr))
-            if reserve and has_reuseport():
-                socks.append(tcp_socket(family, sockaddr, None, reuseport=True))
-            else:
-                socks.append(tcp_socket(family, sockaddr, s.listen_backlog,
-                                        reuseport=s.so_reuseport))
 
 
 class ControlSession(FrontendSession):

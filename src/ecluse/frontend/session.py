@@ -762,9 +762,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         assert pool is not None
         linked, self.server = self.server, None
         if linked is not None:
-            linked.unlink()  # _unlink(linked), written out: once per transaction
-            if self._rewriter is not None:
-                self._rewriter.replies = None
+            self._unlink(linked)
         if self.state is _LINKED:
             self.state = _IDLE  # the usual transition, once per transaction
         else:

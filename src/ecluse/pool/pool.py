@@ -227,17 +227,13 @@ class Pool:
 
     def wait(self, client: WaitingClient) -> None:
         """Queue the client (take_now just found no server for it)."""
-        if self.last_error is not None and self.login_failing():
+        if self.login_failing():
             client.on_wait_failed(self._login_error())
             return
         # No timer per waiter (one per queued transaction under load): the
         # janitor's maintain() fails those past query_wait_timeout.
         self.waiters.push(Waiter(client))
-        s = self.settings
-        if self.idle or self.paused or len(self.active) < s.pool_size + s.reserve_pool:
-            self._dispatch()
-        elif self.registry.shared:
-            self._publish_wanted()  # all _dispatch() would do: every slot is busy
+        self._dispatch()
 
     def take_now(self) -> ServerConnection | None:
         """Return an idle server if one may be had without waiting, else None (nobody
@@ -333,7 +329,7 @@ class Pool:
                 break
             if server.state is not _S_ACTIVE:
                 self._set_state(server, ServerState.ACTIVE)
-            waited = time.monotonic() - waiter.since  # waiter.waited(), one call less
+            waited = waiter.waited()
             if waiter.assign(server):
                 self.stats.server_assignment_count += 1
                 self.stats.add_wait(waited)
@@ -425,23 +421,12 @@ class Pool:
         if server.state is not _S_ACTIVE or self.paused or server.cancel_in_flight \
                 or self._must_retire(server):
             return False
-        waiters = self.waiters
-        if waiters.live:
+        if self.waiters.live:
             if server.is_closed():
                 return False
             # Clients queue, so none is idle: the first gets this one as it is, as
             # release hands it over (_dispatch), its retire and cancel checks done above.
-            s = self.settings
-            if len(self.active) < s.pool_size + s.reserve_pool:
-                self._dispatch(server)  # it may launch servers for the rest, too
-                return True
-            # _dispatch(server) with every slot busy: a hand-over and nothing to launch.
-            waiter = waiters.pop()
-            self.stats.server_assignment_count += 1
-            self.stats.add_wait(time.monotonic() - waiter.since)
-            waiter.assign(server)
-            if self.registry.shared:
-                self._publish_wanted()
+            self._dispatch(server)
             return True
         shared = self.registry.shared
         if shared and self._lend_elsewhere():

@@ -40,10 +40,7 @@ class Waiter:
         """Hand a server over; False if this waiter already gave up."""
         if self.done:
             return False
-        if self.queue is None:  # the usual case: WaiterQueue.pop took it out
-            self.done = True
-        else:
-            self._finish()
+        self._finish()
         self.client.on_server_assigned(server)
         return True
 
