@@ -76,6 +76,16 @@ class AuthOutcome:
 
 AuthGen = Generator[bytes, bytes, AuthOutcome]
 
+# The outcomes of the methods that exchange nothing: one each, shared by every login.
+_PASSWORDLESS = {TRUST: AuthOutcome(TRUST), ANY: AuthOutcome(ANY)}
+
+
+def passwordless_outcome(method: str) -> AuthOutcome | None:
+    """The outcome of ``method`` when it asks the client for nothing ("trust",
+    "any"), else None: then authenticate_client runs the exchange. A driver that
+    asks first starts no generator for these logins."""
+    return _PASSWORDLESS.get(method)
+
 
 def authenticate_client(method: str, user: str, secret: str | None) -> AuthGen:
     """Authenticate a client by method against its stored secret (None: unknown user).
@@ -86,8 +96,9 @@ def authenticate_client(method: str, user: str, secret: str | None) -> AuthGen:
     password or unknown user, RemoteProtocolError (08P01) for a malformed
     client message, AuthFailed (28000) for a method this function cannot run.
     """
-    if method in (TRUST, ANY):
-        return AuthOutcome(method)
+    trusted = passwordless_outcome(method)
+    if trusted is not None:
+        return trusted
     if method not in METHODS:
         raise AuthFailed(f'authentication method "{method}" is not supported here',
                          sqlstate="28000")

@@ -150,6 +150,8 @@ def share_login_secret(pool: Pool, user: str, outcome: AuthOutcome, secret: str 
     ClientKey recovered from the proof with the verifier's ServerKey (SCRAM
     pass-through: no plaintext password anywhere).
     """
+    if outcome.scram_client_key is None and not looked_up:
+        return  # nothing to share: every trust, md5 or plaintext-secret login
     configured = pool.settings.password
     if pool.settings.user != user or (configured is not None
                                       and scram_secret_of(configured) is None):

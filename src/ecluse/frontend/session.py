@@ -41,7 +41,12 @@ from ecluse.admin.commands import on_console_left
 from ecluse.admin.console import AdminConsole, is_admin_database
 from ecluse.auth.auth_query import AuthQueryTarget
 from ecluse.auth.hba import CERT
-from ecluse.auth.methods import AuthGen, AuthOutcome, authenticate_client
+from ecluse.auth.methods import (
+    AuthGen,
+    AuthOutcome,
+    authenticate_client,
+    passwordless_outcome,
+)
 from ecluse.config.model import SslMode
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import (
@@ -73,7 +78,6 @@ from ecluse.protocol.messages import (
 from ecluse.protocol.startup import (
     decode_startup_packet,
     startup_packet_length,
-    unsupported_protocol_options,
     validate_startup_params,
 )
 from ecluse.protocol.tracker import RequestTracker
@@ -374,9 +378,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         if "application_name" in self.params and settings.application_name_add_host:
             self.params["application_name"] += f" - {self.peer}"
         self._set_state(_AUTH)
-        if msg.minor > 0 or unsupported_protocol_options(msg.params):
+        if msg.minor > 0 or startup.protocol_options:
             self.transport.write(be.encode_negotiate_protocol_version(
-                codes.LATEST_MINOR, unsupported_protocol_options(msg.params)))
+                codes.LATEST_MINOR, startup.protocol_options))
         self.pool = self.ctx.registry.get_pool(db, self.user)
         cfg = self.ctx.config
         method = authn.choose_method(cfg, cfg.hba, self.transport,
@@ -420,6 +424,10 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.fatal(exc)
 
     def _begin_auth(self, method: str, secret: str | None) -> None:
+        trusted = passwordless_outcome(method)
+        if trusted is not None:
+            self._auth_done(trusted)  # no exchange to drive: every trust login
+            return
         login = self._login
         login.secret = secret
         login.auth = authenticate_client(method, self.user, secret)
@@ -878,7 +886,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     def _refuse_cleartext(self) -> None:
         """Refuse a TCP client that did not ask for TLS when client_tls_sslmode requires it."""
         mode = self.ctx.config.settings.client_tls_sslmode
-        if self._tls_context is not None and not self.tls and mode in _TLS_REQUIRED:
+        if mode in _TLS_REQUIRED and not self.tls and self._tls_context is not None:
             host = self.peer.rsplit(":", 1)[0]
             raise ClientRefused(f'SSL required: no encryption for host "{host}" '
                                 f"(client_tls_sslmode is {mode.value})", sqlstate="28000")

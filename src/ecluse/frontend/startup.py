@@ -25,6 +25,9 @@ class ClientStartup:
     user: str
     database: str
     params: dict[str, str] = field(default_factory=dict)  # tracked, canonical names
+    # The `_pq_.` protocol options asked for, which ecluse does not implement: the
+    # session lists them in its NegotiateProtocolVersion.
+    protocol_options: tuple[str, ...] = ()
 
 
 def split_options(options: str) -> list[str]:
@@ -89,12 +92,15 @@ def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientS
     user = params["user"]
     database = params.get("database") or user
     tracked: dict[str, str] = {}
+    protocol_options: tuple[str, ...] = ()
     for name, value in params.items():
-        if name in _ROUTING or name.startswith("_pq_."):
-            continue  # _pq_ options were answered with NegotiateProtocolVersion
+        if name in _ROUTING:
+            continue
         canon = canonical_name(name)
         if canon is not None:
             tracked[canon] = value
+        elif name.startswith("_pq_."):
+            protocol_options += (name,)
         elif name.lower() not in ignored:
             raise ClientRefused(f"unsupported startup parameter: {name}", sqlstate="08P01")
     options = params.get("options")
@@ -106,4 +112,4 @@ def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientS
             elif name.lower() not in ignored:
                 raise ClientRefused(f"unsupported startup parameter in options: {name}",
                                     sqlstate="08P01")
-    return ClientStartup(user, database, tracked)
+    return ClientStartup(user, database, tracked, protocol_options)

@@ -78,6 +78,18 @@ class PoolSettings:
     tcp: TcpOptions | None = None  # socket options of its connections (tcpopts.py)
 
 
+def wanted_changed(waiting: int, published: int) -> bool:
+    """Whether a worker's count of waiting clients is to be published again.
+
+    Only when it matters to a lender, not at every acquire and release: when
+    clients start or stop waiting (lend or not), or their number has doubled or
+    halved since it was published (how many idle servers maintain() lends). So
+    the published count is 0 exactly when none wait, else within a factor of two.
+    """
+    return waiting != published and (not waiting or not published
+                                     or waiting >= 2 * published or waiting * 2 <= published)
+
+
 class Pool:
     """Acquire/release of servers for one (database, user), with a FIFO queue."""
 
@@ -138,18 +150,20 @@ class Pool:
         return limit
 
     def can_launch(self) -> bool:
+        shared = self.registry.shared
+        # Reading the node-wide counts costs more than a transaction's relay: once
+        # they said "full", believe it until the next retry is due. Under load with
+        # several workers that is the usual answer (each holds a share of
+        # pool_size), so it is asked first.
+        if shared and time.monotonic() < self._node_full_until:
+            return False
         limit = self._limit()
-        # The pool full is the usual answer under load: tested first.
+        # The pool full is the usual answer under load with one worker.
         if self.total() >= limit or self.closed or self._backing_off():
             return False
-        if self.registry.shared:
-            # Reading the node-wide counts costs more than a transaction's relay:
-            # once they said "full", believe it until the next retry is due.
-            now = time.monotonic()
-            if now < self._node_full_until:
-                return False
+        if shared:
             if not self.registry.may_launch(self, limit):
-                self._node_full_until = now + _RETRY
+                self._node_full_until = time.monotonic() + _RETRY
                 return False
             return True
         return self.registry.may_launch(self, limit)
@@ -352,11 +366,8 @@ class Pool:
     def _publish_wanted(self) -> None:
         """Tell the other workers how many clients wait here, and retry soon while
         the node-wide limit (not this pool's own) keeps them waiting."""
-        waiting = len(self.waiters)
-        published = self._wanted_published
-        # Published under a lock: only when it matters to a lender (none / more /
-        # far fewer), not at every acquire and release.
-        if (waiting == 0) != (published == 0) or waiting > published or waiting * 2 < published:
+        waiting = self.waiters.live
+        if wanted_changed(waiting, self._wanted_published):
             self._wanted_published = waiting
             self.registry.counts.set_wanted(self.key, waiting)
         if waiting and self._retry is None and not self.paused and \

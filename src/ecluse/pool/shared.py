@@ -172,10 +172,18 @@ class SharedCounts:
         return self._sum(slot) if slot >= 0 else 0
 
     def set_wanted(self, key: Key, count: int) -> None:
-        with self._locked():
-            slot = self._slot(key)
-            if slot >= 0:
-                _COUNT.pack_into(self._mm, self._offset(slot, self.worker, wanted=True), count)
+        """Say how many of this worker's clients wait for a server of ``key``.
+
+        Only this worker writes its column, and an aligned 4-byte write is atomic,
+        so once the key has its slot no lock is taken (wanted_elsewhere reads
+        without one too): the lock is for claiming the slot.
+        """
+        slot = self._slot_of.get(key)
+        if slot is None:
+            with self._locked():
+                slot = self._slot(key)
+        if slot >= 0:
+            _COUNT.pack_into(self._mm, self._offset(slot, self.worker, wanted=True), count)
 
     def wanted_elsewhere(self, key: Key) -> int:
         """How many clients of other workers wait for a server of ``key``.

@@ -55,3 +55,23 @@ def test_garbage_in_options_is_refused():
         parse_options("--")
     with pytest.raises(ClientRefused):
         parse_options("-x")
+
+
+_NAMES = st.sampled_from(["TimeZone", "client_encoding", "application_name", "database",
+                          "_pq_.compression", "_pq_.x", "_pq_", "pq_x", "_PQ_.y",
+                          "extra_float_digits"])
+
+
+@given(st.dictionaries(_NAMES, st.text(max_size=5), max_size=8))
+def test_protocol_options_are_the_pq_names_in_order_and_nothing_else(extra):
+    """resolve_startup lists exactly the `_pq_.` names (case-sensitive, as
+    PostgreSQL reads them), in the client's order, never as tracked settings or
+    refusals; every other unknown name is refused unless ignored."""
+    params = {"user": "u", **extra}
+    ignored = ("_pq_", "pq_x", "_PQ_.y", "extra_float_digits")
+    s = resolve_startup(params, ignored)
+    assert s.protocol_options == tuple(k for k in params if k.startswith("_pq_."))
+    assert not any(k.startswith("_pq_") for k in s.params)
+    if any(k in extra for k in ignored):
+        with pytest.raises(ClientRefused):
+            resolve_startup(params, ())

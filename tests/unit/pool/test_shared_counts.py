@@ -7,6 +7,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ecluse.pool.pool import wanted_changed
 from ecluse.pool.shared import LocalCounts, SharedCounts
 
 keys = st.sampled_from([("pool", "db", "u"), ("db", "db"), ("user", "u"), ("db", "other")])
@@ -76,3 +77,33 @@ def test_a_full_table_never_blocks_a_launch():
     counts = SharedCounts(workers=1, slots=2)
     for i in range(4):
         assert counts.try_add([(("pool", str(i)), 1)])
+
+
+@given(st.lists(st.integers(0, 2000), max_size=60))
+def test_published_wanted_count_is_zero_exactly_when_none_wait_else_within_twice(counts):
+    """Pool._publish_wanted's rule (pool.wanted_changed): a lender must see that
+    clients wait as soon as they do and stop lending when they stop; their number
+    may lag, by less than a factor of two either way."""
+    published = 0
+    for waiting in counts:
+        if wanted_changed(waiting, published):
+            published = waiting
+        assert (published == 0) == (waiting == 0)
+        if waiting:
+            assert published / 2 < waiting < published * 2
+
+
+def test_set_wanted_after_the_slot_is_claimed_takes_no_lock():
+    """The hot path's publish: once the key has a slot, a worker writes its own
+    column without the lock, and the others read it."""
+    counts = SharedCounts(workers=2, slots=16)
+    key = ("pool", "db", "user")
+    counts.set_wanted(key, 1)  # claims the slot (under the lock)
+    counts._lock_fd, fd = -1, counts._lock_fd  # any lockf now raises EBADF
+    try:
+        counts.set_wanted(key, 7)
+    finally:
+        counts._lock_fd = fd
+    counts.set_worker(1)
+    assert counts.wanted_elsewhere(key) == 7
+    counts.close()
