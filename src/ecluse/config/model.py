@@ -47,6 +47,10 @@ class PoolMode(enum.Enum):
 class SslMode(enum.Enum):
     """PgBouncer's client_tls_sslmode and server_tls_sslmode values (libpq's names)."""
 
+    # Looked up in a set or dict at every login: identity hashing (members are
+    # singletons) keeps that in C, where Enum's own __hash__ is Python code.
+    __hash__ = object.__hash__
+
     DISABLE = "disable"
     ALLOW = "allow"
     PREFER = "prefer"
@@ -77,6 +81,10 @@ SECURE_TLS_PROTOCOLS = ("tlsv1.2", "tlsv1.3")
 
 class AuthType(enum.Enum):
     """How clients authenticate (PgBouncer's auth_type values)."""
+
+    # Looked up in a set or dict at every login: identity hashing (members are
+    # singletons) keeps that in C, where Enum's own __hash__ is Python code.
+    __hash__ = object.__hash__
 
     TRUST = "trust"
     PLAIN = "plain"

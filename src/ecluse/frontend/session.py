@@ -1000,6 +1000,11 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             del self.ctx.cancel_keys[pid]
         self.ctx.logging_in.pop(self, None)
         self._login = None
+        if self._rewriter is not None:
+            # The rewriter's watcher is this session: a cycle that only the garbage
+            # collector would free. Broken, the session goes with its last reference,
+            # and under churn its memory is reused while still in the CPU caches.
+            self._rewriter.sql_watcher = None
         if self._tls_task is not None:
             self._tls_task.cancel()
             self._tls_task = None

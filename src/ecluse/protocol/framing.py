@@ -81,6 +81,8 @@ def shared_rules(rules: FramingRules) -> FramingRules:
 # Framer.switch's (rules, changes) -> rules; a handful in practice, bounded anyway.
 _SWITCHES: dict[tuple, FramingRules] = {}
 _SWITCHES_MAX = 256
+# Framer()'s arguments -> rules; as few, bounded the same way.
+_RULES_FOR: dict[tuple, FramingRules] = {}
 
 
 class Framer:
@@ -91,10 +93,19 @@ class Framer:
     def __init__(self, valid: frozenset[int], inspect: frozenset[int], max_len: int,
                  inspect_max: int = 1 << 20, side: str = "peer",
                  stream_oversize: bool = False):
-        max_len = min(max_len, MAX_WIRE_LENGTH)
-        self._rules = shared_rules(FramingRules(valid, inspect, max_len,
-                                                min(inspect_max, max_len), side,
-                                                stream_oversize))
+        # Every connection makes a Framer: its rules are looked up by the arguments
+        # (a plain tuple), not rebuilt as a FramingRules each time.
+        key = (valid, inspect, max_len, inspect_max, side, stream_oversize)
+        rules = _RULES_FOR.get(key)
+        if rules is None:
+            max_len = min(max_len, MAX_WIRE_LENGTH)
+            rules = shared_rules(FramingRules(valid, inspect, max_len,
+                                              min(inspect_max, max_len), side,
+                                              stream_oversize))
+            if len(_RULES_FOR) >= _SWITCHES_MAX:
+                _RULES_FOR.clear()
+            _RULES_FOR[key] = rules
+        self._rules = rules
         self._pending = b""  # a partial header or a partial inspected message
         self._skip = 0  # bytes of a streamed message still to come
         self._skip_type = 0
