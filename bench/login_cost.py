@@ -1,0 +1,134 @@
+"""What ecluse's Python costs per connection, warm: login, Terminate, close, in process.
+
+A diagnostic, not a comparison (no PostgreSQL, no sockets, no pgbench): one
+ClientContext with a transaction-mode pool whose server parameters are filled in
+beforehand, and a FrontendSession per connection on a transport that only keeps
+what is written. Each connection is made, sent pgbench's StartupMessage (trust
+auth), then Terminate, then told its connection is lost, as uvloop would. It
+prints the best of five timed rounds in µs per connection and what the cyclic
+garbage collector had to free per connection (0 is the goal: a session left in a
+reference cycle is not freed, nor its memory reused, until a collection walks
+it).
+
+The live figure under ``pgbench -C`` is several times this one (bench/README.md,
+"Where the time goes"): between two connections pgbench, PostgreSQL and the
+kernel evict this code and its objects from the CPU caches.
+
+    .venv/bin/python bench/login_cost.py [--connections 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import struct
+import time
+
+from ecluse.config import config_from_string
+from ecluse.frontend.context import ClientContext
+from ecluse.frontend.session import ClientState, FrontendSession
+from ecluse.pool.registry import PoolRegistry
+from ecluse.protocol.startup import encode_startup_message
+
+_CONFIG = """
+[databases]
+bench = host=127.0.0.1 port=1
+[pgbouncer]
+auth_type = trust
+pool_mode = transaction
+default_pool_size = 20
+log_connections = 0
+log_disconnections = 0
+"""
+# What PostgreSQL 15 reports at login (what the pool would have learnt from a server).
+_SERVER_PARAMS = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC",
+                  "server_version": "15.0", "standard_conforming_strings": "on",
+                  "integer_datetimes": "on", "IntervalStyle": "postgres"}
+# pgbench's StartupMessage.
+_STARTUP = encode_startup_message({"user": "postgres", "database": "bench",
+                                   "application_name": "pgbench",
+                                   "client_encoding": "UTF8"})
+_TERMINATE = b"X" + struct.pack("!I", 4)
+
+
+class _Transport(asyncio.Transport):
+    """Keeps the last write; a TCP peer's address."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = b""
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        self.last = data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _connection(ctx: ClientContext) -> None:
+    session = FrontendSession(ctx)
+    transport = _Transport()
+    session.connection_made(transport)
+    session.data_received(_STARTUP)
+    if session.state is not ClientState.IDLE:
+        raise SystemExit(f"login did not complete: {session.state} {transport.last!r}")
+    session.data_received(_TERMINATE)
+    session.connection_lost(None)
+
+
+async def _measure(connections: int) -> tuple[float, float]:
+    config = config_from_string(_CONFIG)
+    ctx = ClientContext(config, PoolRegistry(config))
+    pool = ctx.registry.get_pool(config.database("bench"), "postgres")
+    pool.default_params = dict(_SERVER_PARAMS)
+    for _ in range(2000):  # warm: the welcome cache, the framing rules, the code
+        _connection(ctx)
+    gc.collect()
+    freed = 0
+
+    def count_freed(phase: str, info: dict) -> None:
+        nonlocal freed
+        if phase == "stop":
+            freed += info["collected"]
+
+    # The collector runs on its own during the rounds, as it would live; what each
+    # collection freed is added up, the final one's included.
+    gc.callbacks.append(count_freed)
+    rounds = []
+    try:
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(connections):
+                _connection(ctx)
+            rounds.append((time.perf_counter() - start) / connections * 1e6)
+            gc.collect()
+    finally:
+        gc.callbacks.remove(count_freed)
+    return min(rounds), freed / (5 * connections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", type=int, default=20000,
+                        help="connections per timed round (5 rounds)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    us, garbage = runner(_measure(args.connections))
+    print(f"login + Terminate + close, warm, in process: {us:.2f} µs per connection")
+    print(f"left to the cyclic garbage collector: {garbage:.2f} objects per connection")
+
+
+if __name__ == "__main__":
+    main()
