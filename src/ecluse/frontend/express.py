@@ -2,8 +2,9 @@
 
 Most transactions a transaction pooler sees are a single Query, or a single
 extended-protocol batch of the unnamed statement (Parse, Bind, Describe,
-Execute, Sync: what drivers send for a query with parameters), sent by a
-client that holds no server, answered by one chunk ending with ReadyForQuery.
+Execute, Sync: what drivers send for a query with parameters) or of a named
+statement the client prepared earlier (Bind, Describe, Execute, Sync), sent by
+a client that holds no server, answered by one chunk ending with ReadyForQuery.
 The general path (framer pieces, the rewriter, the pool's queue, the link,
 the tracker, the reply queue) spends most of ecluse's CPU per transaction on
 steps that have nothing to do in that case. This mixin of FrontendSession
@@ -16,9 +17,11 @@ Rules:
    probe or LISTEN pending, framer and rewriter at a message boundary, whole
    messages no longer than the framer would accept (a Query, or a batch of
    the unnamed statement and portal ending with its only Sync: the rewriter
-   passes those through untouched), SQL that cannot leave session state
-   (frontend/sqlscan.py). Any other case goes the general way before
-   anything has changed. With no idle server the client queues as the
+   passes those through untouched; or such a batch whose Bind names a
+   statement of the client that the server already holds: the rewriter would
+   only put the server's name in, StatementRewriter.express_bind), SQL that
+   cannot leave session state (frontend/sqlscan.py). Any other case goes the
+   general way before anything has changed. With no idle server the client queues as the
    general path would queue it, and when a server frees up its request goes
    on the express way (_express_pending).
 2. It leaves every object (session, server, pool, counters) in the state the
@@ -45,13 +48,14 @@ from typing import TYPE_CHECKING
 
 from ecluse import accel
 from ecluse.frontend import expressplan
-from ecluse.frontend.expressplan import SENT_QUERY
+from ecluse.frontend.expressplan import SENT_QUERY, Plan
 from ecluse.frontend.statekeeping import HARMLESS_CACHE_MAX
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import codes
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
+    from ecluse.protocol.replies import Undo
     from ecluse.protocol.tracker import RequestTracker
     from ecluse.server.connection import ServerConnection
 
@@ -60,6 +64,14 @@ _LINKED = ClientState.LINKED
 _STATUS_IDLE = codes.STATUS_IDLE
 
 plan_request = accel.pick(expressplan.plan_request, "ecluse.frontend._expressplan")
+plan_named_bind = expressplan.plan_named_bind
+
+
+def _with_bind_undo(plan: Plan, undo: Undo) -> Plan:
+    """A named statement's plan, its Bind (first) carrying the undo that rewrite()
+    would have given its reply entry (ServerConnection._settle_express adds it)."""
+    sent, parses, binds = plan
+    return ((*sent[0], undo), *sent[1:]), parses, binds
 
 
 class ExpressPath:
@@ -81,8 +93,13 @@ class ExpressPath:
         if rewriter._skip_to_sync or rewriter._drop_rest or self.ctx.shutting_down:
             return False
         plan = plan_request(data)
+        named = None
         if plan is None:
-            return False
+            # A prepared statement run by name (PQexecPrepared, pgbench -M prepared).
+            named = plan_named_bind(data) if rewriter.enabled else None
+            if named is None or named[0] not in rewriter.statements:
+                return False
+            plan = named[2]
         pool = self.pool
         pool.stats.received += n
         server = pool.take_now()
@@ -97,12 +114,17 @@ class ExpressPath:
             pool.wait(self)
             return True
         if self.session_settings or server.session_settings or \
-                build_sync_query(self.params, server.params) is not None:
-            # Rule 3: as _acquire would, with the pool's answer already in hand.
+                build_sync_query(self.params, server.params) is not None or (
+                    named is not None and (bound := rewriter.express_bind(
+                        data, named[0], named[1], server.prepared)) is None):
+            # Rule 3: as _acquire would, with the pool's answer already in hand; so
+            # too for a statement this server must be given first.
             self._set_state(_WAITING)
             self._buffer(framer.feed(data))
             self.on_server_assigned(server)
             return True
+        if named is not None:
+            data, plan = bound[0], _with_bind_undo(plan, bound[1])
         self._express_send(server, data, plan, self.last_activity)
         return True
 
@@ -129,7 +151,12 @@ class ExpressPath:
             return False
         plan = plan_request(data, self._harmless_sql)
         if plan is None:
-            return False
+            named = plan_named_bind(data) if rewriter.enabled else None
+            bound = named and rewriter.express_bind(data, named[0], named[1], server.prepared)
+            if not bound:
+                return False
+            data = bound[0]
+            plan = _with_bind_undo(named[2], bound[1])
         self._pending = ()
         self._pending_bytes = 0
         if self._reading_paused:

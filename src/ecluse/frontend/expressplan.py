@@ -116,3 +116,29 @@ def plan_request(data: bytes, harmless: bytes | None = None) -> Plan | None:
     if sql != harmless and may_leave_session_state(sql.decode("utf-8", "replace")):
         return None
     return SENT_QUERY, 0, 0
+
+
+def plan_named_bind(data: bytes) -> tuple[bytes, int, Plan] | None:
+    """Check a batch that runs a client's named statement (what libpq sends for
+    PQexecPrepared: Bind of that statement to the unnamed portal, then Describe,
+    Execute and Sync as plan_batch accepts them). Return (the statement's client
+    name, where that name ends in ``data``, the plan with the Bind counted first),
+    or None. Whether the name is known, and under which server name, is the
+    rewriter's business (StatementRewriter.express_bind)."""
+    n = len(data)
+    if n < 5 or data[0] != _B:
+        return None
+    length = _LENGTH.unpack_from(data, 1)[0]
+    end = 1 + length
+    # The portal empty, the statement name not (plan_batch takes the unnamed one).
+    if length < 8 or end > n or data[5] != 0 or data[6] == 0:
+        return None
+    name_end = data.find(b"\0", 6, end)
+    if name_end < 0:
+        return None
+    rest = plan_batch(data[end:])
+    if rest is None:
+        return None
+    sent, parses, binds = rest
+    return data[6:name_end], name_end, ((SENT_BIND, *sent), parses, binds + 1)
+

@@ -45,17 +45,19 @@ from types import MappingProxyType
 from typing import Protocol
 
 from ecluse.errors import RemoteProtocolError
+from ecluse.frontend.sqlscan import may_leave_session_state
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol import frontend as fe
 from ecluse.protocol import replies as rq
 from ecluse.protocol.backend import decode_error_fields
 from ecluse.protocol.framing import Piece
-from ecluse.protocol.replies import ReplyQueue
+from ecluse.protocol.replies import ReplyQueue, Undo
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.prepared import PreparedCache
 
 _HEADER = struct.Struct("!BI")
+_LENGTH = struct.Struct("!I")
 _QUERY = codes.FE_QUERY
 _PARSE_COMPLETE = be.encode_parse_complete()
 _CLOSE_COMPLETE = be.encode_close_complete()
@@ -97,12 +99,22 @@ def _message(msg_type: bytes, body: bytes) -> bytes:
 class ClientStatement:
     """One statement a client prepared: its server name and what re-creates it."""
 
-    __slots__ = ("parse_tail", "server_name", "undone")
+    __slots__ = ("_harmless", "parse_tail", "server_name", "undone")
 
     def __init__(self, server_name: str, parse_tail: bytes):
         self.server_name = server_name
         self.parse_tail = parse_tail  # query text, NUL, parameter type list
         self.undone = False  # its Parse was refused or skipped: it never existed
+        self._harmless: bool | None = None  # see harmless, scanned on first use
+
+    @property
+    def harmless(self) -> bool:
+        """True when its SQL cannot leave session state (frontend/sqlscan.py), so a
+        run of it may take the express path; scanned once, the text never changes."""
+        if self._harmless is None:
+            text = self.parse_tail[:self.parse_tail.find(b"\0")]
+            self._harmless = not may_leave_session_state(text.decode("utf-8", "replace"))
+        return self._harmless
 
 
 class SqlWatcher(Protocol):
@@ -294,6 +306,25 @@ class StatementRewriter:
                 # Skipped only after an error earlier in an unsynced batch.
                 self.replies.add(rq.QUERY, undo=tracker.query_skipped_undo)
         return out
+
+    def express_bind(self, data: bytes, name: bytes, name_end: int,
+                     cache: PreparedCache) -> tuple[bytes, Undo] | None:
+        """``data`` (a batch whose first message Binds client statement ``name``, its
+        name ending at ``name_end``: expressplan.plan_named_bind) with the server's
+        name in its place, and the undo its Bind's reply entry takes; or None, with
+        nothing changed, when rewrite() would do more than that rename (the name
+        is unknown or outdated: refused; the server lacks the statement: prepared
+        first) or when its SQL may leave session state (DEALLOCATE ALL, SET...:
+        the general path watches their replies). The express path's side of
+        _bind (frontend/express.py rule 1)."""
+        stmt = self.statements.get(name)
+        if stmt is None or not stmt.harmless or _OUTDATED + stmt.server_name in self.known_good \
+                or not cache.has(stmt.server_name):
+            return None
+        server_name = stmt.server_name.encode()
+        bind_length = _LENGTH.unpack_from(data, 1)[0] + len(server_name) - len(name)
+        return (b"B" + _LENGTH.pack(bind_length) + b"\0" + server_name + data[name_end:],
+                self._statement_failed(stmt, cache))
 
     def _refuse(self, error: bytes, end: bool, out: list, tracker: RequestTracker) -> None:
         """Answer the request with ``error``, as PostgreSQL would, and skip to Sync.

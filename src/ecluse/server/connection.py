@@ -203,8 +203,9 @@ class ServerConnection(asyncio.Protocol):
         # A request came by the express path (frontend/express.py) and nothing
         # since: its reply may take _relay_express, and the tracker and reply
         # queue have not been told of it yet. What _settle_express tells them, on
-        # first need: per message sent, its type and reply kind; None otherwise.
-        self.express: tuple[tuple[int, int], ...] | None = None
+        # first need: per message sent, its type and reply kind (and, for the Bind
+        # of a named statement, the undo of its reply entry); None otherwise.
+        self.express: tuple[tuple, ...] | None = None
 
     @property
     def tracker(self) -> RequestTracker:
@@ -220,11 +221,15 @@ class ServerConnection(asyncio.Protocol):
         tracker = self._tracker
         replies = self.replies
         counted = tracker.parses, tracker.binds  # set when the request was sent
-        for msg_type, kind in sent:
+        for entry in sent:
+            msg_type, kind = entry[0], entry[1]
             tracker.on_client_message(msg_type)
             if replies is not None:
-                replies.add(kind, undo=tracker.query_skipped_undo if kind == rq.QUERY
-                            else None)
+                if len(entry) > 2:  # a named statement's Bind, with its rewriter's undo
+                    replies.add(kind, rq.FORWARD, b"", entry[2])
+                else:
+                    replies.add(kind, undo=tracker.query_skipped_undo if kind == rq.QUERY
+                                else None)
         tracker.parses, tracker.binds = counted
 
     def __repr__(self) -> str:
@@ -414,7 +419,7 @@ class ServerConnection(asyncio.Protocol):
         self.replies = queue
         return queue
 
-    def link_express(self, client: ServerLink, sent: tuple[tuple[int, int], ...],
+    def link_express(self, client: ServerLink, sent: tuple[tuple, ...],
                      parses: int = 0, binds: int = 0) -> None:
         """Attach a client whose request (``sent``: see ``express``, with ``parses``
         Parses and ``binds`` Binds, for the counters) comes by the express path, and

@@ -23,12 +23,19 @@ from wire import FakeTransport, cut, msg
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.express import ExpressPath
+from ecluse.frontend.expressplan import plan_named_bind
+from ecluse.frontend.prepared import ClientStatement, StatementRewriter, server_statement_name
 from ecluse.frontend.session import ClientState, FrontendSession
 from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
 from ecluse.pool.shared import SharedCounts
+from ecluse.protocol import codes
+from ecluse.protocol.framing import Framer
+from ecluse.protocol.replies import ReplyQueue
 from ecluse.protocol.startup import encode_startup_message
+from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.connection import ServerConnection, ServerState
+from ecluse.server.prepared import PreparedCache
 
 SERVERS = 3
 CLIENTS = 5
@@ -198,12 +205,15 @@ def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "",
         # Replies due, per server: chunks not yet delivered.
         due: dict[int, list[bytes]] = {i: [] for i in range(SERVERS)}
         for kind, who, what in steps:
-            if kind == "bind_named":
-                # Runs statement s1 again, if this client prepared it: no Parse.
+            if kind in ("bind_named", "bind_named_described"):
+                # Runs statement s1 again, if this client prepared it: no Parse (libpq's
+                # PQexecPrepared also describes the portal).
                 session = clients[who % CLIENTS]
                 if session.state is not ClientState.CLOSED:
-                    session.data_received(msg(b"B", b"\0s1\0" + bytes(6)) +
-                                          msg(b"E", b"\0" + bytes(4)) + msg(b"S", b""))
+                    session.data_received(
+                        msg(b"B", b"\0s1\0" + bytes(6)) +
+                        (msg(b"D", b"P\0") if kind == "bind_named_described" else b"") +
+                        msg(b"E", b"\0" + bytes(4)) + msg(b"S", b""))
             elif kind in ("send", "extended", "named"):
                 session = clients[who % CLIENTS]
                 if session.state is ClientState.CLOSED:
@@ -258,7 +268,8 @@ def run(mode: str, steps, express: bool, monkeypatch, extra_config: str = "",
 
 
 step = st.tuples(st.sampled_from(["send", "send", "extended", "named", "bind_named",
-                                  "reply", "reply", "close", "want"]), st.integers(0, 20),
+                                  "bind_named_described", "reply", "reply", "close",
+                                  "want"]), st.integers(0, 20),
                  st.one_of(st.integers(0, 20), st.lists(st.integers(1, 200), max_size=3)))
 
 
@@ -291,6 +302,33 @@ def test_express_path_is_invisible(mode, shared, steps, monkeypatch) -> None:
     assert fast == slow
 
 
+# Few clients, mostly preparing and running statement s1: a client then often runs a
+# statement it prepared on a server that has it, the express way.
+named_step = st.tuples(st.sampled_from(["named", "bind_named", "bind_named_described",
+                                        "bind_named_described", "send", "reply", "reply",
+                                        "reply", "reply", "reply", "reply"]),
+                       st.integers(0, 1),
+                       # [] is SQL 0 ("SELECT 1") for a request, a whole reply for "reply".
+                       st.one_of(st.just([]), st.just([]), st.integers(0, 3),
+                                 st.lists(st.integers(1, 200), max_size=2)))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(named_step, min_size=1, max_size=40))
+def test_express_path_is_invisible_for_named_statements(mode, steps, monkeypatch) -> None:
+    steps = normalise(steps)
+    with monkeypatch.context() as m:
+        fast = run(mode, steps, True, m)
+    with monkeypatch.context() as m:
+        slow = run(mode, steps, False, m)
+    for key in ("express", "taken_back"):
+        fast.pop(key)
+        slow.pop(key)
+    assert fast == slow
+
+
 def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
     steps = [("send", 0, 0), ("reply", 0, [])] * 3
     result = run("transaction", steps, True, monkeypatch)
@@ -308,6 +346,56 @@ def test_an_unnamed_extended_batch_goes_the_express_way(monkeypatch) -> None:
     assert result["clients"][0].endswith(
         msg(b"1", b"") + msg(b"2", b"") + ROW_DESCRIPTION + msg(b"D", b"\0\x01\0\0\0\x011")
         + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+
+
+@pytest.mark.parametrize("kind", ["bind_named", "bind_named_described"])
+def test_a_named_statement_run_again_goes_the_express_way(kind, monkeypatch) -> None:
+    """Prepared once (the general way: the server must be given the statement),
+    then run by name: the server already holds it, so the express path sends the
+    Bind with the server's name; a name the client never prepared goes the general
+    way (which refuses it; this model server does not play that part)."""
+    steps = [("named", 0, 0), ("reply", 0, []), (kind, 0, 0), ("reply", 0, []),
+             (kind, 0, 0), ("reply", 0, []), (kind, 1, 0), ("reply", 0, [])]
+    result = run("transaction", steps, True, monkeypatch)
+    assert result["express"] == 2  # client 1's unknown name went the general way
+    server_bytes = b"".join(result["servers"])
+    assert server_bytes.count(b"\0ecluse_") >= 3  # the Parse and both Binds
+    assert b"\0s1\0" not in server_bytes  # the client's name never reaches a server
+    rows = msg(b"D", b"\0\x01\0\0\0\x011") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")
+    assert result["clients"][0].endswith(
+        msg(b"2", b"") + (ROW_DESCRIPTION if kind == "bind_named_described" else b"") + rows)
+
+
+@pytest.mark.parametrize("sql, express", [
+    ("SELECT 1", True), ("select 'set x = 1' -- harmless", True),
+    ("DEALLOCATE ALL", False), ("SET x = 1", False), ("DISCARD ALL", False)])
+def test_express_bind_takes_only_a_harmless_statement_the_server_holds(sql, express) -> None:
+    """A statement whose SQL may leave session state goes the general way, whose
+    reply watch sees it (a prepared DEALLOCATE ALL empties the server's
+    statements: psycopg prepares any query run often enough); so does one the
+    server does not hold, or that is outdated."""
+    rewriter = StatementRewriter()
+    tail = sql.encode() + b"\0\0\0"
+    stmt = ClientStatement(server_statement_name(tail), tail)
+    rewriter._named()[b"s1"] = stmt
+    cache = PreparedCache(10)
+    data = (msg(b"B", b"\0s1\0" + bytes(6)) + msg(b"D", b"P\0") + msg(b"E", b"\0" + bytes(4))
+            + msg(b"S", b""))
+    name, name_end, _plan = plan_named_bind(data)
+    assert name == b"s1"
+    assert rewriter.express_bind(data, name, name_end, cache) is None  # not on this server
+    cache.add(stmt.server_name)
+    bound = rewriter.express_bind(data, name, name_end, cache)
+    if not express:
+        assert bound is None
+        return
+    # The general path's bytes, to the byte.
+    rewriter.replies = ReplyQueue()
+    general = rewriter.rewrite(Framer(codes.FRONTEND_TYPES, frozenset(codes.FRONTEND_TYPES),
+                                      1 << 20).feed(data), cache, RequestTracker())
+    assert bound is not None and bound[0] == b"".join(bytes(part) for part in general)
+    rewriter.known_good["!" + stmt.server_name] = None  # its result type changed
+    assert rewriter.express_bind(data, name, name_end, cache) is None
 
 
 def test_no_express_for_a_message_longer_than_max_packet_size(monkeypatch) -> None:
