@@ -290,7 +290,11 @@ def normalise(steps):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=1, max_size=60))
 def test_express_path_is_invisible(mode, shared, steps, monkeypatch) -> None:
-    steps = normalise(steps)
+    assert_invisible(mode, normalise(steps), monkeypatch, shared)
+
+
+def assert_invisible(mode: str, steps, monkeypatch, shared: bool = False) -> None:
+    """The same steps with the express path and without: everything observed equal."""
     with monkeypatch.context() as m:
         fast = run(mode, steps, True, m, shared=shared)
     with monkeypatch.context() as m:
@@ -318,15 +322,7 @@ named_step = st.tuples(st.sampled_from(["named", "bind_named", "bind_named_descr
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(named_step, min_size=1, max_size=40))
 def test_express_path_is_invisible_for_named_statements(mode, steps, monkeypatch) -> None:
-    steps = normalise(steps)
-    with monkeypatch.context() as m:
-        fast = run(mode, steps, True, m)
-    with monkeypatch.context() as m:
-        slow = run(mode, steps, False, m)
-    for key in ("express", "taken_back"):
-        fast.pop(key)
-        slow.pop(key)
-    assert fast == slow
+    assert_invisible(mode, normalise(steps), monkeypatch)
 
 
 def test_express_path_is_taken_for_a_plain_select(monkeypatch) -> None:
