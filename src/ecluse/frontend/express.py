@@ -55,7 +55,6 @@ from ecluse.protocol import codes
 from ecluse.server.params import build_sync_query
 
 if TYPE_CHECKING:
-    from ecluse.protocol.replies import Undo
     from ecluse.protocol.tracker import RequestTracker
     from ecluse.server.connection import ServerConnection
 
@@ -65,13 +64,6 @@ _STATUS_IDLE = codes.STATUS_IDLE
 
 plan_request = accel.pick(expressplan.plan_request, "ecluse.frontend._expressplan")
 plan_named_bind = expressplan.plan_named_bind
-
-
-def _with_bind_undo(plan: Plan, undo: Undo) -> Plan:
-    """A named statement's plan, its Bind (first) carrying the undo that rewrite()
-    would have given its reply entry (ServerConnection._settle_express adds it)."""
-    sent, parses, binds = plan
-    return ((*sent[0], undo), *sent[1:]), parses, binds
 
 
 class ExpressPath:
@@ -95,8 +87,9 @@ class ExpressPath:
         plan = plan_request(data)
         named = None
         if plan is None:
-            # A prepared statement run by name (PQexecPrepared, pgbench -M prepared).
-            named = plan_named_bind(data) if rewriter.enabled else None
+            # A prepared statement run by name (PQexecPrepared, pgbench -M prepared);
+            # an unknown name is refused the general way, with no server taken.
+            named = self._named_request(data)
             if named is None or named[0] not in rewriter.statements:
                 return False
             plan = named[2]
@@ -115,8 +108,8 @@ class ExpressPath:
             return True
         if self.session_settings or server.session_settings or \
                 build_sync_query(self.params, server.params) is not None or (
-                    named is not None and (bound := rewriter.express_bind(
-                        data, named[0], named[1], server.prepared)) is None):
+                    named is not None and (bound := self._bind_named(data, named, server))
+                    is None):
             # Rule 3: as _acquire would, with the pool's answer already in hand; so
             # too for a statement this server must be given first.
             self._set_state(_WAITING)
@@ -124,7 +117,7 @@ class ExpressPath:
             self.on_server_assigned(server)
             return True
         if named is not None:
-            data, plan = bound[0], _with_bind_undo(plan, bound[1])
+            data, plan = bound
         self._express_send(server, data, plan, self.last_activity)
         return True
 
@@ -151,18 +144,35 @@ class ExpressPath:
             return False
         plan = plan_request(data, self._harmless_sql)
         if plan is None:
-            named = plan_named_bind(data) if rewriter.enabled else None
-            bound = named and rewriter.express_bind(data, named[0], named[1], server.prepared)
-            if not bound:
+            named = self._named_request(data)
+            bound = None if named is None else self._bind_named(data, named, server)
+            if bound is None:
                 return False
-            data = bound[0]
-            plan = _with_bind_undo(named[2], bound[1])
+            data, plan = bound
         self._pending = ()
         self._pending_bytes = 0
         if self._reading_paused:
             self.resume_client_reading()
         self._express_send(server, data, plan, time.monotonic())
         return True
+
+    def _named_request(self, data: bytes) -> tuple[bytes, int, Plan] | None:
+        """plan_named_bind(data), when the rewriter renames statements at all."""
+        return plan_named_bind(data) if self._rewriter.enabled else None
+
+    def _bind_named(self, data: bytes, named: tuple[bytes, int, Plan],
+                    server: ServerConnection) -> tuple[bytes, Plan] | None:
+        """The bytes and plan to send ``server`` for ``data``, a run of a named
+        statement (``named``: _named_request's answer), or None when the rewriter
+        would do more than rename it there (StatementRewriter.express_bind). The
+        Bind's entry (first) carries the undo rewrite() would have given its reply
+        entry; ServerConnection._settle_express adds it."""
+        name, name_end, (sent, parses, binds) = named
+        bound = self._rewriter.express_bind(data, name, name_end, server.prepared)
+        if bound is None:
+            return None
+        renamed, undo = bound
+        return renamed, (((*sent[0], undo), *sent[1:]), parses, binds)
 
     def _express_send(self, server: ServerConnection, data: bytes, plan: tuple[tuple, int, int],
                       now: float) -> None:

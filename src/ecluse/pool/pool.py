@@ -155,7 +155,8 @@ class Pool:
         # they said "full", believe it until the next retry is due. Under load with
         # several workers that is the usual answer (each holds a share of
         # pool_size), so it is asked first.
-        if shared and time.monotonic() < self._node_full_until:
+        now = time.monotonic() if shared else 0.0
+        if shared and now < self._node_full_until:
             return False
         limit = self._limit()
         # The pool full is the usual answer under load with one worker.
@@ -163,7 +164,7 @@ class Pool:
             return False
         if shared:
             if not self.registry.may_launch(self, limit):
-                self._node_full_until = time.monotonic() + _RETRY
+                self._node_full_until = now + _RETRY
                 return False
             return True
         return self.registry.may_launch(self, limit)
