@@ -95,7 +95,7 @@ class ExpressPath:
             plan = named[2]
         pool = self.pool
         pool.stats.received += n
-        server = pool.take_now()
+        server = pool.take_now(self.last_activity)
         if server is None:
             # No idle server, or others queue first: wait in line as _queue_pieces and
             # _acquire would have it, the SQL known harmless for _express_pending.
@@ -205,5 +205,4 @@ class ExpressPath:
             self.on_server_ready(server)
             return
         # on_server_ready's steps for an idle transaction-mode server, in line.
-        self._count_request(pool.stats, tracker)
-        self._release_server(server, settled=True)
+        self._release_server(server, True, self._count_request(pool.stats, tracker))

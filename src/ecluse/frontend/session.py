@@ -721,7 +721,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         assert pool is not None
         mode = pool.settings.mode
         tracker = server.tracker
-        self._count_request(pool.stats, tracker)
+        now = self._count_request(pool.stats, tracker)
         if self._notify_backlog:
             self._flush_notifications()
         if mode == "session":
@@ -738,15 +738,16 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             if self._suspect or self._always_probe or self.pinned:
                 self._start_probe(server)
                 return
-            self._release_server(server)
+            self._release_server(server, now=now)
         elif mode == "statement":
             log.warning("%s: transaction blocks not allowed in statement pooling mode",
                         self._describe())
             self.fatal(ClientRefused("transaction blocks not allowed in statement pooling mode",
                                      sqlstate="25001"))
 
-    def _count_request(self, stats: PoolStats, tracker: RequestTracker) -> None:
-        """Add the request that just ended (and its transaction, if it ended) to stats."""
+    def _count_request(self, stats: PoolStats, tracker: RequestTracker) -> float:
+        """Add the request that just ended (and its transaction, if it ended) to stats;
+        return the time it ended (read once: the release that follows uses it too)."""
         now = time.monotonic()
         if self.request_started:
             stats.add_query(now - self.request_started)
@@ -761,29 +762,32 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             stats.xact_count += 1
             stats.xact_time_us += int((now - self.xact_started) * 1_000_000)
             self.xact_started = 0.0
+        return now
 
-    def _release_server(self, server: ServerConnection, settled: bool = False) -> None:
+    def _release_server(self, server: ServerConnection, settled: bool = False,
+                        now: float = 0.0) -> None:
         """Unlink and give the server back between transactions (transaction and
         statement mode). ``settled``: nothing is outstanding on it (an express reply,
-        frontend/express.py rule 4), so the pool may take it back in one step."""
+        frontend/express.py rule 4), so the pool may take it back in one step.
+        ``now``: the clock as _count_request read it, if it just did."""
         pool = self.pool
         assert pool is not None
         linked, self.server = self.server, None
         if linked is not None:
-            self._unlink(linked)
+            self._unlink(linked, now)
         if self.state is _LINKED:
             self.state = _IDLE  # the usual transition, once per transaction
         else:
             self._set_state(_IDLE)
         reset = pool.settings.server_reset_query_always
-        if not (settled and not reset and pool.take_back(server)):
+        if not (settled and not reset and pool.take_back(server, now)):
             pool.release(server, reset=reset)
         if self.ctx.shutting_down:
             self.close()
 
-    def _unlink(self, server: ServerConnection) -> None:
+    def _unlink(self, server: ServerConnection, now: float = 0.0) -> None:
         """Detach from ``server``, and from its reply queue (emptied by unlink)."""
-        server.unlink()
+        server.unlink(now)
         if self._rewriter is not None:
             self._rewriter.replies = None
 

@@ -250,12 +250,12 @@ class Pool:
         self.waiters.push(Waiter(client))
         self._dispatch()
 
-    def take_now(self) -> ServerConnection | None:
+    def take_now(self, now: float = 0.0) -> ServerConnection | None:
         """Return an idle server if one may be had without waiting, else None (nobody
-        is queued for it)."""
+        is queued for it). ``now``: the clock, if the caller just read it."""
         if self.paused or self.waiters.live:
             return None
-        server = self._take_idle()
+        server = self._take_idle(now)
         if server is None:
             return None
         # _set_state(server, ACTIVE): _take_idle's server is the last idle one.
@@ -290,11 +290,11 @@ class Pool:
         while (waiter := waiters.first()) is not None and now - waiter.since >= timeout:
             waiter.fail(PoolTimeout("query_wait_timeout"))
 
-    def _take_idle(self) -> ServerConnection | None:
+    def _take_idle(self, now: float = 0.0) -> ServerConnection | None:
         """Return the usable idle server most recently used (still last in ``idle``),
         closing stale ones and sending idle ones to server_check_query."""
         s = self.settings
-        now = time.monotonic()  # once: this runs at every transaction's start
+        now = now or time.monotonic()  # once: this runs at every transaction's start
         idle = self.idle
         while idle:
             server = idle[-1]
@@ -424,14 +424,14 @@ class Pool:
         self._set_state(server, _S_IDLE)
         self._dispatch()
 
-    def take_back(self, server: ServerConnection) -> bool:
+    def take_back(self, server: ServerConnection, now: float = 0.0) -> bool:
         """release(server, reset=False)'s usual cases in one step, for a server just
         unlinked from a transaction that ended with nothing outstanding (the express
         path's): to the first waiting client, or back on the idle list; False, with
         nothing done, when release has more to do (a lend, a close, a cancel to wait
-        for, a pause)."""
+        for, a pause). ``now``: the clock, if the caller just read it."""
         if server.state is not _S_ACTIVE or self.paused or server.cancel_in_flight \
-                or self._must_retire(server):
+                or self._must_retire(server, now):
             return False
         if self.waiters.live:
             if server.is_closed():
@@ -451,14 +451,14 @@ class Pool:
             self._publish_wanted()
         return True
 
-    def _must_retire(self, server: ServerConnection) -> bool:
+    def _must_retire(self, server: ServerConnection, now: float = 0.0) -> bool:
         """True when a server given back is to be closed, not reused: marked so, the
         pool closed, past server_lifetime, or the pool above its size (a reload
         shrank it)."""
         s = self.settings
         return server.close_when_released or self.closed \
             or (s.server_lifetime > 0 and
-                time.monotonic() - server.created_at > s.server_lifetime) \
+                (now or time.monotonic()) - server.created_at > s.server_lifetime) \
             or self.total() > s.pool_size + s.reserve_pool
 
     def _lend_elsewhere(self) -> bool:

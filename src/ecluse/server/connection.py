@@ -431,8 +431,9 @@ class ServerConnection(asyncio.Protocol):
         tracker.binds = binds
         self.express = sent
 
-    def unlink(self) -> None:
-        """Detach the client; resume reading if its slowness had paused us."""
+    def unlink(self, now: float = 0.0) -> None:
+        """Detach the client; resume reading if its slowness had paused us. ``now``:
+        the clock, if the caller just read it."""
         if self.express:
             self._settle_express()  # left with its request outstanding: drain as usual
         self.client = None
@@ -441,7 +442,7 @@ class ServerConnection(asyncio.Protocol):
             self.replies = None
             replies.reset()
             replies.on_statements_dropped = None  # holds the client
-        self.last_used = time.monotonic()
+        self.last_used = now or time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 

@@ -158,8 +158,8 @@ def record_answers(monkeypatch, cls: type, name: str) -> list:
     answers = []
     real = getattr(cls, name)
 
-    def recording(self, arg):
-        answer = real(self, arg)
+    def recording(self, *args):
+        answer = real(self, *args)
         answers.append(answer)
         return answer
 
