@@ -242,7 +242,7 @@ class Pool:
 
     def wait(self, client: WaitingClient) -> None:
         """Queue the client (take_now just found no server for it)."""
-        if self.login_failing():
+        if self.last_error is not None and self.login_failing():
             client.on_wait_failed(self._login_error())
             return
         # No timer per waiter (one per queued transaction under load): the
