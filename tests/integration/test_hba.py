@@ -6,6 +6,9 @@ cluster trusts) so that only the client side's HBA decisions are under test.
 
 from __future__ import annotations
 
+import os
+import pwd
+
 import psycopg
 import pytest
 
@@ -167,3 +170,42 @@ def test_cert_method_checks_the_common_name(ecluse_factory, pg, tls_certs, tmp_p
                        match='certificate authentication failed for user "postgres"'):
         psycopg.connect(f"{base} user=postgres sslcert={tls_certs.client_other.cert} "
                         f"sslkey={other_key}")
+
+
+def test_peer_takes_the_os_user_of_the_unix_socket(ecluse_factory, pg, tmp_path):
+    """peer: the kernel's word for who is at the other end of the unix socket, as the
+    user itself or through auth_ident_file's map; TCP clients never match it."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    sockdir = tmp_path / "sock"
+    sockdir.mkdir()
+    (tmp_path / "hba.conf").write_text(
+        f'local all "{me}" peer\n'
+        "local all mapped,anyapp peer map=staff\n"
+        "local all all peer\n"
+        "host all all 127.0.0.1/32 trust\n")
+    (tmp_path / "ident.conf").write_text(f'staff "{me}" mapped\nstaff nobody-else anyapp\n')
+    backend = f"host={pg.host} port={pg.port} user=trustuser"
+    ec = ecluse_factory({"auth_type": "hba", "auth_hba_file": str(tmp_path / "hba.conf"),
+                         "auth_ident_file": str(tmp_path / "ident.conf"),
+                         "unix_socket_dir": str(sockdir), "admin_users": me},
+                        databases={"ecluse_test": f"{backend} dbname=ecluse_test"})
+
+    def over_socket(user: str, dbname: str = "ecluse_test"):
+        return psycopg.connect(host=str(sockdir), port=ec.port, user=user, dbname=dbname,
+                               autocommit=True)
+
+    for user in (me, "mapped"):
+        with over_socket(user) as conn:
+            assert conn.execute("select current_user").fetchone() == ("trustuser",)
+    # anyapp's map line is for another OS user; "someone" has no map at all.
+    for user in ("anyapp", "someone"):
+        with pytest.raises(psycopg.OperationalError,
+                           match=f'Peer authentication failed for user "{user}"'):
+            over_socket(user)
+    # The admin console takes its method from the same lines.
+    with over_socket(me, "pgbouncer") as conn:
+        assert any(row[0] == "ecluse_test" for row in conn.execute("SHOW DATABASES"))
+    with psycopg.connect(host=ec.host, port=ec.port, user="someone", dbname="ecluse_test",
+                         sslmode="disable", autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)  # TCP: the trust line
+    assert 'Peer authentication failed for user "someone"' in ec.log()

@@ -11,8 +11,9 @@ matches since ecluse has no GSSAPI encryption, and hostnogssenc, which is host);
 databases and users as names or ``all``, databases also ``sameuser`` and
 ``replication`` (which matches nothing: ecluse pools no replication
 connections); addresses as ``all``, CIDR (``10.0.0.0/8``, ``::1/128``) or
-address plus mask; methods trust, reject, md5, scram-sha-256, password, cert;
-the option clientcert. Anything else (``+group``, ``@file``, regular
+address plus mask; methods trust, reject, md5, scram-sha-256, password, cert,
+peer (local lines only); the options clientcert, and map for cert and peer (a
+user name map of auth_ident_file, auth/ident.py). Anything else (``+group``, ``@file``, regular
 expressions, host names, samehost/samenet, other methods or options) is a
 ConfigError naming the file and line, rather than a rule silently read some
 other way.
@@ -33,11 +34,15 @@ from dataclasses import dataclass
 from ecluse.errors import ConfigError
 
 CERT = "cert"
+PEER = "peer"
 REJECT = "reject"
-METHODS = frozenset({"trust", REJECT, "md5", "scram-sha-256", "password", CERT})
+METHODS = frozenset({"trust", REJECT, "md5", "scram-sha-256", "password", CERT, PEER})
+# Methods that take the user's identity from outside the protocol (a certificate,
+# the kernel) and may map it to a database user name (map=).
+MAPPED_METHODS = frozenset({CERT, PEER})
 CONNECTION_TYPES = frozenset({"local", "host", "hostssl", "hostnossl", "hostgssenc",
                               "hostnogssenc"})
-_OPTIONS = frozenset({"clientcert"})
+_OPTIONS = frozenset({"clientcert", "map"})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,6 +74,14 @@ class HbaRule:
     line: int
     options: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def user_map(self) -> str | None:
+        """The map= option: the auth_ident_file map that names who may log in as whom."""
+        for name, value in self.options:
+            if name == "map":
+                return value
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ClientAddress:
@@ -92,9 +105,9 @@ def read_hba(path: str) -> tuple[HbaRule, ...]:
 def parse_hba(text: str, path: str = "<string>") -> tuple[HbaRule, ...]:
     """Parse pg_hba.conf ``text``; ``path`` names it in errors."""
     rules: list[HbaRule] = []
-    for number, line in _logical_lines(text):
+    for number, line in logical_lines(text):
         try:
-            fields = _split_fields(line)
+            fields = split_fields(line)
             if fields:
                 rules.append(_parse_rule(fields, number))
         except ValueError as exc:
@@ -145,7 +158,7 @@ def _name_matches(item: Name, name: str) -> bool:
 
 # --- parsing ----------------------------------------------------------------
 
-def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+def logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """Yield (first line number, text) with backslash-newline continuations joined."""
     pending: list[str] = []
     start = 0
@@ -166,7 +179,7 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
 Token = tuple[str, bool]  # (text, was quoted)
 
 
-def _split_fields(line: str) -> list[list[Token]]:
+def split_fields(line: str) -> list[list[Token]]:
     """Split a line into fields, each a list of comma-separated tokens."""
     fields: list[list[Token]] = []
     current: list[Token] = []
@@ -222,7 +235,12 @@ def _parse_rule(fields: list[list[Token]], number: int) -> HbaRule:
     if method not in METHODS:
         raise ValueError(f'authentication method "{method}" is not supported '
                          f"(supported: {', '.join(sorted(METHODS))})")
+    if method == PEER and conn_type != "local":
+        raise ValueError("peer authentication is only supported on local sockets")
     options = tuple(_parse_option(field) for field in rest[1:])
+    if any(name == "map" for name, _value in options) and method not in MAPPED_METHODS:
+        raise ValueError('authentication option "map" is only valid for authentication '
+                         "methods cert and peer")
     return HbaRule(conn_type, databases, users, network, method, number, options)
 
 
@@ -304,4 +322,6 @@ def _parse_option(field: list[Token]) -> tuple[str, str]:
         raise ValueError(f'authentication option not in name=value format: "{text}"')
     if name not in _OPTIONS:
         raise ValueError(f'authentication option "{name}" is not supported')
+    if name == "map" and not value:
+        raise ValueError('authentication option "map" needs a map name')
     return name, value

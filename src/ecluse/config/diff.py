@@ -50,6 +50,8 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     settings |= _changed_keys(old.settings.extra, new.settings.extra)
     if old.hba != new.hba:
         settings.add("auth_hba_file")  # same file name, other rules: a change all the same
+    if old.ident != new.ident:
+        settings.add("auth_ident_file")
     return ConfigDiff(
         added=frozenset(new_dbs.keys() - old_dbs.keys()),
         removed=frozenset(old_dbs.keys() - new_dbs.keys()),
@@ -77,7 +79,7 @@ SECRET_SETTINGS: frozenset[str] = frozenset({"api_token"})
 # Settings naming files the loader resolves and reads (auth_file, TLS files,
 # HBA): SET refuses them; edit the file and RELOAD, so they are checked whole.
 FILE_SETTINGS: frozenset[str] = frozenset({
-    "auth_file", "auth_hba_file", "client_tls_key_file", "client_tls_cert_file",
+    "auth_file", "auth_hba_file", "auth_ident_file", "client_tls_key_file", "client_tls_cert_file",
     "client_tls_ca_file", "server_tls_key_file", "server_tls_cert_file",
     "server_tls_ca_file", "logfile"})
 

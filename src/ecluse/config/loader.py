@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ecluse.auth.hba import HbaRule, read_hba
+from ecluse.auth.ident import IdentMaps, read_ident
 from ecluse.config.connstr import BadConnStr, parse_connstr
 from ecluse.config.ini import IniDocument, IniEntry, parse_ini, read_ini
 from ecluse.config.model import (
@@ -70,6 +71,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     peers = _build_peers(doc.section("peers"), warnings)
     settings, auth = _load_auth(settings, setting_entries.get("auth_file"), path)
     settings, hba = _load_hba(settings, setting_entries, path)
+    settings, ident = _load_ident(settings, setting_entries, path, hba)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_listeners(settings, setting_entries, warnings)
     settings = _check_tls(settings, setting_entries, path)
@@ -79,6 +81,7 @@ def _build(doc: IniDocument, path: str) -> Config:
         users=MappingProxyType(users),
         auth=MappingProxyType(auth),
         hba=hba,
+        ident=ident,
         peers=MappingProxyType(peers),
         path=path if os.path.isfile(path) else None,
         warnings=tuple(warnings),
@@ -246,6 +249,32 @@ def _load_hba(
             line=entry.line
         ) from None
     return dataclasses.replace(settings, auth_hba_file=resolved), rules
+
+
+def _load_ident(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str,
+    hba: tuple[HbaRule, ...] | None,
+) -> tuple[Settings, IdentMaps | None]:
+    """Read auth_ident_file, if set. An HBA line with map= and no auth_ident_file is
+    an error naming that line: such a line could never let anyone in."""
+    entry = setting_entries.get("auth_ident_file")
+    if settings.auth_ident_file is None or entry is None:
+        for rule in hba or ():
+            if rule.user_map is not None:
+                raise ConfigError(f"auth_hba_file: map={rule.user_map} needs auth_ident_file",
+                                  path=settings.auth_hba_file, line=rule.line)
+        return settings, None
+    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
+    resolved = os.path.abspath(os.path.join(base, settings.auth_ident_file))
+    try:
+        maps = read_ident(resolved)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"auth_ident_file: cannot read {resolved!r}: {reason}", path=entry.path,
+            line=entry.line
+        ) from None
+    return dataclasses.replace(settings, auth_ident_file=resolved), maps
 
 
 def _check_pool_sizes(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ecluse.auth.hba import HbaRule
+    from ecluse.auth.ident import IdentMaps
 
 # The name of the [databases] entry used for any database not listed.
 FALLBACK_DATABASE = "*"
@@ -163,6 +164,7 @@ class Settings:
     auth_query: str = DEFAULT_AUTH_QUERY
     auth_dbname: str | None = None
     auth_hba_file: str | None = None  # pg_hba.conf rules for auth_type = hba (auth/hba.py)
+    auth_ident_file: str | None = None  # user name maps for HBA's map= (auth/ident.py)
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
     pool_mode: PoolMode = PoolMode.SESSION
@@ -266,6 +268,7 @@ class Config:
     users: Mapping[str, UserConfig] = field(default_factory=_empty_mapping)
     auth: Mapping[str, str] = field(default_factory=_empty_mapping)  # user -> secret
     hba: tuple[HbaRule, ...] | None = None  # auth_hba_file's rules, if it is set
+    ident: IdentMaps | None = None  # auth_ident_file's maps, if it is set
     peers: Mapping[int, PeerConfig] = field(default_factory=_empty_mapping)  # by peer_id
     path: str | None = None
     warnings: tuple[str, ...] = ()

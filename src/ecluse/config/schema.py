@@ -66,6 +66,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "auth_query": parse_str,
         "auth_dbname": parse_optional_str,
         "auth_hba_file": parse_optional_str,
+        "auth_ident_file": parse_optional_str,
         "admin_users": parse_list,
         "stats_users": parse_list,
         "pool_mode": _pool_mode,
@@ -148,7 +149,6 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
 # into SETTINGS (and a field of Settings) is how it becomes implemented.
 KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
-        "auth_ident_file",
         "auth_ldap_options",
         "autodb_idle_timeout",
         "cancel_wait_timeout",

@@ -3,7 +3,10 @@
 The session (frontend/session.py) asks this module three things at startup:
 the method for this connection (auth_type, or the first matching line of
 auth_hba_file), whether the secret must be looked up with auth_query (and
-where), and, for ``cert``, whether the client's certificate names the user.
+where), and, for ``cert`` and ``peer``, whether the identity the client proved
+outside the protocol (its certificate's common name, its operating-system user
+on the unix socket) may log in as the user it asks for: the same name, or one
+the HBA line's map= allows (auth_ident_file, auth/ident.py).
 After a successful exchange it hands over what a server login may reuse
 (the looked-up secret, the SCRAM keys recovered from the client's proof).
 
@@ -17,9 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import pwd
+import socket
+import struct
 
 from ecluse.auth.auth_query import AuthQueryTarget
-from ecluse.auth.hba import CERT, REJECT, ClientAddress, HbaRule, match_hba
+from ecluse.auth.hba import CERT, PEER, REJECT, ClientAddress, HbaRule, match_hba
+from ecluse.auth.ident import map_allows
 from ecluse.auth.methods import MD5, PLAIN, SCRAM, TRUST, AuthOutcome
 from ecluse.auth.secrets import scram_secret_of
 from ecluse.config import AuthType, Config, DatabaseConfig
@@ -35,7 +42,10 @@ NEEDS_SECRET = frozenset({PLAIN, MD5, SCRAM})
 # every login asks.
 _AUTH_TYPE_NAMES = {t: t.value for t in AuthType}
 _HBA_METHODS = {"trust": TRUST, "md5": MD5, "scram-sha-256": SCRAM, "password": PLAIN,
-                "cert": CERT, "reject": REJECT}
+                "cert": CERT, "peer": PEER, "reject": REJECT}
+# Methods whose outcome check_identity decides, with no exchange of messages.
+IDENTITY_METHODS = frozenset({CERT, PEER})
+_UCRED = struct.Struct("3i")  # Linux's struct ucred: pid, uid, gid
 
 
 def client_address(transport: asyncio.BaseTransport) -> ClientAddress:
@@ -80,24 +90,72 @@ def _describe_address(address: ClientAddress, user: str, database: str) -> str:
     return f'host "{host}", user "{user}", database "{database}", {encryption}'
 
 
-def check_client_cert(transport: asyncio.BaseTransport, user: str) -> AuthOutcome:
-    """Accept a client whose TLS certificate's common name is its user name.
+def check_identity(config: Config, method: str, transport: asyncio.BaseTransport,
+                   database: str, user: str) -> AuthOutcome:
+    """Accept a ``cert`` or ``peer`` client whose proven identity may log in as ``user``.
 
-    Raises AuthFailed (28000) without TLS, without a verified certificate, or
-    when the CN differs, in PostgreSQL's words.
+    cert: the TLS certificate's common name; peer: the operating-system user
+    at the other end of the unix socket. Without a map= on the HBA line the
+    identity must be ``user`` itself. Raises AuthFailed (28000) otherwise, in
+    PostgreSQL's words; the client is not told which identity was seen.
     """
+    if method == CERT:
+        failed = f'certificate authentication failed for user "{user}"'
+        identity = _certificate_name(transport)
+        if identity is None:
+            raise AuthFailed(failed, sqlstate="28000")
+    else:
+        failed = f'Peer authentication failed for user "{user}"'
+        identity = peer_user(transport)
+        if identity is None:
+            raise AuthFailed(failed, sqlstate="28000")
+    user_map = _user_map(config, transport, database, user)
+    if user_map is None:
+        if identity != user:
+            raise AuthFailed(failed, sqlstate="28000", detail=_MISMATCH[method])
+    elif config.ident is None or not map_allows(config.ident, user_map, identity, user):
+        raise AuthFailed(failed, sqlstate="28000",
+                         detail=f'no match in user name map "{user_map}"')
+    return AuthOutcome(method)
+
+
+_MISMATCH = {CERT: "the certificate's common name is not the user name",
+             PEER: "the operating-system user is not the user name"}
+
+
+def _certificate_name(transport: asyncio.BaseTransport) -> str | None:
+    """The verified client certificate's one common name, or None."""
     ssl_object = transport.get_extra_info("ssl_object")
     cert = ssl_object.getpeercert() if ssl_object is not None else None
     if not cert:
-        raise AuthFailed(f'certificate authentication failed for user "{user}"',
-                         sqlstate="28000")
+        return None
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn
              if key == "commonName"]
-    if names != [user]:
-        raise AuthFailed(f'certificate authentication failed for user "{user}"',
-                         sqlstate="28000", detail="the certificate's common name is not "
-                         "the user name")
-    return AuthOutcome(CERT)
+    return names[0] if len(names) == 1 else None
+
+
+def peer_user(transport: asyncio.BaseTransport) -> str | None:
+    """The name of the operating-system user at the other end of a unix socket
+    (SO_PEERCRED, as PostgreSQL's getpeereid), or None when it cannot be known."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX or \
+            not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _pid, uid, _gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError, struct.error):  # no such user, or the socket is gone
+        return None
+
+
+def _user_map(config: Config, transport: asyncio.BaseTransport, database: str,
+              user: str) -> str | None:
+    """The map= of the HBA line that chose this client's method, if any."""
+    if config.settings.auth_type is not AuthType.HBA:
+        return None
+    rule = match_hba(config.hba or (), client_address(transport), database, user)
+    return rule.user_map if rule is not None else None
 
 
 def auth_query_target(config: Config, db: DatabaseConfig) -> AuthQueryTarget | None:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from ecluse.admin.console import AdminConsole, may_log_in, welcome_parameters
 from ecluse.admin.node import INTERNAL_USER
-from ecluse.auth.hba import CERT
 from ecluse.auth.methods import AuthOutcome
 from ecluse.errors import ClientRefused, RemoteProtocolError
 from ecluse.frontend import authn
@@ -62,8 +61,9 @@ class ConsoleLink:
         cfg = self.ctx.config
         method = authn.choose_method(cfg, cfg.hba, self.transport,
                                      self.database, self.user)
-        if method == CERT:
-            self._auth_done(authn.check_client_cert(self.transport, self.user))
+        if method in authn.IDENTITY_METHODS:
+            self._auth_done(authn.check_identity(cfg, method, self.transport,
+                                                 self.database, self.user))
             return
         self._begin_auth(method, cfg.auth.get(self.user))
 

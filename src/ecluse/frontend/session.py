@@ -40,7 +40,6 @@ from types import MappingProxyType
 from ecluse.admin.commands import on_console_left
 from ecluse.admin.console import AdminConsole, is_admin_database
 from ecluse.auth.auth_query import AuthQueryTarget
-from ecluse.auth.hba import CERT
 from ecluse.auth.methods import (
     AuthGen,
     AuthOutcome,
@@ -385,8 +384,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         cfg = self.ctx.config
         method = authn.choose_method(cfg, cfg.hba, self.transport,
                                      self.database, self.user)
-        if method == CERT:
-            self._auth_done(authn.check_client_cert(self.transport, self.user))
+        if method in authn.IDENTITY_METHODS:
+            self._auth_done(authn.check_identity(cfg, method, self.transport,
+                                                 self.database, self.user))
             return
         secret = cfg.auth.get(self.user)
         target = None

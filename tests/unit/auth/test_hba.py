@@ -60,9 +60,12 @@ def test_parse_fields_lists_quotes_comments_and_continuations() -> None:
     ("host all all 127.0.0.1", "netmask"),
     ("host all all 127.0.0.1/32", "before authentication method"),
     ("local all all", "before authentication method"),
-    ("host all all 127.0.0.1/32 peer", 'authentication method "peer" is not supported'),
+    ("host all all 127.0.0.1/32 peer", "peer authentication is only supported on local"),
     ("host all all 127.0.0.1/32 ldap", "not supported"),
-    ("host all all 127.0.0.1/32 md5 map=x", 'option "map" is not supported'),
+    ("host all all 127.0.0.1/32 md5 map=x", 'option "map" is only valid for'),
+    ("local all all trust map=x", 'option "map" is only valid for'),
+    ("local all all peer map=", "needs a map name"),
+    ("local all all peer ident=x", 'option "ident" is not supported'),
     ("host all all 127.0.0.1/32 md5 junk", "name=value"),
     ("hostfoo all all 127.0.0.1/32 md5", "invalid connection type"),
     ('host "all all 127.0.0.1/32 md5', "unterminated"),
@@ -132,3 +135,11 @@ def test_address_matching_agrees_with_ipaddress(client, network, prefix, mask_fo
     assert rule.network == expected_net
     matched = match_hba([rule], ClientAddress(False, False, client), "db", "u") is not None
     assert matched == (client.version == network.version and client in expected_net)
+
+
+def test_peer_and_cert_lines_carry_their_map() -> None:
+    rules = parse_hba("local all all peer map=staff\n"
+                      "hostssl all all 0.0.0.0/0 cert clientcert=verify-full map=certs\n"
+                      "local all all peer\n")
+    assert [(r.method, r.user_map) for r in rules] == \
+        [("peer", "staff"), ("cert", "certs"), ("peer", None)]

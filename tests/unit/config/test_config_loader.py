@@ -16,6 +16,7 @@ from ecluse.config import (
     config_from_string,
     load_config,
 )
+from ecluse.config.diff import diff_configs
 from ecluse.config.model import DEFAULT_AUTH_QUERY
 from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS
 from ecluse.errors import ConfigError
@@ -398,6 +399,36 @@ def test_bad_or_missing_hba_file(tmp_path: Path) -> None:
         load_config(str(ini))
     assert (err.value.path, err.value.line) == (str(tmp_path / "hba.conf"), 2)
     assert 'authentication method "ident" is not supported' in err.value.message
+
+
+def test_auth_ident_file_gives_the_hba_maps(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("local all all trust\nlocal all all peer map=staff\n")
+    (tmp_path / "ident.conf").write_text("staff alice app\n")
+    ini = tmp_path / "ecluse.ini"
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n"
+                   "auth_ident_file = ident.conf\n")
+    config = load_config(str(ini))
+    assert config.settings.auth_ident_file == str(tmp_path / "ident.conf")
+    assert config.ident is not None and dict(config.ident) == {"staff": (("alice", "app"),)}
+    assert config.warnings == ()  # a setting ecluse honours, not one it only accepts
+    # RELOAD sees the file's content change, under the same name.
+    (tmp_path / "ident.conf").write_text("staff bob app\n")
+    assert "auth_ident_file" in diff_configs(config, load_config(str(ini))).settings
+
+
+def test_a_map_without_auth_ident_file_names_its_hba_line(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("local all all trust\nlocal all all peer map=staff\n")
+    ini = tmp_path / "ecluse.ini"
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n")
+    with pytest.raises(ConfigError, match="map=staff needs auth_ident_file") as err:
+        load_config(str(ini))
+    assert (err.value.path, err.value.line) == (str(tmp_path / "hba.conf"), 2)
+    (tmp_path / "ident.conf").write_text("staff alice\n")
+    ini.write_text("[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n"
+                   "auth_ident_file = ident.conf\n")
+    with pytest.raises(ConfigError, match="found 2 fields") as err:
+        load_config(str(ini))
+    assert (err.value.path, err.value.line) == (str(tmp_path / "ident.conf"), 1)
 
 
 def test_peers_section_and_peer_id() -> None:
