@@ -132,11 +132,12 @@ hostnossl all  trustuser  127.0.0.1/32  reject
 """
 
 
-def tls_hba_ecluse(ecluse_factory, pg, tls_certs, tmp_path, mode: str):
+def tls_hba_ecluse(ecluse_factory, pg, tls_certs, tmp_path, mode: str, rules: str = TLS_HBA,
+                   extra: dict | None = None):
     hba = tmp_path / "tls_hba.conf"
-    hba.write_text(TLS_HBA)
+    hba.write_text(rules)
     backend = f"host={pg.host} port={pg.port} user=trustuser"
-    return ecluse_factory({"auth_type": "hba", "auth_hba_file": str(hba),
+    return ecluse_factory({**(extra or {}), "auth_type": "hba", "auth_hba_file": str(hba),
                            "client_tls_sslmode": mode,
                            "client_tls_key_file": tls_certs.server.key,
                            "client_tls_cert_file": tls_certs.server.cert,
@@ -209,3 +210,29 @@ def test_peer_takes_the_os_user_of_the_unix_socket(ecluse_factory, pg, tmp_path)
                          sslmode="disable", autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)  # TCP: the trust line
     assert 'Peer authentication failed for user "someone"' in ec.log()
+
+
+def test_cert_with_a_map_accepts_the_users_the_map_lists(ecluse_factory, pg, tls_certs,
+                                                        tmp_path):
+    """map=: the certificate of someone_else may log in as reporting (its map line), not
+    as itself (no line), and postgres's may not log in as reporting."""
+    from integration.test_tls import private_copy
+
+    (tmp_path / "ident.conf").write_text("certs someone_else reporting\n")
+    ec = tls_hba_ecluse(ecluse_factory, pg, tls_certs, tmp_path, "verify-ca",
+                        rules="hostssl all all 127.0.0.1/32 cert map=certs\n",
+                        extra={"auth_ident_file": str(tmp_path / "ident.conf")})
+    other_key = private_copy(tls_certs.client_other.key, tmp_path)
+    pg_dir = tmp_path / "pg"
+    pg_dir.mkdir()
+    postgres_key = private_copy(tls_certs.client_postgres.key, pg_dir)
+    base = f"host=127.0.0.1 port={ec.port} dbname=ecluse_test sslmode=require connect_timeout=10"
+    other = f"sslcert={tls_certs.client_other.cert} sslkey={other_key}"
+    with psycopg.connect(f"{base} user=reporting {other}", autocommit=True) as conn:
+        assert conn.execute("select current_user").fetchone() == ("trustuser",)
+    for user, cert in (("someone_else", other),
+                       ("reporting", f"sslcert={tls_certs.client_postgres.cert} "
+                                     f"sslkey={postgres_key}")):
+        with pytest.raises(psycopg.OperationalError,
+                           match=f'certificate authentication failed for user "{user}"'):
+            psycopg.connect(f"{base} user={user} {cert}")
