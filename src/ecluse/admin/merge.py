@@ -18,9 +18,10 @@ from the first worker that has the row):
   the node's figure: taken once (the largest, as workers read it at slightly
   different instants); current_client_connections summed; paused/disabled:
   1 if any worker says so.
-- LISTS, key list: summed, except databases and users (the same config in
-  every worker: the largest is taken; the users of pools only one worker
-  has may be missed, an undercount).
+- LISTS, key list: summed, except databases, users and dns_names (the same
+  config in every worker, each looking up the same server names: the largest
+  is taken; the users of pools only one worker has may be missed, an
+  undercount).
 - POOL_WAITS, key (database, user): counts summed; percentiles: the largest
   of the workers' (an upper bound of the node's percentile: each worker's
   quantile is a bucket bound, and the node's quantile lies between the
@@ -245,7 +246,7 @@ MERGES: dict[str, Merge] = {
 }
 
 # SHOW LISTS rows that are the same config in every worker: not summed.
-_LISTS_SHARED = frozenset({b"databases", b"users"})
+_LISTS_SHARED = frozenset({b"databases", b"users", b"dns_names"})
 
 
 def merge_results(command: str, results: list[Result],

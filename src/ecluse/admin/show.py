@@ -60,10 +60,10 @@ NEUTRAL_COLUMNS: dict[str, frozenset[str]] = {
     # cancel-request list to count. Servers being cancelled are in sv_used.
     "SHOW POOLS": frozenset({"cl_active_cancel_req", "cl_waiting_cancel_req",
                              "sv_active_cancel", "sv_being_canceled"}),
-    # ecluse allocates no slabs and has no DNS cache (asyncio resolves). These
-    # are rows of SHOW LISTS (its columns are list, items).
-    "SHOW LISTS": frozenset({"free_clients", "free_servers", "dns_names", "dns_zones",
-                             "dns_queries", "dns_pending", "peers", "peer_pools"}),
+    # ecluse allocates no slabs and watches no DNS zones (its resolver is the
+    # system's). These are rows of SHOW LISTS (its columns are list, items).
+    "SHOW LISTS": frozenset({"free_clients", "free_servers", "dns_zones", "dns_pending",
+                             "peers", "peer_pools"}),
     # remote_pid of a client: ecluse does not read peer credentials.
     "SHOW CLIENTS": frozenset({"remote_pid", "prepared_statements"}),
     "SHOW SERVERS": frozenset({"wait", "wait_us"}),
@@ -85,10 +85,9 @@ EMPTY_RESULTS: dict[str, str] = {
     "SHOW FDS": "ecluse does no socket hand-over restart",
     # PgBouncer's slab allocator caches; ecluse allocates Python objects.
     "SHOW MEM": "ecluse has no slab caches",
-    # PgBouncer's own asynchronous DNS cache; ecluse resolves host names through
-    # asyncio at each connect and caches nothing.
-    "SHOW DNS_HOSTS": "ecluse has no DNS cache",
-    "SHOW DNS_ZONES": "ecluse has no DNS cache",
+    # PgBouncer's zone serial checks (dns_zone_check_period) need SOA queries the
+    # system resolver cannot make; ecluse's cache (server/dns.py) has no zones.
+    "SHOW DNS_ZONES": "ecluse watches no DNS zones",
 }
 
 
@@ -220,8 +219,9 @@ def show_lists(ctx: ClientContext) -> bytes:
     rows = [("databases", len(ctx.config.databases)), ("users", len(users)), ("peers", 0),
             ("pools", len(pools)), ("peer_pools", 0), ("free_clients", 0),
             ("used_clients", len(clients)), ("login_clients", login), ("free_servers", 0),
-            ("used_servers", servers), ("dns_names", 0), ("dns_zones", 0),
-            ("dns_queries", 0), ("dns_pending", 0)]
+            ("used_servers", servers), ("dns_names", len(ctx.registry.dns)),
+            ("dns_zones", 0), ("dns_queries", ctx.registry.dns.pending()),
+            ("dns_pending", 0)]
     return encode_result([("list", "s"), ("items", "i")], rows)
 
 
@@ -485,7 +485,7 @@ def show_active_sockets(ctx: ClientContext) -> bytes:
     return _debug_sockets(ctx, only_active=True)
 
 
-# --- SHOW FDS / MEM / DNS_HOSTS / DNS_ZONES (columns, no rows: EMPTY_RESULTS) -----
+# --- SHOW FDS / MEM / DNS_ZONES (columns, no rows: EMPTY_RESULTS), DNS_HOSTS ------
 
 _FDS = (("fd", "i"), ("task", "s"), ("user", "s"), ("database", "s"), ("addr", "s"),
         ("port", "i"), ("cancel", "q"), ("link", "i"), ("client_encoding", "s"),
@@ -503,7 +503,10 @@ def show_mem(ctx: ClientContext) -> bytes:
 
 
 def show_dns_hosts(ctx: ClientContext) -> bytes:
-    return encode_result([("hostname", "s"), ("ttl", "q"), ("addrs", "s")], [])
+    """The server host names this worker looked up: seconds until the next lookup,
+    the addresses it hands out in turn (empty after a failed lookup)."""
+    return encode_result([("hostname", "s"), ("ttl", "q"), ("addrs", "s")],
+                         ctx.registry.dns.rows())
 
 
 def show_dns_zones(ctx: ClientContext) -> bytes:

@@ -185,6 +185,10 @@ class Settings:
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
+    # How long a server host name's addresses (or its lookup's failure) are kept
+    # before the next lookup (server/dns.py).
+    dns_max_ttl: float = 15.0
+    dns_nxdomain_ttl: float = 15.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
     client_idle_timeout: float = 0.0

@@ -422,7 +422,8 @@ class ListenHub:
         server.slot_held = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port, s.tcp)
+                await open_socket(server, host, s.port, s.tcp,
+                                  await pool.registry.server_addresses(host))
                 await done
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):

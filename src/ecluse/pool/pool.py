@@ -557,7 +557,8 @@ class Pool:
         counted = True
         try:
             async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port, s.tcp)
+                await open_socket(server, host, s.port, s.tcp,
+                                  await self.registry.server_addresses(host))
                 self.launching -= 1
                 counted = False
                 self._set_state(server, ServerState.LOGIN)

@@ -17,6 +17,7 @@ from ecluse.config import Config, DatabaseConfig
 from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
 from ecluse.pool.shared import Key, LocalCounts, SharedCounts
+from ecluse.server.dns import DnsCache
 from ecluse.tcpopts import TcpOptions
 
 log = logging.getLogger("ecluse.pool")
@@ -49,6 +50,16 @@ class PoolRegistry:
         # Pools a reload replaced (pool mode changed) or whose database it removed:
         # their clients keep them until they leave; no new client gets them.
         self.retired: list[Pool] = []
+        # Server host names this worker looked up (dns_max_ttl, dns_nxdomain_ttl).
+        self.dns = DnsCache()
+
+    async def server_addresses(self, host: str) -> tuple[str, ...]:
+        """The addresses to try in order for server ``host``: none for an IP address
+        or a unix-socket directory (connect to it as it is), else its cached ones,
+        starting with the next in turn (server/dns.py). Raises OSError when the
+        name does not resolve."""
+        s = self.config.settings
+        return await self.dns.addresses(host, s.dns_max_ttl, s.dns_nxdomain_ttl)
 
     def __iter__(self) -> Iterator[Pool]:
         return iter([*self.pools.values(), *self.retired])

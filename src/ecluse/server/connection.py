@@ -132,14 +132,24 @@ Row = list[bytes | None]
 
 
 async def open_socket(server: ServerConnection, host: str, port: int | str,
-                      tcp: TcpOptions | None = None) -> None:
+                      tcp: TcpOptions | None = None,
+                      addresses: Sequence[str] = ()) -> None:
     """Connect ``server`` to PostgreSQL: a unix socket when ``host`` is a directory
-    (a path starting with "/"), TCP otherwise, with the ``tcp`` options."""
+    (a path starting with "/"), TCP otherwise, with the ``tcp`` options. With
+    ``addresses`` (``host``'s, looked up already: server/dns.py) each is tried in
+    order until one accepts, as libpq does; the last one's error is raised."""
     loop = asyncio.get_running_loop()
     if host.startswith("/"):
         await loop.create_unix_connection(lambda: server, f"{host}/.s.PGSQL.{port}")
         return
-    transport, _ = await loop.create_connection(lambda: server, host, port)
+    targets = addresses or (host,)
+    for i, address in enumerate(targets):
+        try:
+            transport, _ = await loop.create_connection(lambda: server, address, port)
+            break
+        except OSError:
+            if i == len(targets) - 1:
+                raise
     sock = transport.get_extra_info("socket")
     if tcp is not None and sock is not None:
         apply_tcp_options(sock, tcp)

@@ -135,7 +135,8 @@ def test_realistic_settings(realistic: Path) -> None:
     assert s.logfile == "/var/log/pgbouncer/pgbouncer.log"
     assert s.pidfile == "/var/run/pgbouncer/pgbouncer.pid"
     assert (s.tcp_keepidle, s.listen_backlog, s.tcp_defer_accept) == (30, 512, False)
-    assert dict(s.extra) == {"dns_max_ttl": "15", "pkt_buf": "4096"}
+    assert dict(s.extra) == {"pkt_buf": "4096"}
+    assert s.dns_max_ttl == 15.0
     assert s.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
