@@ -188,6 +188,7 @@ class Settings:
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
     idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0  # a transaction longer than this closes its client
     ignore_startup_parameters: tuple[str, ...] = ()
     application_name_add_host: bool = False
     logfile: str | None = None

@@ -91,6 +91,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "client_idle_timeout": parse_seconds,
         "client_login_timeout": parse_seconds,
         "idle_transaction_timeout": parse_seconds,
+        "transaction_timeout": parse_seconds,
         "ignore_startup_parameters": parse_list,
         "application_name_add_host": parse_bool,
         "logfile": parse_optional_str,
@@ -170,7 +171,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "service_name",
         "suspend_timeout",
         "track_extra_parameters",
-        "transaction_timeout",
     }
 )
 

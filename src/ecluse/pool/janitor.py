@@ -30,6 +30,7 @@ class TimedClient(Protocol):
     server: object
     last_activity: float
     request_started: float
+    xact_started: float  # 0.0 outside a transaction
 
     def fatal(self, error: Exception) -> None: ...
 
@@ -58,11 +59,13 @@ def expire_logins(logging_in: dict, timeout: float, now: float) -> None:
 
 def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
                           now: float) -> None:
-    """Close clients past client_idle_timeout, idle_transaction_timeout or query_timeout."""
+    """Close clients past client_idle_timeout, query_timeout, idle_transaction_timeout
+    or transaction_timeout, in PgBouncer's order of precedence."""
     idle_t = settings.client_idle_timeout
-    txn_t = settings.idle_transaction_timeout
+    idle_xact_t = settings.idle_transaction_timeout
     query_t = settings.query_timeout
-    if not (idle_t or txn_t or query_t):
+    xact_t = settings.transaction_timeout
+    if not (idle_t or idle_xact_t or query_t or xact_t):
         return
     for client in list(clients):
         server = client.server
@@ -75,9 +78,16 @@ def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
                 and now - client.request_started > query_t:
             server.close_when_released = True
             client.fatal(EcluseError("query_timeout", sqlstate="57014"))
-        elif txn_t and tracker.is_done() and tracker.status != ord("I") \
-                and now - client.last_activity > txn_t:
+        elif idle_xact_t and tracker.is_done() and tracker.status != ord("I") \
+                and now - client.last_activity > idle_xact_t:
             client.fatal(EcluseError("idle transaction timeout", sqlstate="25P03"))
+        elif xact_t and client.xact_started and now - client.xact_started > xact_t:
+            # Counted from the transaction's first request, idle or running; as
+            # PgBouncer, the server goes too: a query still running there stops with
+            # it. PgBouncer's message; PostgreSQL 17's SQLSTATE for its own
+            # transaction_timeout.
+            server.close_when_released = True
+            client.fatal(EcluseError("transaction timeout", sqlstate="25P04"))
 
 
 class Janitor:

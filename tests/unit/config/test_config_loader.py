@@ -199,6 +199,19 @@ def test_every_settings_field_has_a_parser() -> None:
     assert not (set(SETTINGS) & KNOWN_UNIMPLEMENTED)
 
 
+# PgBouncer's timeouts that ecluse once only accepted: PgBouncer's default and unit
+# (seconds, fractions allowed), and a value set in the file reaches Settings.
+PGBOUNCER_TIMEOUTS = {"transaction_timeout": 0.0}
+
+
+@pytest.mark.parametrize(("key", "default"), sorted(PGBOUNCER_TIMEOUTS.items()))
+def test_pgbouncer_timeouts_default_and_parse(key: str, default: float) -> None:
+    assert getattr(Settings(), key) == default
+    config = config_from_string(f"[pgbouncer]\n{key} = 2.5\n")
+    assert getattr(config.settings, key) == 2.5
+    assert key not in config.settings.extra and not config.warnings
+
+
 def test_keys_are_case_insensitive_in_pgbouncer_and_ecluse_sections() -> None:
     config = config_from_string("[Ecluse]\nDEFAULT_POOL_SIZE = 3\nPool_Mode = Statement\n")
     assert config.settings.default_pool_size == 3
