@@ -6,6 +6,7 @@ and to whom."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
@@ -72,3 +73,73 @@ def test_transaction_timeout_set_online_applies_to_open_transactions(ecluse_fact
         time.sleep(2)
         with pytest.raises(psycopg.errors.TransactionTimeout):
             conn.execute("select 2")
+
+
+# --- query_wait_notify ---------------------------------------------------------------
+
+WAIT_NOTICE = "No server connection available in postgres backend, client being queued"
+
+
+def notices_of(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """Collect (severity, sqlstate, message) of every notice ``conn`` gets."""
+    got: list[tuple[str, str, str]] = []
+    conn.add_notice_handler(
+        lambda d: got.append((d.severity_nonlocalized, d.sqlstate, d.message_primary)))
+    return got
+
+
+def query_while_held(holder: psycopg.Connection, waiter: psycopg.Connection,
+                     hold: float) -> tuple:
+    """Have ``waiter`` query while ``holder`` keeps the only server in a transaction
+    for ``hold`` seconds; return its result."""
+    holder.execute("select 1")  # BEGIN: the server stays with the holder
+    result: dict[str, tuple] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(row=waiter.execute("select 'served'").fetchone()))
+    thread.start()
+    time.sleep(hold)
+    holder.commit()
+    thread.join(30)
+    return result["row"]
+
+
+def test_query_wait_notify_tells_a_queued_client_once_per_wait(ecluse_factory):
+    ec = ecluse_factory({"default_pool_size": 1, "query_wait_notify": 1,
+                         "query_wait_timeout": 30})
+    with psycopg.connect(ec.dsn()) as holder, \
+            psycopg.connect(ec.dsn(), autocommit=True) as waiter:
+        got = notices_of(waiter)
+        assert waiter.execute("select 'at once'").fetchone() == ("at once",)
+        assert got == []  # served without waiting: nothing to say
+        assert query_while_held(holder, waiter, 3) == ("served",)
+        assert got == [("NOTICE", "00000", WAIT_NOTICE)]  # once, however long it waited
+        assert query_while_held(holder, waiter, 3) == ("served",)
+        assert len(got) == 2  # a new wait, a new notice
+
+
+def test_query_wait_notify_in_session_mode(ecluse_factory):
+    """The first query of a session-mode client queued for a server held by another."""
+    ec = ecluse_factory({"pool_mode": "session", "default_pool_size": 1,
+                         "query_wait_notify": 1, "query_wait_timeout": 30})
+    holder = psycopg.connect(ec.dsn())
+    with psycopg.connect(ec.dsn(), autocommit=True) as waiter:
+        got = notices_of(waiter)
+        holder.execute("select 1")
+        result: dict[str, tuple] = {}
+        thread = threading.Thread(
+            target=lambda: result.update(row=waiter.execute("select 'served'").fetchone()))
+        thread.start()
+        time.sleep(3)
+        holder.close()  # the session ends: its server goes to the waiter
+        thread.join(30)
+        assert result["row"] == ("served",)
+        assert got == [("NOTICE", "00000", WAIT_NOTICE)]
+
+
+def test_query_wait_notify_zero_says_nothing(ecluse_factory):
+    ec = ecluse_factory({"default_pool_size": 1, "query_wait_notify": 0})
+    with psycopg.connect(ec.dsn()) as holder, \
+            psycopg.connect(ec.dsn(), autocommit=True) as waiter:
+        got = notices_of(waiter)
+        assert query_while_held(holder, waiter, 3) == ("served",)
+        assert got == []

@@ -185,6 +185,7 @@ class Settings:
     server_login_retry: float = 15.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
+    query_wait_notify: float = 5.0  # a notice to a client queued longer; 0: none
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
     idle_transaction_timeout: float = 0.0

@@ -110,6 +110,9 @@ _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 _NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 _READY_IDLE = be.encode_ready_for_query(b"I")
+# query_wait_notify's notice: PgBouncer's text, severity and SQLSTATE.
+_WAIT_NOTICE = be.encode_notice_response(
+    "No server connection available in postgres backend, client being queued")
 _AUTH_OK = be.encode_authentication_ok()
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
@@ -642,6 +645,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             return
         log.warning("%s gave up waiting for a server: %s", self._describe(), error)
         self.fatal(error)
+
+    def on_long_wait(self) -> None:
+        """query_wait_notify passed while this client waits for a server: say so with
+        a NoticeResponse, which a client may get at any time; the wait goes on. Not
+        before the welcome, as PgBouncer."""
+        if self.state is _WAITING and self.transport is not None:
+            self.transport.write(_WAIT_NOTICE)
 
     def _flush_pending(self) -> None:
         pieces, self._pending = self._pending, ()

@@ -1,5 +1,6 @@
 """Periodic maintenance: pool sizes, server lifetimes, login, client and query timeouts,
-and the stats_period sample behind SHOW STATS_AVERAGES and log_stats.
+the query_wait_notify notices, and the stats_period sample behind SHOW
+STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
 wakes while idle (DESIGN.md hot-path rules).
@@ -123,10 +124,12 @@ class Janitor:
                 log.exception("janitor pass failed")
 
     def run_once(self) -> None:
+        settings = self._settings()
+        notify_after = settings.query_wait_notify
         for pool in self._registry:
             pool.maintain()
+            pool.notify_long_waits(time.monotonic(), notify_after)
         now = time.monotonic()
-        settings = self._settings()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now)
         if self._registry.retired:

@@ -201,7 +201,7 @@ def test_every_settings_field_has_a_parser() -> None:
 
 # PgBouncer's timeouts that ecluse once only accepted: PgBouncer's default and unit
 # (seconds, fractions allowed), and a value set in the file reaches Settings.
-PGBOUNCER_TIMEOUTS = {"transaction_timeout": 0.0}
+PGBOUNCER_TIMEOUTS = {"transaction_timeout": 0.0, "query_wait_notify": 5.0}
 
 
 @pytest.mark.parametrize(("key", "default"), sorted(PGBOUNCER_TIMEOUTS.items()))
