@@ -143,3 +143,52 @@ def test_query_wait_notify_zero_says_nothing(ecluse_factory):
         got = notices_of(waiter)
         assert query_while_held(holder, waiter, 3) == ("served",)
         assert got == []
+
+
+# --- server_fast_close ---------------------------------------------------------------
+
+def backend_alive(pg_conn, pid: int) -> bool:
+    return pg_conn.execute("select count(*) from pg_stat_activity where pid = %s",
+                           (pid,)).fetchone()[0] == 1
+
+
+def test_server_fast_close_ends_a_session_at_its_transactions_end(ecluse_factory, pg_conn):
+    """RECONNECT in session mode: the session in a transaction finishes it untouched;
+    then its server and the client are closed, the client told why."""
+    ec = ecluse_factory({**ADMIN_SETTINGS, "pool_mode": "session", "server_fast_close": 1})
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn()) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]  # in a transaction
+        console.execute("RECONNECT", prepare=False)
+        time.sleep(3)  # a few janitor passes: an open transaction is not interrupted
+        assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
+        conn.commit()
+        assert wait_for(lambda: not backend_alive(pg_conn, pid), timeout=15)
+        with pytest.raises(psycopg.OperationalError, match="database configuration changed"):
+            conn.execute("select 1")
+    with psycopg.connect(ec.dsn(), autocommit=True) as fresh:  # a new session, a new server
+        assert fresh.execute("select pg_backend_pid()").fetchone()[0] != pid
+
+
+def test_server_fast_close_after_a_reload_that_changes_the_connection(ecluse_factory, pg_conn):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "pool_mode": "session", "server_fast_close": 1})
+    with admin_conn(ec) as console, psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        text = ec.config_path.read_text()
+        ec.config_path.write_text(text.replace("dbname=ecluse_test",
+                                               "dbname=ecluse_test application_name=moved"))
+        console.execute("RELOAD", prepare=False)
+        assert wait_for(lambda: not backend_alive(pg_conn, pid), timeout=15)
+        with pytest.raises(psycopg.OperationalError, match="database configuration changed"):
+            conn.execute("select 1")
+
+
+def test_without_server_fast_close_a_session_keeps_its_server(ecluse_factory, pg_conn):
+    ec = ecluse_factory({**ADMIN_SETTINGS, "pool_mode": "session"})
+    with admin_conn(ec) as console:
+        with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+            console.execute("RECONNECT", prepare=False)
+            time.sleep(3)
+            assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
+        # Closed at the session's end instead.
+        assert wait_for(lambda: not backend_alive(pg_conn, pid), timeout=15)

@@ -179,6 +179,9 @@ class Settings:
     server_reset_query_always: bool = False
     server_check_query: str = "select 1"
     server_check_delay: float = 30.0
+    # Session mode: a server marked to close (RECONNECT, RELOAD) closes, with its
+    # client, at the end of the client's transaction, not of its session.
+    server_fast_close: bool = False
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0

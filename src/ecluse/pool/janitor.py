@@ -1,5 +1,5 @@
 """Periodic maintenance: pool sizes, server lifetimes, login, client and query timeouts,
-the query_wait_notify notices, and the stats_period sample behind SHOW
+the query_wait_notify notices, server_fast_close, and the stats_period sample behind SHOW
 STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
@@ -16,6 +16,7 @@ from typing import Protocol
 
 from ecluse.config import Settings
 from ecluse.errors import EcluseError
+from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
 from ecluse.stats.period import PeriodSampler, totals_by_database
 
@@ -91,6 +92,25 @@ def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
             client.fatal(EcluseError("transaction timeout", sqlstate="25P04"))
 
 
+def fast_close_sessions(pools: Iterable[Pool]) -> None:
+    """server_fast_close: close each session-mode server marked to close (RECONNECT, a
+    RELOAD that changed how to connect) once its client's transaction is over, and
+    the client with it, so that it notices its session ended (PgBouncer's text).
+
+    A transaction still open, or a request still running, is never interrupted:
+    the server is looked at again at the next pass.
+    """
+    for pool in pools:
+        if pool.settings.mode != "session":
+            continue
+        for server in [s for s in pool.active if s.close_when_released]:
+            client: TimedClient | None = server.client  # type: ignore[assignment]
+            if client is None or server.in_internal() or not server.tracker.can_release():
+                continue
+            # Its client's _abandon gives the server back, and release closes it.
+            client.fatal(EcluseError("database configuration changed", sqlstate="08P01"))
+
+
 class Janitor:
     """Runs maintenance every PERIOD seconds until stopped."""
 
@@ -132,6 +152,8 @@ class Janitor:
         now = time.monotonic()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now)
+        if settings.server_fast_close:
+            fast_close_sessions(self._registry)
         if self._registry.retired:
             self._registry.drop_retired({id(c.pool) for c in self._clients()
                                          if getattr(c, "pool", None) is not None})

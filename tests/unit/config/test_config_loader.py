@@ -199,16 +199,21 @@ def test_every_settings_field_has_a_parser() -> None:
     assert not (set(SETTINGS) & KNOWN_UNIMPLEMENTED)
 
 
-# PgBouncer's timeouts that ecluse once only accepted: PgBouncer's default and unit
+# PgBouncer settings that ecluse once only accepted: PgBouncer's default and unit
 # (seconds, fractions allowed), and a value set in the file reaches Settings.
-PGBOUNCER_TIMEOUTS = {"transaction_timeout": 0.0, "query_wait_notify": 5.0}
+PGBOUNCER_SETTINGS = {
+    "transaction_timeout": (0.0, "2.5", 2.5),
+    "query_wait_notify": (5.0, "2.5", 2.5),
+    "server_fast_close": (False, "1", True),
+}
 
 
-@pytest.mark.parametrize(("key", "default"), sorted(PGBOUNCER_TIMEOUTS.items()))
-def test_pgbouncer_timeouts_default_and_parse(key: str, default: float) -> None:
+@pytest.mark.parametrize("key", sorted(PGBOUNCER_SETTINGS))
+def test_once_unimplemented_pgbouncer_settings_default_and_parse(key: str) -> None:
+    default, text, value = PGBOUNCER_SETTINGS[key]
     assert getattr(Settings(), key) == default
-    config = config_from_string(f"[pgbouncer]\n{key} = 2.5\n")
-    assert getattr(config.settings, key) == 2.5
+    config = config_from_string(f"[pgbouncer]\n{key} = {text}\n")
+    assert getattr(config.settings, key) == value
     assert key not in config.settings.extra and not config.warnings
 
 
