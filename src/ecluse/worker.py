@@ -163,7 +163,8 @@ class Worker:
         self.ctx.peer_id = config.settings.peer_id
         self.ctx.forward_to_peer = self._forward_to_peer
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
-                               lambda: self.ctx.clients, lambda: self.ctx.logging_in)
+                               lambda: self.ctx.clients, lambda: self.ctx.logging_in,
+                               lambda: self.ctx.db_clients)
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None  # other workers' cancels

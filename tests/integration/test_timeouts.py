@@ -192,3 +192,30 @@ def test_without_server_fast_close_a_session_keeps_its_server(ecluse_factory, pg
             assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
         # Closed at the session's end instead.
         assert wait_for(lambda: not backend_alive(pg_conn, pid), timeout=15)
+
+
+# --- autodb_idle_timeout -------------------------------------------------------------
+
+def pools_of(console) -> set[str]:
+    return {row[0] for row in console.execute("SHOW POOLS", prepare=False).fetchall()}
+
+
+def test_autodb_idle_timeout_removes_unused_pools_of_the_fallback_entry(ecluse_factory, pg):
+    backend = f"host={pg.host} port={pg.port}"
+    ec = ecluse_factory({**ADMIN_SETTINGS, "autodb_idle_timeout": 1, "server_idle_timeout": 1},
+                        databases={"*": backend, "postgres": f"{backend} dbname=postgres"})
+    with admin_conn(ec) as console:
+        with psycopg.connect(ec.dsn(dbname="postgres"), autocommit=True) as listed:
+            listed.execute("select 1")
+        with psycopg.connect(ec.dsn(dbname="ecluse_test"), autocommit=True) as auto:
+            assert auto.execute("select current_database()").fetchone() == ("ecluse_test",)
+            time.sleep(4)  # its server idles out; its client keeps the database in use
+            assert "ecluse_test" in pools_of(console)
+        # No client and, once server_idle_timeout has closed it, no server: removed.
+        assert wait_for(lambda: "ecluse_test" not in pools_of(console), timeout=15)
+        stats = {row[0] for row in console.execute("SHOW STATS", prepare=False).fetchall()}
+        assert "ecluse_test" not in stats  # its statistics went with it, as in PgBouncer
+        assert "postgres" in pools_of(console)  # a listed database stays
+        with psycopg.connect(ec.dsn(dbname="ecluse_test"), autocommit=True) as back:
+            assert back.execute("select 1").fetchone() == (1,)  # a new pool serves it
+        assert "ecluse_test" in pools_of(console)

@@ -191,6 +191,8 @@ class Settings:
     query_wait_notify: float = 5.0  # a notice to a client queued longer; 0: none
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
+    # Pools of databases made from the "*" entry, unused this long, are removed.
+    autodb_idle_timeout: float = 3600.0
     idle_transaction_timeout: float = 0.0
     transaction_timeout: float = 0.0  # a transaction longer than this closes its client
     ignore_startup_parameters: tuple[str, ...] = ()

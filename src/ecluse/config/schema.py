@@ -92,6 +92,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "query_wait_notify": parse_seconds,
         "client_idle_timeout": parse_seconds,
         "client_login_timeout": parse_seconds,
+        "autodb_idle_timeout": parse_seconds,
         "idle_transaction_timeout": parse_seconds,
         "transaction_timeout": parse_seconds,
         "ignore_startup_parameters": parse_list,
@@ -153,7 +154,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
         "auth_ident_file",
         "auth_ldap_options",
-        "autodb_idle_timeout",
         "cancel_wait_timeout",
         "client_tls13_ciphers",
         "client_tls_dheparams",

@@ -1,6 +1,6 @@
 """Periodic maintenance: pool sizes, server lifetimes, login, client and query timeouts,
-the query_wait_notify notices, server_fast_close, and the stats_period sample behind SHOW
-STATS_AVERAGES and log_stats.
+the query_wait_notify notices, server_fast_close, autodb_idle_timeout, and the
+stats_period sample behind SHOW STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
 wakes while idle (DESIGN.md hot-path rules).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from ecluse.config import Settings
@@ -116,11 +116,14 @@ class Janitor:
 
     def __init__(self, registry: PoolRegistry, settings: Callable[[], Settings],
                  clients: Callable[[], Iterable[TimedClient]],
-                 logging_in: Callable[[], dict]):
+                 logging_in: Callable[[], dict],
+                 clients_per_db: Callable[[], Mapping[str, int]] | None = None):
         self._registry = registry
         self._settings = settings
         self._clients = clients
         self._logging_in = logging_in  # see expire_logins
+        # Logged-in clients per database, for autodb_idle_timeout; None: not applied.
+        self._clients_per_db = clients_per_db
         self._task: asyncio.Task | None = None
         self.sampler = PeriodSampler()
         self._next_sample = 0.0
@@ -154,6 +157,9 @@ class Janitor:
         check_client_timeouts(self._clients(), settings, now)
         if settings.server_fast_close:
             fast_close_sessions(self._registry)
+        if self._clients_per_db is not None:
+            self._registry.drop_idle_autodbs(self._clients_per_db(),
+                                             settings.autodb_idle_timeout, now)
         if self._registry.retired:
             self._registry.drop_retired({id(c.pool) for c in self._clients()
                                          if getattr(c, "pool", None) is not None})

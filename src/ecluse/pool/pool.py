@@ -714,6 +714,17 @@ class Pool:
         self.retired = True
         self.close_all(lambda server: True)
 
+    def discard(self) -> None:
+        """Close this pool for good: its registry forgot it (autodb_idle_timeout).
+
+        No client holds it. With several workers, a count of waiting clients once
+        published for it is taken back, so that no worker lends servers to it.
+        """
+        self.closed = True
+        self.close_all()
+        if self.registry.shared:
+            self._publish_wanted()
+
     def close_all(self, predicate: Callable[[ServerConnection], bool] | None = None) -> None:
         """Close idle servers now and mark busy ones to close on release.
 

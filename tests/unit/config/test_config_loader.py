@@ -205,6 +205,7 @@ PGBOUNCER_SETTINGS = {
     "transaction_timeout": (0.0, "2.5", 2.5),
     "query_wait_notify": (5.0, "2.5", 2.5),
     "server_fast_close": (False, "1", True),
+    "autodb_idle_timeout": (3600.0, "2.5", 2.5),
 }
 
 
