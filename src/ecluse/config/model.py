@@ -189,6 +189,7 @@ class Settings:
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
     query_wait_notify: float = 5.0  # a notice to a client queued longer; 0: none
+    cancel_wait_timeout: float = 10.0  # how long a cancel may take to deliver; 0: no limit
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
     # Pools of databases made from the "*" entry, unused this long, are removed.

@@ -90,6 +90,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "query_timeout": parse_seconds,
         "query_wait_timeout": parse_seconds,
         "query_wait_notify": parse_seconds,
+        "cancel_wait_timeout": parse_seconds,
         "client_idle_timeout": parse_seconds,
         "client_login_timeout": parse_seconds,
         "autodb_idle_timeout": parse_seconds,
@@ -154,7 +155,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
         "auth_ident_file",
         "auth_ldap_options",
-        "cancel_wait_timeout",
         "client_tls13_ciphers",
         "client_tls_dheparams",
         "client_tls_ecdhcurve",

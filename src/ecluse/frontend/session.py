@@ -33,7 +33,7 @@ import logging
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from socket import inet_aton
 from types import MappingProxyType
 
@@ -903,38 +903,58 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     # --- cancel ----------------------------------------------------------------
     def _on_cancel_request(self, msg: CancelRequest) -> None:
-        """A CancelRequest arrived on this new connection: route it, then close."""
-        self.ctx.deliver_cancel(msg.process_id, msg.secret)
-        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
+        """A CancelRequest arrived on this new connection: route it, then close the
+        connection once it has been delivered or given up (cancel_wait_timeout), as
+        PostgreSQL closes it once it has acted: a client's PQcancel returns then."""
         self.state = _CLOSED
         self.ctx.clients.discard(self)
-        self.transport.close()
+        self.ctx.logging_in.pop(self, None)
+        transport = self.transport
+        transport.pause_reading()  # nothing more is read, as PostgreSQL reads nothing
+        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
+        self.ctx.deliver_cancel(msg.process_id, msg.secret, transport.close)
 
-    def cancel(self) -> None:
-        """Cancel this session's current request, wherever it is."""
+    def cancel(self, done: Callable[[], None] | None = None) -> None:
+        """Cancel this session's current request, wherever it is; ``done`` runs once
+        the cancel has been delivered, given up, or found nothing to cancel."""
         server = self.server
         if server is not None:
             if not server.tracker.is_done():
-                self._cancel_on(server)
+                self._cancel_on(server, done)
+                return
         elif self.state is _WAITING and self.pool is not None \
                 and self.pool.cancel_wait(self):
             self._fail_pending("canceling statement due to user request", "57014")
+        if done is not None:
+            done()
 
-    def _cancel_on(self, server: ServerConnection) -> None:
+    def _cancel_on(self, server: ServerConnection,
+                   done: Callable[[], None] | None = None) -> None:
         """Forward a cancel; the pool holds the server back until it has been delivered,
         so a late cancel can never hit the next client's query (pgbouncer #717)."""
         if server.key is None or server.cancel_in_flight:
-            return  # one cancel per request is enough; PostgreSQL ignores the rest
+            # One cancel per request is enough; PostgreSQL ignores the rest.
+            if done is not None:
+                done()
+            return
         server.cancel_in_flight = True
+        timeout = self.ctx.config.settings.cancel_wait_timeout
 
         async def deliver() -> None:
+            delivered = False
             try:
-                await send_cancel(server.host, server.port, server.key)
+                delivered = await send_cancel(server.host, server.port, server.key, timeout)
             finally:
+                if not delivered:
+                    # Given up, it may still land later, under whatever the server
+                    # runs then (pgbouncer #717): this server serves no one else.
+                    server.close_when_released = True
                 server.cancel_in_flight = False
                 resume, server.after_cancels = server.after_cancels, None
                 if resume is not None:
                     resume()
+                if done is not None:
+                    done()
 
         self.ctx.spawn(deliver())
 

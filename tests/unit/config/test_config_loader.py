@@ -206,6 +206,7 @@ PGBOUNCER_SETTINGS = {
     "query_wait_notify": (5.0, "2.5", 2.5),
     "server_fast_close": (False, "1", True),
     "autodb_idle_timeout": (3600.0, "2.5", 2.5),
+    "cancel_wait_timeout": (10.0, "2.5", 2.5),
 }
 
 
