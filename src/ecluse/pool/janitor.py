@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 from ecluse.config import Settings
 from ecluse.errors import EcluseError
@@ -104,7 +104,8 @@ def fast_close_sessions(pools: Iterable[Pool]) -> None:
         if pool.settings.mode != "session":
             continue
         for server in [s for s in pool.active if s.close_when_released]:
-            client: TimedClient | None = server.client  # type: ignore[assignment]
+            # Only sessions link servers: the client is a FrontendSession.
+            client = cast("TimedClient | None", server.client)
             if client is None or server.in_internal() or not server.tracker.can_release():
                 continue
             # Its client's _abandon gives the server back, and release closes it.

@@ -116,7 +116,7 @@ class Pool:
         self.closed = False
         self.key = ("pool", settings.database, settings.user)  # in the node-wide counts
         self._wanted_published = 0  # waiting clients last told to the other workers
-        # query_wait_notify: when the last waiter told it waits had queued (see
+        # query_wait_notify: the queueing time of the last waiter told it waits (see
         # notify_long_waits); nothing per waiter, so nothing per queued transaction.
         self._wait_told = -math.inf
         self._retry: asyncio.TimerHandle | None = None
