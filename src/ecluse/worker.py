@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from ecluse import logsetup
 from ecluse.admin.http import HttpServer, start_http
@@ -30,7 +31,7 @@ from ecluse.pool.janitor import Janitor
 from ecluse.pool.registry import PoolRegistry
 from ecluse.pool.shared import LocalCounts, SharedCounts
 from ecluse.protocol.messages import BackendKeyData
-from ecluse.server.cancel import send_cancel
+from ecluse.server.cancel import pass_cancel_on
 from ecluse.tcpopts import configure_listener
 
 log = logging.getLogger("ecluse")
@@ -163,7 +164,8 @@ class Worker:
         self.ctx.peer_id = config.settings.peer_id
         self.ctx.forward_to_peer = self._forward_to_peer
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
-                               lambda: self.ctx.clients, lambda: self.ctx.logging_in)
+                               lambda: self.ctx.clients, lambda: self.ctx.logging_in,
+                               lambda: self.ctx.db_clients)
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None  # other workers' cancels
@@ -220,21 +222,27 @@ class Worker:
             raise SystemExit(1) from None
         log.info("metrics and HTTP API on http://%s", self._http.address)
 
-    def _forward_cancel(self, worker: int, process_id: int, secret: bytes) -> None:
+    def _forward_cancel(self, worker: int, process_id: int, secret: bytes,
+                        done: Callable[[], None]) -> None:
         if self.rundir is None or worker >= self.workers:
-            return  # not a key of this node: dropped, as PostgreSQL drops unknown keys
+            done()  # not a key of this node: dropped, as PostgreSQL drops unknown keys
+            return
         log.debug("cancel request for worker %d passed on", worker)
-        self.ctx.spawn(send_cancel(self.rundir, worker, BackendKeyData(process_id, secret)))
+        self.ctx.spawn(pass_cancel_on(self.rundir, worker, BackendKeyData(process_id, secret),
+                                      self.ctx.config.settings.cancel_wait_timeout, done))
 
-    def _forward_to_peer(self, peer: int, process_id: int, secret: bytes) -> None:
+    def _forward_to_peer(self, peer: int, process_id: int, secret: bytes,
+                         done: Callable[[], None]) -> None:
         """Pass a cancel on to the ecluse of the group that issued its key ([peers])."""
         target = self.ctx.config.peers.get(peer)
         if target is None:
             log.debug("cancel request for unknown peer %d dropped", peer)
+            done()
             return
         log.debug("cancel request for peer %d passed on to %s:%d", peer, target.host,
                   target.port)
-        self.ctx.spawn(send_cancel(target.host, target.port, BackendKeyData(process_id, secret)))
+        self.ctx.spawn(pass_cancel_on(target.host, target.port, BackendKeyData(process_id, secret),
+                                      self.ctx.config.settings.cancel_wait_timeout, done))
 
     def _new_session(self) -> FrontendSession:
         return FrontendSession(self.ctx)

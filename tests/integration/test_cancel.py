@@ -1,7 +1,10 @@
-"""CancelRequest routing: the client's own query is cancelled, never another's."""
+"""CancelRequest routing: the client's own query is cancelled, never another's; a cancel
+that cannot be delivered is given up after cancel_wait_timeout."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 
@@ -92,3 +95,91 @@ def test_cancel_with_wrong_key_does_nothing(ecluse):
             assert s.recv(100) == b""  # no reply, just a close, as PostgreSQL does
         t.join(10)
         assert results["r"] == "finished"
+
+
+class Relay:
+    """A TCP relay in front of PostgreSQL. Connections are passed through both ways;
+    while ``swallow`` is set, a new one is accepted and held, never passed on nor
+    closed: a server a cancel cannot reach in time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.swallow = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.sockets.append(conn)
+            if self.swallow:
+                continue
+            upstream = socket.create_connection(self.target)
+            self.sockets.append(upstream)
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            # shutdown first: close() alone leaves a socket open while a pump thread
+            # is blocked reading it, and PostgreSQL's backend with it.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_cancel_wait_timeout_gives_up_and_retires_the_server(ecluse_factory, pg):
+    """A cancel that cannot reach PostgreSQL: the client's cancel call returns once
+    ecluse gives up, after cancel_wait_timeout, not before and not never; the query
+    runs to its end; and its server, which the cancel might still reach later, is not
+    given to anyone again."""
+    relay = Relay(pg.host, pg.port)
+    try:
+        ec = ecluse_factory({"default_pool_size": 1, "cancel_wait_timeout": 1}, databases={
+            "ecluse_test": f"host=127.0.0.1 port={relay.port} dbname=ecluse_test"})
+        with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+            relay.swallow = True
+            result: dict[str, object] = {}
+
+            def query() -> None:
+                result["row"] = conn.execute("select pg_sleep(3), 'finished'").fetchone()
+
+            def cancel() -> None:
+                start = time.monotonic()
+                conn.cancel()
+                result["cancel_took"] = time.monotonic() - start
+
+            running = threading.Thread(target=query)
+            running.start()
+            time.sleep(0.5)
+            cancelling = threading.Thread(target=cancel)
+            cancelling.start()
+            cancelling.join(15)
+            running.join(15)
+            assert not cancelling.is_alive() and not running.is_alive()
+            assert result["row"] == ("", "finished")  # the cancel never got through
+            assert result["cancel_took"] >= 0.9  # answered when ecluse gave up
+            relay.swallow = False
+            assert conn.execute("select pg_backend_pid()").fetchone()[0] != pid
+        assert "not delivered within cancel_wait_timeout" in ec.log()
+    finally:
+        relay.close()
+

@@ -181,6 +181,9 @@ class Settings:
     server_reset_query_always: bool = False
     server_check_query: str = "select 1"
     server_check_delay: float = 30.0
+    # Session mode: a server marked to close (RECONNECT, RELOAD) closes, with its
+    # client, at the end of the client's transaction, not of its session.
+    server_fast_close: bool = False
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
@@ -191,9 +194,14 @@ class Settings:
     dns_nxdomain_ttl: float = 15.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
+    query_wait_notify: float = 5.0  # a notice to a client queued longer; 0: none
+    cancel_wait_timeout: float = 10.0  # how long a cancel may take to deliver; 0: no limit
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
+    # Pools of databases made from the "*" entry, unused this long, are removed.
+    autodb_idle_timeout: float = 3600.0
     idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0  # a transaction longer than this closes its client
     ignore_startup_parameters: tuple[str, ...] = ()
     application_name_add_host: bool = False
     logfile: str | None = None

@@ -83,6 +83,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "server_reset_query_always": parse_bool,
         "server_check_query": parse_str,
         "server_check_delay": parse_seconds,
+        "server_fast_close": parse_bool,
         "server_lifetime": parse_seconds,
         "server_idle_timeout": parse_seconds,
         "server_connect_timeout": parse_seconds,
@@ -91,9 +92,13 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "dns_nxdomain_ttl": parse_seconds,
         "query_timeout": parse_seconds,
         "query_wait_timeout": parse_seconds,
+        "query_wait_notify": parse_seconds,
+        "cancel_wait_timeout": parse_seconds,
         "client_idle_timeout": parse_seconds,
         "client_login_timeout": parse_seconds,
+        "autodb_idle_timeout": parse_seconds,
         "idle_transaction_timeout": parse_seconds,
+        "transaction_timeout": parse_seconds,
         "ignore_startup_parameters": parse_list,
         "application_name_add_host": parse_bool,
         "logfile": parse_optional_str,
@@ -152,8 +157,6 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
 KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
         "auth_ldap_options",
-        "autodb_idle_timeout",
-        "cancel_wait_timeout",
         "client_tls13_ciphers",
         "client_tls_dheparams",
         "client_tls_ecdhcurve",
@@ -162,15 +165,12 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "dns_zone_check_period",
         "job_name",
         "pkt_buf",
-        "query_wait_notify",
         "resolv_conf",
         "sbuf_loopcnt",
-        "server_fast_close",
         "server_tls13_ciphers",
         "service_name",
         "suspend_timeout",
         "track_extra_parameters",
-        "transaction_timeout",
     }
 )
 

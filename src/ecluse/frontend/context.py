@@ -56,8 +56,10 @@ class ClientContext:
     # how to pass a cancel on to the worker or peer that owns its key.
     worker_index: int = 0
     peer_id: int = 0
-    forward_to_worker: Callable[[int, int, bytes], None] | None = None
-    forward_to_peer: Callable[[int, int, bytes], None] | None = None
+    # Both take (worker or peer, process id, secret, done): done() runs once the
+    # cancel has been passed on and answered, or given up.
+    forward_to_worker: Callable[[int, int, bytes, Callable[[], None]], None] | None = None
+    forward_to_peer: Callable[[int, int, bytes, Callable[[], None]], None] | None = None
     # Set by the worker: apply an already validated Config (the console's SET).
     apply_config: Callable[[Config], None] | None = None
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
@@ -106,17 +108,27 @@ class ClientContext:
         self.cancel_keys[pid] = session
         return pid, secret
 
-    def deliver_cancel(self, process_id: int, secret: bytes) -> None:
-        """Cancel the session a CancelRequest names, here or where it lives."""
+    def deliver_cancel(self, process_id: int, secret: bytes, done: Callable[[], None]) -> None:
+        """Cancel the session a CancelRequest names, here or where it lives.
+
+        ``done`` runs once the cancel has been delivered, given up
+        (cancel_wait_timeout), or found nothing to cancel.
+        """
         peer, worker = owner(process_id, secret)
         if peer != self.peer_id:
             if self.forward_to_peer is not None:
-                self.forward_to_peer(peer, process_id, secret)
+                self.forward_to_peer(peer, process_id, secret, done)
+            else:
+                done()
             return
         if worker != self.worker_index:
             if self.forward_to_worker is not None:
-                self.forward_to_worker(worker, process_id, secret)
+                self.forward_to_worker(worker, process_id, secret, done)
+            else:
+                done()
             return
         target = self.cancel_keys.get(process_id)
         if target is not None and hmac.compare_digest(target.cancel_secret, secret):
-            target.cancel()
+            target.cancel(done)
+        else:
+            done()

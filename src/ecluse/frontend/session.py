@@ -33,7 +33,7 @@ import logging
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from socket import inet_aton
 from types import MappingProxyType
 
@@ -109,6 +109,9 @@ _PENDING_LIMIT = 1 << 20  # bytes buffered while waiting before we stop reading
 _DRAIN_TIMEOUT = 10.0  # how long a departed client's server may take to finish
 _NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 _READY_IDLE = be.encode_ready_for_query(b"I")
+# query_wait_notify's notice: PgBouncer's text, severity and SQLSTATE.
+_WAIT_NOTICE = be.encode_notice_response(
+    "No server connection available in postgres backend, client being queued")
 _AUTH_OK = be.encode_authentication_ok()
 _TLS_REQUIRED = frozenset({SslMode.REQUIRE, SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
 
@@ -643,6 +646,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         log.warning("%s gave up waiting for a server: %s", self._describe(), error)
         self.fatal(error)
 
+    def on_long_wait(self) -> None:
+        """query_wait_notify passed while this client waits for a server: say so with
+        a NoticeResponse, which a client may get at any time; the wait goes on. Not
+        before the welcome, as PgBouncer."""
+        if self.state is _WAITING and self.transport is not None:
+            self.transport.write(_WAIT_NOTICE)
+
     def _flush_pending(self) -> None:
         pieces, self._pending = self._pending, ()
         self._pending_bytes = 0
@@ -897,38 +907,58 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     # --- cancel ----------------------------------------------------------------
     def _on_cancel_request(self, msg: CancelRequest) -> None:
-        """A CancelRequest arrived on this new connection: route it, then close."""
-        self.ctx.deliver_cancel(msg.process_id, msg.secret)
-        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
+        """A CancelRequest arrived on this new connection: route it, then close the
+        connection once it has been delivered or given up (cancel_wait_timeout), as
+        PostgreSQL closes it once it has acted: a client's PQcancel returns then."""
         self.state = _CLOSED
         self.ctx.clients.discard(self)
-        self.transport.close()
+        self.ctx.logging_in.pop(self, None)
+        transport = self.transport
+        transport.pause_reading()  # nothing more is read, as PostgreSQL reads nothing
+        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
+        self.ctx.deliver_cancel(msg.process_id, msg.secret, transport.close)
 
-    def cancel(self) -> None:
-        """Cancel this session's current request, wherever it is."""
+    def cancel(self, done: Callable[[], None] | None = None) -> None:
+        """Cancel this session's current request, wherever it is; ``done`` runs once
+        the cancel has been delivered, given up, or found nothing to cancel."""
         server = self.server
         if server is not None:
             if not server.tracker.is_done():
-                self._cancel_on(server)
+                self._cancel_on(server, done)
+                return
         elif self.state is _WAITING and self.pool is not None \
                 and self.pool.cancel_wait(self):
             self._fail_pending("canceling statement due to user request", "57014")
+        if done is not None:
+            done()
 
-    def _cancel_on(self, server: ServerConnection) -> None:
+    def _cancel_on(self, server: ServerConnection,
+                   done: Callable[[], None] | None = None) -> None:
         """Forward a cancel; the pool holds the server back until it has been delivered,
         so a late cancel can never hit the next client's query (pgbouncer #717)."""
         if server.key is None or server.cancel_in_flight:
-            return  # one cancel per request is enough; PostgreSQL ignores the rest
+            # One cancel per request is enough; PostgreSQL ignores the rest.
+            if done is not None:
+                done()
+            return
         server.cancel_in_flight = True
+        timeout = self.ctx.config.settings.cancel_wait_timeout
 
         async def deliver() -> None:
+            delivered = False
             try:
-                await send_cancel(server.host, server.port, server.key)
+                delivered = await send_cancel(server.host, server.port, server.key, timeout)
             finally:
+                if not delivered:
+                    # Given up, it may still land later, under whatever the server
+                    # runs then (pgbouncer #717): this server serves no one else.
+                    server.close_when_released = True
                 server.cancel_in_flight = False
                 resume, server.after_cancels = server.after_cancels, None
                 if resume is not None:
                     resume()
+                if done is not None:
+                    done()
 
         self.ctx.spawn(deliver())
 

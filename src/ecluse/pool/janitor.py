@@ -1,5 +1,6 @@
 """Periodic maintenance: pool sizes, server lifetimes, login, client and query timeouts,
-and the stats_period sample behind SHOW STATS_AVERAGES and log_stats.
+the query_wait_notify notices, server_fast_close, autodb_idle_timeout, and the
+stats_period sample behind SHOW STATS_AVERAGES and log_stats.
 
 One timer per worker wakes once a second; nothing per client or per server
 wakes while idle (DESIGN.md hot-path rules).
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, cast
 
 from ecluse.config import Settings
 from ecluse.errors import EcluseError
+from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
 from ecluse.stats.period import PeriodSampler, totals_by_database
 
@@ -30,6 +32,7 @@ class TimedClient(Protocol):
     server: object
     last_activity: float
     request_started: float
+    xact_started: float  # 0.0 outside a transaction
 
     def fatal(self, error: Exception) -> None: ...
 
@@ -58,11 +61,13 @@ def expire_logins(logging_in: dict, timeout: float, now: float) -> None:
 
 def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
                           now: float) -> None:
-    """Close clients past client_idle_timeout, idle_transaction_timeout or query_timeout."""
+    """Close clients past client_idle_timeout, query_timeout, idle_transaction_timeout
+    or transaction_timeout, in PgBouncer's order of precedence."""
     idle_t = settings.client_idle_timeout
-    txn_t = settings.idle_transaction_timeout
+    idle_xact_t = settings.idle_transaction_timeout
     query_t = settings.query_timeout
-    if not (idle_t or txn_t or query_t):
+    xact_t = settings.transaction_timeout
+    if not (idle_t or idle_xact_t or query_t or xact_t):
         return
     for client in list(clients):
         server = client.server
@@ -75,9 +80,36 @@ def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
                 and now - client.request_started > query_t:
             server.close_when_released = True
             client.fatal(EcluseError("query_timeout", sqlstate="57014"))
-        elif txn_t and tracker.is_done() and tracker.status != ord("I") \
-                and now - client.last_activity > txn_t:
+        elif idle_xact_t and tracker.is_done() and tracker.status != ord("I") \
+                and now - client.last_activity > idle_xact_t:
             client.fatal(EcluseError("idle transaction timeout", sqlstate="25P03"))
+        elif xact_t and client.xact_started and now - client.xact_started > xact_t:
+            # Counted from the transaction's first request, idle or running; as
+            # PgBouncer, the server goes too: a query still running there stops with
+            # it. PgBouncer's message; PostgreSQL 17's SQLSTATE for its own
+            # transaction_timeout.
+            server.close_when_released = True
+            client.fatal(EcluseError("transaction timeout", sqlstate="25P04"))
+
+
+def fast_close_sessions(pools: Iterable[Pool]) -> None:
+    """server_fast_close: close each session-mode server marked to close (RECONNECT, a
+    RELOAD that changed how to connect) once its client's transaction is over, and
+    the client with it, so that it notices its session ended (PgBouncer's text).
+
+    A transaction still open, or a request still running, is never interrupted:
+    the server is looked at again at the next pass.
+    """
+    for pool in pools:
+        if pool.settings.mode != "session":
+            continue
+        for server in [s for s in pool.active if s.close_when_released]:
+            # Only sessions link servers: the client is a FrontendSession.
+            client = cast("TimedClient | None", server.client)
+            if client is None or server.in_internal() or not server.tracker.can_release():
+                continue
+            # Its client's _abandon gives the server back, and release closes it.
+            client.fatal(EcluseError("database configuration changed", sqlstate="08P01"))
 
 
 class Janitor:
@@ -85,11 +117,14 @@ class Janitor:
 
     def __init__(self, registry: PoolRegistry, settings: Callable[[], Settings],
                  clients: Callable[[], Iterable[TimedClient]],
-                 logging_in: Callable[[], dict]):
+                 logging_in: Callable[[], dict],
+                 clients_per_db: Callable[[], Mapping[str, int]] | None = None):
         self._registry = registry
         self._settings = settings
         self._clients = clients
         self._logging_in = logging_in  # see expire_logins
+        # Logged-in clients per database, for autodb_idle_timeout; None: not applied.
+        self._clients_per_db = clients_per_db
         self._task: asyncio.Task | None = None
         self.sampler = PeriodSampler()
         self._next_sample = 0.0
@@ -113,12 +148,19 @@ class Janitor:
                 log.exception("janitor pass failed")
 
     def run_once(self) -> None:
+        settings = self._settings()
+        notify_after = settings.query_wait_notify
         for pool in self._registry:
             pool.maintain()
+            pool.notify_long_waits(time.monotonic(), notify_after)
         now = time.monotonic()
-        settings = self._settings()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now)
+        if settings.server_fast_close:
+            fast_close_sessions(self._registry)
+        if self._clients_per_db is not None:
+            self._registry.drop_idle_autodbs(self._clients_per_db(),
+                                             settings.autodb_idle_timeout, now)
         if self._registry.retired:
             self._registry.drop_retired({id(c.pool) for c in self._clients()
                                          if getattr(c, "pool", None) is not None})

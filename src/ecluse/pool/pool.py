@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ class Pool:
         self.closed = False
         self.key = ("pool", settings.database, settings.user)  # in the node-wide counts
         self._wanted_published = 0  # waiting clients last told to the other workers
+        # query_wait_notify: the queueing time of the last waiter told it waits (see
+        # notify_long_waits); nothing per waiter, so nothing per queued transaction.
+        self._wait_told = -math.inf
         self._retry: asyncio.TimerHandle | None = None
         self._node_full_until = 0.0  # node-wide counts said full; trusted until then
         # (config, [(key, limit)]) of max_db/max_user_connections, built by the registry.
@@ -289,6 +293,28 @@ class Pool:
         waiters = self.waiters
         while (waiter := waiters.first()) is not None and now - waiter.since >= timeout:
             waiter.fail(PoolTimeout("query_wait_timeout"))
+
+    def notify_long_waits(self, now: float, after: float) -> None:
+        """query_wait_notify: tell each client queued longer than ``after`` seconds, once
+        per wait, that it waits for a server (on_long_wait). Not while paused, as
+        PgBouncer, whose check runs where servers are handed out.
+
+        The queue is in arrival order, so the waits long enough are its front, and
+        those already told are the ones that queued no later than the last told.
+        """
+        if after <= 0 or self.paused or not self.waiters.live:
+            return
+        told = self._wait_told
+        due = []
+        for waiter in self.waiters.queue:
+            if now - waiter.since <= after:
+                break
+            if not waiter.done and waiter.since > told:
+                due.append(waiter)
+        if due:
+            self._wait_told = due[-1].since
+            for waiter in due:  # outside the loop over the queue, which they may change
+                waiter.client.on_long_wait()
 
     def _take_idle(self, now: float = 0.0) -> ServerConnection | None:
         """Return the usable idle server most recently used (still last in ``idle``),
@@ -688,6 +714,17 @@ class Pool:
         """A reload replaced this pool: nothing new joins it; idle servers go."""
         self.retired = True
         self.close_all(lambda server: True)
+
+    def discard(self) -> None:
+        """Close this pool for good: its registry forgot it (autodb_idle_timeout).
+
+        No client holds it. With several workers, a count of waiting clients once
+        published for it is taken back, so that no worker lends servers to it.
+        """
+        self.closed = True
+        self.close_all()
+        if self.registry.shared:
+            self._publish_wanted()
 
     def close_all(self, predicate: Callable[[ServerConnection], bool] | None = None) -> None:
         """Close idle servers now and mark busy ones to close on release.

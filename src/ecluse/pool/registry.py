@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from ecluse.config import Config, DatabaseConfig
+from ecluse.config.model import FALLBACK_DATABASE
 from ecluse.config.tls import server_tls
 from ecluse.pool.pool import Pool, PoolSettings
 from ecluse.pool.shared import Key, LocalCounts, SharedCounts
@@ -52,6 +53,9 @@ class PoolRegistry:
         self.retired: list[Pool] = []
         # Server host names this worker looked up (dns_max_ttl, dns_nxdomain_ttl).
         self.dns = DnsCache()
+        # autodb_idle_timeout: since when each database made from the "*" entry has
+        # been unused (drop_idle_autodbs).
+        self._autodb_unused: dict[str, float] = {}
 
     async def server_addresses(self, host: str) -> tuple[str, ...]:
         """The addresses to try in order for server ``host``: none for an IP address
@@ -191,6 +195,45 @@ class PoolRegistry:
                 self.retired.remove(pool)
                 pool.closed = True
                 pool.close_all()
+
+    def drop_idle_autodbs(self, clients_per_db: Mapping[str, int], timeout: float,
+                          now: float) -> list[str]:
+        """autodb_idle_timeout: remove the pools of each database made from the "*"
+        entry that has been unused for longer than ``timeout`` seconds; return the
+        databases removed.
+
+        Unused, as in PgBouncer: no client of the database (``clients_per_db``
+        counts them) and no server in any of its pools; a paused one is kept. Its
+        statistics go with it, as in PgBouncer; a client that comes back later
+        gets new pools.
+        """
+        unused = self._autodb_unused
+        databases = self.config.databases
+        if timeout <= 0 or FALLBACK_DATABASE not in databases:
+            unused.clear()
+            return []
+        used: dict[str, bool] = {}
+        for (name, _user), pool in self.pools.items():
+            if name in databases:
+                continue  # listed in the config: never removed for being idle
+            used[name] = used.get(name, False) or bool(
+                clients_per_db.get(name, 0) or pool.total() or pool.waiters or pool.paused
+                or name in self.paused_dbs)
+        dropped = []
+        for name, in_use in used.items():
+            if in_use:
+                unused.pop(name, None)
+            elif now - unused.setdefault(name, now) > timeout:
+                dropped.append(name)
+        for name in list(unused):
+            if name not in used or name in dropped:
+                del unused[name]
+        for key in [key for key in self.pools if key[0] in dropped]:
+            self.pools.pop(key).discard()
+        for name in dropped:
+            log.info("autodb_idle_timeout: database %s unused for over %.0fs, its pools "
+                     "removed", name, timeout)
+        return dropped
 
     # --- cross-pool limits ---------------------------------------------------
     def _limits(self, pool: Pool, pool_limit: int) -> list[tuple[Key, int]]:

@@ -201,6 +201,26 @@ def test_every_settings_field_has_a_parser() -> None:
     assert not (set(SETTINGS) & KNOWN_UNIMPLEMENTED)
 
 
+# PgBouncer settings that ecluse once only accepted: PgBouncer's default and unit
+# (seconds, fractions allowed), and a value set in the file reaches Settings.
+PGBOUNCER_SETTINGS = {
+    "transaction_timeout": (0.0, "2.5", 2.5),
+    "query_wait_notify": (5.0, "2.5", 2.5),
+    "server_fast_close": (False, "1", True),
+    "autodb_idle_timeout": (3600.0, "2.5", 2.5),
+    "cancel_wait_timeout": (10.0, "2.5", 2.5),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PGBOUNCER_SETTINGS))
+def test_once_unimplemented_pgbouncer_settings_default_and_parse(key: str) -> None:
+    default, text, value = PGBOUNCER_SETTINGS[key]
+    assert getattr(Settings(), key) == default
+    config = config_from_string(f"[pgbouncer]\n{key} = {text}\n")
+    assert getattr(config.settings, key) == value
+    assert key not in config.settings.extra and not config.warnings
+
+
 def test_keys_are_case_insensitive_in_pgbouncer_and_ecluse_sections() -> None:
     config = config_from_string("[Ecluse]\nDEFAULT_POOL_SIZE = 3\nPool_Mode = Statement\n")
     assert config.settings.default_pool_size == 3
