@@ -40,6 +40,7 @@ from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
 from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
+from ecluse.protocol.codes import REPORTED_PARAMETERS
 
 _KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer", "peers"})
 
@@ -72,6 +73,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     settings, hba = _load_hba(settings, setting_entries, path)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_listeners(settings, setting_entries, warnings)
+    _check_tracked(settings, setting_entries, warnings)
     settings = _check_tls(settings, setting_entries, path)
     return Config(
         settings=settings,
@@ -283,6 +285,30 @@ def _check_listeners(
     entry = setting_entries.get("unix_socket_dir") or setting_entries.get("listen_addr")
     where = _where(entry) if entry is not None else ""
     warnings.append(f"{where}listen_addr and unix_socket_dir are both empty: no client can connect")
+
+
+_REPORTED_LOWER = frozenset(name.lower() for name in REPORTED_PARAMETERS)
+
+
+def _check_tracked(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], warnings: list[str]
+) -> None:
+    """Warn of track_extra_parameters names PostgreSQL does not report.
+
+    PgBouncer's documentation: only reported parameters can be tracked. A
+    client's value for another is accepted and not applied, unless an
+    extension makes the server report it (search_path, which ecluse follows
+    itself, is the exception).
+    """
+    entry = setting_entries.get("track_extra_parameters")
+    if entry is None:
+        return
+    for name in settings.track_extra_parameters:
+        if name.lower() not in _REPORTED_LOWER and name.lower() != "search_path":
+            warnings.append(
+                f"{_where(entry)}track_extra_parameters: PostgreSQL does not report {name} "
+                "(ParameterStatus): a client's value for it is not applied unless the "
+                "server reports it (an extension may)")
 
 
 _TLS_FILES = ("client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",

@@ -189,6 +189,9 @@ class Settings:
     client_login_timeout: float = 60.0
     idle_transaction_timeout: float = 0.0
     ignore_startup_parameters: tuple[str, ...] = ()
+    # Parameters kept in step per client besides PgBouncer's five and search_path
+    # (server/params.py); as in PgBouncer, a restart applies a change.
+    track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)
     application_name_add_host: bool = False
     logfile: str | None = None
     # Logging (logsetup.py). log_level None: from verbose and -v/-q, as in PgBouncer.

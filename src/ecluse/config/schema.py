@@ -9,6 +9,7 @@ SETTINGS covers every field of Settings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -54,6 +55,21 @@ def _parse_syslog_facility(text: str) -> str:
     return lowered
 
 
+# A run-time parameter's name: an identifier, or an extension's dotted one.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+# Startup packet keys that are no run-time parameters (PgBouncer refuses options).
+_NOT_PARAMETERS = frozenset({"user", "database", "options", "replication"})
+
+
+def _parse_tracked_names(text: str) -> tuple[str, ...]:
+    names = parse_list(text)
+    for name in names:
+        if not _PARAMETER_NAME.fullmatch(name) or name.lower() in _NOT_PARAMETERS:
+            raise BadValue("a comma-separated list of run-time parameter names "
+                           "(not user, database, options or replication)")
+    return names
+
+
 SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
     {
         "listen_addr": parse_str,
@@ -92,6 +108,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "client_login_timeout": parse_seconds,
         "idle_transaction_timeout": parse_seconds,
         "ignore_startup_parameters": parse_list,
+        "track_extra_parameters": _parse_tracked_names,
         "application_name_add_host": parse_bool,
         "logfile": parse_optional_str,
         "log_level": _parse_log_level,
@@ -169,7 +186,6 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "server_tls13_ciphers",
         "service_name",
         "suspend_timeout",
-        "track_extra_parameters",
         "transaction_timeout",
     }
 )

@@ -6,6 +6,7 @@ import dataclasses
 from types import MappingProxyType
 
 from ecluse.config import config_from_string, diff_configs
+from ecluse.config.diff import keep_restart_only, settable
 
 OLD = """\
 [databases]
@@ -56,3 +57,12 @@ def test_auth_secret_changes_are_named() -> None:
     diff = diff_configs(old, new)
     assert diff.auth == {"b", "c", "d"}
     assert diff.settings == frozenset() and diff.changed == frozenset()
+
+
+def test_track_extra_parameters_takes_a_restart_as_in_pgbouncer() -> None:
+    old = config_from_string("")
+    new = config_from_string("[pgbouncer]\ntrack_extra_parameters = IntervalStyle, TimeZone\n")
+    kept, names = keep_restart_only(old, new)
+    assert names == ["track_extra_parameters"]
+    assert kept.settings.track_extra_parameters == ("IntervalStyle",)
+    assert not settable("track_extra_parameters")

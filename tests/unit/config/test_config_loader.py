@@ -230,6 +230,9 @@ def test_empty_values_unset_optional_paths() -> None:
             "auth_type: expected one of trust, plain, md5, scram-sha-256, any, cert, hba",
         ),
         ("unix_socket_mode = 999", "unix_socket_mode: expected an octal file mode"),
+        ("track_extra_parameters = IntervalStyle, options",
+         "track_extra_parameters: expected a comma-separated list of run-time parameter names"),
+        ("track_extra_parameters = work mem", "track_extra_parameters: expected a comma-sep"),
     ],
 )
 def test_bad_setting_values_name_file_line_key_and_expectation(line: str, message: str) -> None:
@@ -284,6 +287,22 @@ no_such_setting = 1
     )
     assert config.databases["d"].host == "x"
     assert "no_such_setting" not in config.settings.extra
+
+
+def test_track_extra_parameters_default_and_names_postgresql_does_not_report() -> None:
+    assert config_from_string("").settings.track_extra_parameters == ("IntervalStyle",)
+    config = config_from_string("[pgbouncer]\n\ntrack_extra_parameters = "
+                                "intervalstyle,search_path, work_mem,citus.x\n", "t.ini")
+    assert config.settings.track_extra_parameters == (
+        "intervalstyle", "search_path", "work_mem", "citus.x")
+    # Only reported parameters can be tracked (PgBouncer's documentation): said
+    # for each other name, at the setting's line; search_path ecluse follows itself.
+    assert config.warnings == tuple(
+        f"t.ini:3: track_extra_parameters: PostgreSQL does not report {name} (ParameterStatus):"
+        " a client's value for it is not applied unless the server reports it (an extension"
+        " may)" for name in ("work_mem", "citus.x"))
+    assert config_from_string("[pgbouncer]\ntrack_extra_parameters =\n").settings \
+        .track_extra_parameters == ()
 
 
 def test_redefined_database_warns_and_last_wins() -> None:
