@@ -193,6 +193,7 @@ class Settings:
     # (server/params.py); as in PgBouncer, a restart applies a change.
     track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)
     application_name_add_host: bool = False
+    disable_pqexec: bool = False  # refuse the simple Query protocol (frontend/noquery.py)
     logfile: str | None = None
     # Logging (logsetup.py). log_level None: from verbose and -v/-q, as in PgBouncer.
     log_level: LogLevel | None = None

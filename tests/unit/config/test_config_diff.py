@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from types import MappingProxyType
 
+import pytest
+
 from ecluse.config import config_from_string, diff_configs
 from ecluse.config.diff import keep_restart_only, settable
 
@@ -59,10 +61,17 @@ def test_auth_secret_changes_are_named() -> None:
     assert diff.settings == frozenset() and diff.changed == frozenset()
 
 
-def test_track_extra_parameters_takes_a_restart_as_in_pgbouncer() -> None:
+@pytest.mark.parametrize(("line", "key", "running"), [
+    ("track_extra_parameters = IntervalStyle, TimeZone", "track_extra_parameters",
+     ("IntervalStyle",)),
+    ("disable_pqexec = 1", "disable_pqexec", False),
+])
+def test_settings_pgbouncer_does_not_reload_take_a_restart(line, key, running) -> None:
+    """PgBouncer marks them CF_NO_RELOAD: a reload keeps the running value."""
     old = config_from_string("")
-    new = config_from_string("[pgbouncer]\ntrack_extra_parameters = IntervalStyle, TimeZone\n")
+    new = config_from_string(f"[pgbouncer]\n{line}\n")
+    assert getattr(new.settings, key) != running
     kept, names = keep_restart_only(old, new)
-    assert names == ["track_extra_parameters"]
-    assert kept.settings.track_extra_parameters == ("IntervalStyle",)
-    assert not settable("track_extra_parameters")
+    assert names == [key]
+    assert getattr(kept.settings, key) == running
+    assert not settable(key)
