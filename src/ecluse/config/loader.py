@@ -36,7 +36,12 @@ from ecluse.config.schema import (
     USER_OPTIONS,
     Parser,
 )
-from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
+from ecluse.config.tls import (
+    TlsSettingError,
+    client_tls_context,
+    client_tls_warnings,
+    server_tls,
+)
 from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
@@ -74,7 +79,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_listeners(settings, setting_entries, warnings)
     _check_tracked(settings, setting_entries, warnings)
-    settings = _check_tls(settings, setting_entries, path)
+    settings = _check_tls(settings, setting_entries, path, warnings)
     return Config(
         settings=settings,
         databases=MappingProxyType(databases),
@@ -316,11 +321,13 @@ _TLS_FILES = ("client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file
 
 
 def _check_tls(
-    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str
+    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str,
+    warnings: list[str],
 ) -> Settings:
     """Resolve the TLS file names and load them once, so a bad file stops the load.
 
     Relative names are taken from the main ini file's directory, as auth_file's.
+    A value the ssl module honours otherwise than asked is a warning at its line.
     """
     base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
     resolved = {name: os.path.abspath(os.path.join(base, getattr(settings, name)))
@@ -334,4 +341,8 @@ def _check_tls(
             entry = setting_entries.get(exc.setting) or setting_entries[f"{side}_tls_sslmode"]
             raise ConfigError(f"{exc.setting}: {exc.message}", path=entry.path,
                               line=entry.line) from None
+    for setting, message in client_tls_warnings(settings):
+        entry = setting_entries.get(setting)
+        where = _where(entry) if entry is not None else ""
+        warnings.append(f"{where}{setting} = {message}")
     return settings

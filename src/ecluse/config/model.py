@@ -238,6 +238,8 @@ class Settings:
     client_tls_ca_file: str | None = None
     client_tls_protocols: tuple[str, ...] = SECURE_TLS_PROTOCOLS
     client_tls_ciphers: str = "default"
+    client_tls_ecdhcurve: str = "auto"  # auto, none or a curve name (config/tls.py)
+    client_tls_dheparams: str = "auto"  # none, auto or legacy
     # TLS towards servers.
     server_tls_sslmode: SslMode = SslMode.DISABLE
     server_tls_key_file: str | None = None
