@@ -33,6 +33,7 @@ from ecluse.config.schema import (
     KNOWN_UNIMPLEMENTED,
     PEER_OPTIONS,
     SETTINGS,
+    UNHONOURABLE,
     USER_OPTIONS,
     Parser,
 )
@@ -129,6 +130,9 @@ def _build_settings(
             values[entry.key] = _parse_value(entry, entry.key, entry.value, parser)
         elif entry.key in KNOWN_UNIMPLEMENTED:
             extra[entry.key] = entry.value
+            if entry.key in UNHONOURABLE and entry.value:
+                warnings.append(f"{_where(entry)}{entry.key} is not honoured: "
+                                f"{UNHONOURABLE[entry.key]}")
         else:
             warnings.append(f"{_where(entry)}unknown setting {entry.key!r} ignored")
             continue

@@ -3,7 +3,8 @@
 Three tables, one per section: [pgbouncer] settings, options of a [databases]
 entry and options of a [users] entry. Plus the PgBouncer settings that ecluse
 knows by name but does not implement, which load into Settings.extra without a
-warning so that an existing pgbouncer.ini loads cleanly. A test checks that
+warning so that an existing pgbouncer.ini loads cleanly; except those it cannot
+honour at all (UNHONOURABLE), which warn, saying why, when set. A test checks that
 SETTINGS covers every field of Settings.
 """
 
@@ -196,6 +197,15 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "transaction_timeout",
     }
 )
+
+# Known settings ecluse cannot honour at all, with why: set to anything but
+# PgBouncer's default (empty), they are a warning at their line saying so.
+UNHONOURABLE: MappingProxyType[str, str] = MappingProxyType({
+    name: "Python's ssl module cannot set TLS 1.3 cipher suites (OpenSSL has "
+          "SSL_CTX_set_ciphersuites, ssl has no binding for it): OpenSSL's default "
+          "TLS 1.3 suites are used; *_tls_ciphers applies to TLS 1.2 and older only"
+    for name in ("client_tls13_ciphers", "server_tls13_ciphers")
+})
 
 # Options of a [databases] entry. Both spellings of the reserve pool are
 # PgBouncer's: "reserve_pool" is the older one, still accepted there.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from ecluse.config import (
     load_config,
 )
 from ecluse.config.model import DEFAULT_AUTH_QUERY
-from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS
+from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS, UNHONOURABLE
 from ecluse.errors import ConfigError
 
 SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
@@ -303,6 +304,20 @@ def test_track_extra_parameters_default_and_names_postgresql_does_not_report() -
         " may)" for name in ("work_mem", "citus.x"))
     assert config_from_string("[pgbouncer]\ntrack_extra_parameters =\n").settings \
         .track_extra_parameters == ()
+
+
+def test_tls13_cipher_settings_warn_why_they_are_not_honoured() -> None:
+    assert set(UNHONOURABLE) <= KNOWN_UNIMPLEMENTED
+    # The reason: when ssl gains a way to set TLS 1.3 suites, implement them.
+    assert not any("suites" in name for name in dir(ssl.SSLContext))
+    config = config_from_string("[pgbouncer]\nclient_tls13_ciphers = TLS_AES_128_GCM_SHA256\n"
+                                "server_tls13_ciphers =\nauth_ident_file = x\n", "c.ini")
+    assert config.warnings == (
+        "c.ini:2: client_tls13_ciphers is not honoured: Python's ssl module cannot set TLS 1.3 "
+        "cipher suites (OpenSSL has SSL_CTX_set_ciphersuites, ssl has no binding for it): "
+        "OpenSSL's default TLS 1.3 suites are used; *_tls_ciphers applies to TLS 1.2 and "
+        "older only",)
+    assert config.settings.extra["client_tls13_ciphers"] == "TLS_AES_128_GCM_SHA256"
 
 
 def test_redefined_database_warns_and_last_wins() -> None:
