@@ -25,6 +25,7 @@ from ecluse.config.model import Settings
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import ConfigError, EcluseError
 from ecluse.frontend.context import ClientContext
+from ecluse.frontend.noquery import NoSimpleQuerySession
 from ecluse.frontend.session import FrontendSession
 from ecluse.frontend.tls import TlsListener
 from ecluse.pool.janitor import Janitor
@@ -175,6 +176,9 @@ class Worker:
         self.janitor.on_stats = self._on_stats_period
         self.ctx.reload_config = self.reload
         self.ctx.apply_config = self.apply_config
+        # disable_pqexec is restart-only: the class of client sessions is fixed here.
+        self._session_class = NoSimpleQuerySession if config.settings.disable_pqexec \
+            else FrontendSession
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,7 +249,7 @@ class Worker:
                                       self.ctx.config.settings.cancel_wait_timeout, done))
 
     def _new_session(self) -> FrontendSession:
-        return FrontendSession(self.ctx)
+        return self._session_class(self.ctx)
 
     def _new_control_session(self) -> FrontendSession:
         return ControlSession(self.ctx)

@@ -161,6 +161,46 @@ def test_asyncpg_without_tls_is_refused_under_require(tls_ecluse):
         asyncio.run(main())
 
 
+def test_client_tls_ecdhcurve_is_the_only_group_and_reload_changes_it(tls_ecluse, tls_certs):
+    """PgBouncer's client_tls_ecdhcurve with a curve name: the one key exchange
+    group offered (asyncpg with a context offering one group each); psql with
+    libpq's defaults still connects; RELOAD applies a new value to new
+    connections, and SET refuses a curve OpenSSL does not have."""
+    ecluse = tls_ecluse("require", client_tls_ecdhcurve="secp384r1", admin_users="postgres")
+
+    def select_with_group(group: str):
+        async def main():
+            ctx = ssl.create_default_context(cafile=tls_certs.ca)
+            ctx.set_ecdh_curve(group)
+            conn = await asyncpg.connect(host="localhost", port=ecluse.port, user="postgres",
+                                         database="ecluse_test", ssl=ctx,
+                                         statement_cache_size=0)
+            try:
+                return await conn.fetchval("select 5")
+            finally:
+                await conn.close()
+        try:
+            return asyncio.run(main())
+        except (ssl.SSLError, ConnectionError, OSError):
+            return None
+
+    assert select_with_group("secp384r1") == 5
+    assert select_with_group("prime256v1") is None
+    result = run_psql(dsn(ecluse, sslmode="require"), "select 6")
+    assert result.stdout.strip() == "6", result.stderr
+    text = ecluse.config_path.read_text()
+    ecluse.config_path.write_text(text.replace("client_tls_ecdhcurve = secp384r1",
+                                               "client_tls_ecdhcurve = prime256v1"))
+    with psycopg.connect(dsn(ecluse, dbname="pgbouncer", sslmode="require"),
+                         autocommit=True) as console:
+        console.execute("RELOAD", prepare=False)
+        assert select_with_group("prime256v1") == 5
+        assert select_with_group("secp384r1") is None
+        with pytest.raises(psycopg.Error, match=r"client_tls_ecdhcurve.*no curve 'bogus'"):
+            console.execute("SET client_tls_ecdhcurve = bogus", prepare=False)
+        assert select_with_group("prime256v1") == 5
+
+
 # --- raw sockets: the protocol faults --------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ecluse.admin.commands import AdminError, Reply
 from ecluse.config.diff import FILE_SETTINGS, SECRET_SETTINGS, settable
 from ecluse.config.schema import SETTINGS
+from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
 from ecluse.config.values import BadValue
 from ecluse.protocol import backend as be
 
@@ -57,6 +58,13 @@ def set_setting(ctx: ClientContext, arg: str) -> Reply:
         raise AdminError("SET is not available in this process")
     config = ctx.config
     settings = dataclasses.replace(config.settings, **{key: value})
+    try:
+        # As the loader does: a TLS value that cannot be honoured is refused here,
+        # not at the next client's handshake.
+        client_tls_context(settings, strict=True)
+        server_tls(settings, strict=True)
+    except TlsSettingError as exc:
+        raise AdminError(f"invalid value for {key}: {exc}") from None
     log.info("SET %s = %s", key, "********" if key in SECRET_SETTINGS else text)
     ctx.apply_config(dataclasses.replace(config, settings=settings))
     return be.encode_command_complete("SET")

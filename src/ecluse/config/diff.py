@@ -65,12 +65,14 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
 
 
 # Settings a running worker cannot take from a reload: they shape the listening
-# sockets, the process or the worker count. A reload keeps their running value
-# and says so; a restart applies them. SHOW CONFIG marks them changeable = no.
+# sockets, the process or the worker count, or (track_extra_parameters,
+# disable_pqexec: PgBouncer does not reload them either) what every session
+# assumes from its login on. A reload keeps their running value and says so; a restart applies them.
+# SHOW CONFIG marks them changeable = no.
 RESTART_ONLY: frozenset[str] = frozenset({
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "workers", "user",
     "pidfile", "peer_id", "metrics_listen", "listen_backlog", "so_reuseport",
-    "tcp_socket_buffer", "unix_socket_group"})
+    "tcp_socket_buffer", "unix_socket_group", "track_extra_parameters", "disable_pqexec"})
 
 # Settings whose value is a secret: SHOW CONFIG and the logs print a mask instead.
 SECRET_SETTINGS: frozenset[str] = frozenset({"api_token"})

@@ -34,13 +34,20 @@ from ecluse.config.schema import (
     KNOWN_UNIMPLEMENTED,
     PEER_OPTIONS,
     SETTINGS,
+    UNHONOURABLE,
     USER_OPTIONS,
     Parser,
 )
-from ecluse.config.tls import TlsSettingError, client_tls_context, server_tls
+from ecluse.config.tls import (
+    TlsSettingError,
+    client_tls_context,
+    client_tls_warnings,
+    server_tls,
+)
 from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
+from ecluse.protocol.codes import REPORTED_PARAMETERS
 
 _KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer", "peers"})
 
@@ -74,7 +81,8 @@ def _build(doc: IniDocument, path: str) -> Config:
     settings, ident = _load_ident(settings, setting_entries, path, hba)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_listeners(settings, setting_entries, warnings)
-    settings = _check_tls(settings, setting_entries, path)
+    _check_tracked(settings, setting_entries, warnings)
+    settings = _check_tls(settings, setting_entries, path, warnings)
     return Config(
         settings=settings,
         databases=MappingProxyType(databases),
@@ -125,6 +133,9 @@ def _build_settings(
             values[entry.key] = _parse_value(entry, entry.key, entry.value, parser)
         elif entry.key in KNOWN_UNIMPLEMENTED:
             extra[entry.key] = entry.value
+            if entry.key in UNHONOURABLE and entry.value:
+                warnings.append(f"{_where(entry)}{entry.key} is not honoured: "
+                                f"{UNHONOURABLE[entry.key]}")
         else:
             warnings.append(f"{_where(entry)}unknown setting {entry.key!r} ignored")
             continue
@@ -314,16 +325,42 @@ def _check_listeners(
     warnings.append(f"{where}listen_addr and unix_socket_dir are both empty: no client can connect")
 
 
+_REPORTED_LOWER = frozenset(name.lower() for name in REPORTED_PARAMETERS)
+
+
+def _check_tracked(
+    settings: Settings, setting_entries: Mapping[str, IniEntry], warnings: list[str]
+) -> None:
+    """Warn of track_extra_parameters names PostgreSQL does not report.
+
+    PgBouncer's documentation: only reported parameters can be tracked. A
+    client's value for another is accepted and not applied, unless an
+    extension makes the server report it (search_path, which ecluse follows
+    itself, is the exception).
+    """
+    entry = setting_entries.get("track_extra_parameters")
+    if entry is None:
+        return
+    for name in settings.track_extra_parameters:
+        if name.lower() not in _REPORTED_LOWER and name.lower() != "search_path":
+            warnings.append(
+                f"{_where(entry)}track_extra_parameters: PostgreSQL does not report {name} "
+                "(ParameterStatus): a client's value for it is not applied unless the "
+                "server reports it (an extension may)")
+
+
 _TLS_FILES = ("client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
               "server_tls_key_file", "server_tls_cert_file", "server_tls_ca_file")
 
 
 def _check_tls(
-    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str
+    settings: Settings, setting_entries: Mapping[str, IniEntry], config_path: str,
+    warnings: list[str],
 ) -> Settings:
     """Resolve the TLS file names and load them once, so a bad file stops the load.
 
     Relative names are taken from the main ini file's directory, as auth_file's.
+    A value the ssl module honours otherwise than asked is a warning at its line.
     """
     base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
     resolved = {name: os.path.abspath(os.path.join(base, getattr(settings, name)))
@@ -337,4 +374,8 @@ def _check_tls(
             entry = setting_entries.get(exc.setting) or setting_entries[f"{side}_tls_sslmode"]
             raise ConfigError(f"{exc.setting}: {exc.message}", path=entry.path,
                               line=entry.line) from None
+    for setting, message in client_tls_warnings(settings):
+        entry = setting_entries.get(setting)
+        where = _where(entry) if entry is not None else ""
+        warnings.append(f"{where}{setting} = {message}")
     return settings

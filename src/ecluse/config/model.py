@@ -203,7 +203,11 @@ class Settings:
     idle_transaction_timeout: float = 0.0
     transaction_timeout: float = 0.0  # a transaction longer than this closes its client
     ignore_startup_parameters: tuple[str, ...] = ()
+    # Parameters kept in step per client besides PgBouncer's five and search_path
+    # (server/params.py); as in PgBouncer, a restart applies a change.
+    track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)
     application_name_add_host: bool = False
+    disable_pqexec: bool = False  # refuse the simple Query protocol (frontend/noquery.py)
     logfile: str | None = None
     # Logging (logsetup.py). log_level None: from verbose and -v/-q, as in PgBouncer.
     log_level: LogLevel | None = None
@@ -248,6 +252,8 @@ class Settings:
     client_tls_ca_file: str | None = None
     client_tls_protocols: tuple[str, ...] = SECURE_TLS_PROTOCOLS
     client_tls_ciphers: str = "default"
+    client_tls_ecdhcurve: str = "auto"  # auto, none or a curve name (config/tls.py)
+    client_tls_dheparams: str = "auto"  # none, auto or legacy
     # TLS towards servers.
     server_tls_sslmode: SslMode = SslMode.DISABLE
     server_tls_key_file: str | None = None

@@ -3,12 +3,14 @@
 Three tables, one per section: [pgbouncer] settings, options of a [databases]
 entry and options of a [users] entry. Plus the PgBouncer settings that ecluse
 knows by name but does not implement, which load into Settings.extra without a
-warning so that an existing pgbouncer.ini loads cleanly. A test checks that
+warning so that an existing pgbouncer.ini loads cleanly; except those it cannot
+honour at all (UNHONOURABLE), which warn, saying why, when set. A test checks that
 SETTINGS covers every field of Settings.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -52,6 +54,28 @@ def _parse_syslog_facility(text: str) -> str:
     if lowered not in SYSLOG_FACILITIES:
         raise BadValue("one of " + ", ".join(SYSLOG_FACILITIES))
     return lowered
+
+
+def _parse_dheparams(text: str) -> str:
+    lowered = text.lower()
+    if lowered not in ("none", "auto", "legacy"):
+        raise BadValue("one of none, auto, legacy")
+    return lowered
+
+
+# A run-time parameter's name: an identifier, or an extension's dotted one.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+# Startup packet keys that are no run-time parameters (PgBouncer refuses options).
+_NOT_PARAMETERS = frozenset({"user", "database", "options", "replication"})
+
+
+def _parse_tracked_names(text: str) -> tuple[str, ...]:
+    names = parse_list(text)
+    for name in names:
+        if not _PARAMETER_NAME.fullmatch(name) or name.lower() in _NOT_PARAMETERS:
+            raise BadValue("a comma-separated list of run-time parameter names "
+                           "(not user, database, options or replication)")
+    return names
 
 
 SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
@@ -100,7 +124,9 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "idle_transaction_timeout": parse_seconds,
         "transaction_timeout": parse_seconds,
         "ignore_startup_parameters": parse_list,
+        "track_extra_parameters": _parse_tracked_names,
         "application_name_add_host": parse_bool,
+        "disable_pqexec": parse_bool,
         "logfile": parse_optional_str,
         "log_level": _parse_log_level,
         "log_format": enum_parser(LogFormat),
@@ -141,6 +167,8 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "client_tls_ca_file": parse_optional_str,
         "client_tls_protocols": parse_tls_protocols,
         "client_tls_ciphers": parse_str,
+        "client_tls_ecdhcurve": parse_str,
+        "client_tls_dheparams": _parse_dheparams,
         "server_tls_sslmode": _sslmode,
         "server_tls_key_file": parse_optional_str,
         "server_tls_cert_file": parse_optional_str,
@@ -158,10 +186,7 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
     {
         "auth_ldap_options",
         "client_tls13_ciphers",
-        "client_tls_dheparams",
-        "client_tls_ecdhcurve",
         "conffile",
-        "disable_pqexec",
         "dns_zone_check_period",
         "job_name",
         "pkt_buf",
@@ -170,9 +195,17 @@ KNOWN_UNIMPLEMENTED: frozenset[str] = frozenset(
         "server_tls13_ciphers",
         "service_name",
         "suspend_timeout",
-        "track_extra_parameters",
     }
 )
+
+# Known settings ecluse cannot honour at all, with why: set to anything but
+# PgBouncer's default (empty), they are a warning at their line saying so.
+UNHONOURABLE: MappingProxyType[str, str] = MappingProxyType({
+    name: "Python's ssl module cannot set TLS 1.3 cipher suites (OpenSSL has "
+          "SSL_CTX_set_ciphersuites, ssl has no binding for it): OpenSSL's default "
+          "TLS 1.3 suites are used; *_tls_ciphers applies to TLS 1.2 and older only"
+    for name in ("client_tls13_ciphers", "server_tls13_ciphers")
+})
 
 # Options of a [databases] entry. Both spellings of the reserve pool are
 # PgBouncer's: "reserve_pool" is the older one, still accepted there.

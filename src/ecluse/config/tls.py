@@ -19,11 +19,22 @@ Rules:
    disable/allow/prefer/require never look at one; on the server side only
    verify-ca/verify-full check the server's certificate, and only
    verify-full its host name.
+4. Key exchange towards clients, as far as ``ssl`` can set it:
+   client_tls_ecdhcurve auto keeps OpenSSL's groups, a curve name is the only
+   group (TLS 1.2 and 1.3), none leaves no elliptic curve (TLS 1.3 then uses
+   ffdhe2048, TLS 1.2 only DHE suites); client_tls_dheparams loads a DH group
+   for TLS 1.2's DHE suites (``ssl`` has no automatic DH, so without one they
+   are off): auto the 2048-bit one (RFC 3526; what OpenSSL's automatic choice
+   gives a 2048-bit RSA key, a stronger key would get a larger one), legacy
+   the 1024-bit one (RFC 2409), or the 2048-bit one when OpenSSL's security
+   level refuses 1024 bits, as OpenSSL's own choice would; none none.
+   client_tls_warnings says what is not exactly what was asked.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import logging
 import os
 import ssl
@@ -48,6 +59,12 @@ _VERSIONS = {
 _DEFAULT_CIPHERS = frozenset({"default", "secure", "normal", "fast"})
 _ALL_CIPHERS = frozenset({"all", "legacy", "compat", "insecure"})
 _VERIFYING = frozenset({SslMode.VERIFY_CA, SslMode.VERIFY_FULL})
+# client_tls_dheparams: the DH groups (PEM files in dhparams/, beside this module).
+_DH_2048 = "rfc3526-2048.pem"
+_DH_1024 = "rfc2409-1024.pem"
+# client_tls_ecdhcurve = none: the one group left, a finite-field one (TLS 1.3
+# needs some key exchange; OpenSSL 3 offers it to TLS 1.3 only).
+_NO_EC_GROUP = "ffdhe2048"
 
 
 class TlsSettingError(ValueError):
@@ -87,8 +104,27 @@ def client_tls_context(settings: Settings, strict: bool = False) -> ssl.SSLConte
         return None
     args = (settings.client_tls_sslmode, settings.client_tls_key_file,
             settings.client_tls_cert_file, settings.client_tls_ca_file,
-            settings.client_tls_protocols, settings.client_tls_ciphers)
+            settings.client_tls_protocols, settings.client_tls_ciphers,
+            settings.client_tls_ecdhcurve, settings.client_tls_dheparams)
     return _build(_client_context, args, args[1:4], strict)
+
+
+def client_tls_warnings(settings: Settings) -> list[tuple[str, str]]:
+    """Return (setting, message) for each client TLS setting honoured otherwise than
+    asked (rule 4), for the loader to warn of at its line."""
+    if settings.client_tls_sslmode is SslMode.DISABLE:
+        return []
+    out = []
+    if settings.client_tls_dheparams == "legacy" and \
+            not _allows_1024_bit_dh(settings.client_tls_ciphers):
+        out.append(("client_tls_dheparams", "legacy: OpenSSL's security level refuses 1024-bit "
+                    "DH here, the 2048-bit group is used (as OpenSSL's automatic choice "
+                    "would); a lower level in client_tls_ciphers (@SECLEVEL=1) allows it"))
+    if settings.client_tls_ecdhcurve.lower() == "none":
+        out.append(("client_tls_ecdhcurve", "none: no elliptic-curve key exchange, so TLS 1.3 "
+                    f"uses {_NO_EC_GROUP} and TLS 1.2 needs DHE (client_tls_dheparams) with an "
+                    "RSA certificate; clients that support neither cannot connect"))
+    return out
 
 
 def server_tls(settings: Settings, strict: bool = False) -> ServerTls | None:
@@ -136,10 +172,13 @@ def _file_stamp(paths: tuple[str | None, ...]) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _client_context(mode: SslMode, key_file: str | None, cert_file: str | None,
                     ca_file: str | None, protocols: tuple[str, ...],
-                    ciphers: str, _stamp: tuple = ()) -> ssl.SSLContext:
+                    ciphers: str, ecdhcurve: str, dheparams: str,
+                    _stamp: tuple = ()) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _set_protocols(ctx, protocols, "client_tls_protocols")
     _set_ciphers(ctx, ciphers, "client_tls_ciphers")
+    _set_ecdh_curve(ctx, ecdhcurve)
+    _set_dh_params(ctx, dheparams)
     if key_file is None:
         raise TlsSettingError("client_tls_key_file",
                               f"must be set when client_tls_sslmode is {mode.value}")
@@ -207,6 +246,48 @@ def _set_ciphers(ctx: ssl.SSLContext, ciphers: str, setting: str) -> None:
         ctx.set_ciphers("ALL:!aNULL:!eNULL" if keyword in _ALL_CIPHERS else ciphers)
     except ssl.SSLError:
         raise TlsSettingError(setting, f"no cipher matches {ciphers!r}") from None
+
+
+def _set_ecdh_curve(ctx: ssl.SSLContext, curve: str) -> None:
+    """client_tls_ecdhcurve (rule 4); PgBouncer takes auto and none in any case."""
+    if curve.lower() == "auto":
+        return
+    name = _NO_EC_GROUP if curve.lower() == "none" else curve
+    try:
+        ctx.set_ecdh_curve(name)
+    except (ValueError, ssl.SSLError) as exc:
+        raise TlsSettingError("client_tls_ecdhcurve",
+                              f"OpenSSL here has no curve {name!r} ({exc})") from None
+
+
+def _set_dh_params(ctx: ssl.SSLContext, dheparams: str) -> None:
+    """client_tls_dheparams (rule 4); after the ciphers, which may set the security
+    level that decides whether 1024 bits are allowed."""
+    if dheparams == "none":
+        return
+    if dheparams == "legacy":
+        try:
+            _load_dh(ctx, _DH_1024)
+            return
+        except ssl.SSLError:
+            pass  # below the security level: client_tls_warnings says so
+    _load_dh(ctx, _DH_2048)
+
+
+def _load_dh(ctx: ssl.SSLContext, name: str) -> None:
+    with importlib.resources.as_file(
+            importlib.resources.files(__package__) / "dhparams" / name) as path:
+        ctx.load_dh_params(str(path))
+
+
+def _allows_1024_bit_dh(ciphers: str) -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _set_ciphers(ctx, ciphers, "client_tls_ciphers")
+    try:
+        _load_dh(ctx, _DH_1024)
+    except ssl.SSLError:
+        return False
+    return True
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str, prefix: str) -> None:

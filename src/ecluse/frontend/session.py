@@ -82,7 +82,7 @@ from ecluse.protocol.startup import (
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
-from ecluse.server.params import TRACKED_PARAMETERS, build_sync_query
+from ecluse.server.params import build_sync_query, tracked_parameters
 from ecluse.server.state import build_settings_sync
 from ecluse.stats.counters import PoolStats
 
@@ -350,7 +350,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         settings = self.ctx.config.settings
         self._refuse_cleartext()
         validate_startup_params(msg.params)
-        startup = resolve_startup(msg.params, settings.ignore_startup_parameters)
+        startup = resolve_startup(msg.params, settings.ignore_startup_parameters,
+                                  tracked_parameters(settings.track_extra_parameters))
         # Interned: thousands of clients of one pool then share two strings.
         self.user, self.database = sys.intern(startup.user), sys.intern(startup.database)
         self.params = startup.params
@@ -499,9 +500,16 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
     def _finish_welcome(self, auth_ok: bytes = b"") -> None:
         assert self.pool is not None and self.pool.default_params is not None
         defaults = self.pool.default_params
-        for name in TRACKED_PARAMETERS:
-            if name not in self.params and name in defaults:
-                self.params[name] = defaults[name]
+        params = self.params
+        for name in tracked_parameters(self.ctx.config.settings.track_extra_parameters).names:
+            if name not in params:
+                if name in defaults:
+                    params[name] = defaults[name]
+            elif name not in defaults and name != "search_path":
+                # Not reported by the server (track_extra_parameters): it could not be
+                # kept in step, and PgBouncer never applies such a value either.
+                log.debug("%s: %s=%r not applied: the server does not report %s",
+                          self._describe(), name, params.pop(name), name)
         block, self.params = self.pool.welcome(self.params)  # shared: copy to change
         self._send_welcome(auth_ok + block)
         self._set_state(_IDLE)
@@ -720,7 +728,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.transport.write(data)
 
     def on_server_params(self, name: str, value: str) -> None:
-        if name in TRACKED_PARAMETERS and self.params.get(name) != value:
+        if self.params.get(name) != value and \
+                name in tracked_parameters(self.ctx.config.settings.track_extra_parameters).names:
             params = dict(self.params)  # never in place: the dict may be shared (welcome)
             params[name] = value
             self.params = params

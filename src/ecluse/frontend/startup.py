@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ecluse.errors import ClientRefused
-from ecluse.server.params import canonical_name
+from ecluse.server.params import TrackedParameters, tracked_parameters
 
 # Parameters a pooler consumes itself and never forwards.
 _ROUTING = frozenset({"user", "database", "options"})
@@ -81,13 +81,16 @@ def _lowered(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(name.lower() for name in names)
 
 
-def resolve_startup(params: Mapping[str, str], ignore: Iterable[str]) -> ClientStartup:
+def resolve_startup(params: Mapping[str, str], ignore: Iterable[str],
+                    tracked: TrackedParameters | None = None) -> ClientStartup:
     """Validate a client's startup parameters.
 
-    Tracked settings are kept; parameters listed in ``ignore``
+    Tracked settings (``tracked``, by default those of the default
+    track_extra_parameters) are kept; parameters listed in ``ignore``
     (ignore_startup_parameters) are dropped; anything else is refused with a
     clear error, as PgBouncer does.
     """
+    canonical_name = (tracked or tracked_parameters()).canonical_name
     ignored = _lowered(tuple(ignore))
     user = params["user"]
     database = params.get("database") or user

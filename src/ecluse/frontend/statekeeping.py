@@ -34,7 +34,7 @@ from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol.messages import ErrorResponse
 from ecluse.protocol.replies import Fake
-from ecluse.server.params import TRACKED_PARAMETERS
+from ecluse.server.params import tracked_parameters
 from ecluse.server.state import SessionState, build_probe_sql, parse_probe
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ecluse.client")
 
-_TRACKED_LOWER = frozenset(name.lower() for name in TRACKED_PARAMETERS)
 # Longest SQL text remembered as scanned and harmless (see _answer_idle_sql).
 HARMLESS_CACHE_MAX = 8192
 
@@ -283,8 +282,16 @@ class SessionStateKeeping:
             self._queue_pieces(pieces)
 
     def _apply_probe(self, server: ServerConnection, state: SessionState) -> None:
-        settings = {name: value for name, value in state.settings.items()
-                    if name.lower() not in _TRACKED_LOWER}
+        # Tracked parameters the server reports follow the client through
+        # ParameterStatus (on_server_params), and search_path below; a tracked one it
+        # does not report is session state like any other.
+        tracked = tracked_parameters(self.ctx.config.settings.track_extra_parameters).by_lower
+        reported = server.params
+        settings = {}
+        for name, value in state.settings.items():
+            canon = tracked.get(name.lower())
+            if canon is None or (canon != "search_path" and canon not in reported):
+                settings[name] = value
         self.session_settings = settings
         server.session_settings = dict(settings)
         params = dict(self.params)  # never in place: it may be shared (Pool.welcome)

@@ -45,6 +45,19 @@ class Auth(enum.IntEnum):
     SASL_FINAL = 12
 
 
+# The run-time parameters PostgreSQL reports with ParameterStatus, at startup and
+# whenever they change, spelled as it reports them (protocol-flow.html,
+# "Asynchronous Operations"; in_hot_standby and default_transaction_read_only
+# from 14, scram_iterations from 16). Extensions may report more (Citus 12
+# reports search_path).
+REPORTED_PARAMETERS = (
+    "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+    "in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser",
+    "scram_iterations", "server_encoding", "server_version",
+    "session_authorization", "standard_conforming_strings", "TimeZone",
+)
+
+
 # Frontend (client -> server) message types.
 FE_BIND = ord("B")
 FE_CLOSE = ord("C")

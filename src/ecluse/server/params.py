@@ -4,28 +4,61 @@ A client's view of client_encoding, DateStyle, TimeZone, ... must survive being
 moved between server connections, so ecluse remembers what each client wants
 and what each server currently has, and sends SET before forwarding when they
 differ.
+
+Which parameters: PgBouncer's five, search_path (which ecluse follows itself,
+PostgreSQL 15 does not report it) and the names of track_extra_parameters
+(tracked_parameters). Any other is kept in step only if the server reports
+it with ParameterStatus, as PgBouncer's documentation says: the session
+drops a client's value for one its server does not report (at the welcome),
+as PgBouncer never applies one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-# Canonical spelling as PostgreSQL reports them in ParameterStatus.
-TRACKED_PARAMETERS = (
+from ecluse.protocol.codes import REPORTED_PARAMETERS
+
+# PgBouncer's fixed set, and search_path; spelled as PostgreSQL reports them.
+ALWAYS_TRACKED = (
     "client_encoding",
     "DateStyle",
     "TimeZone",
-    "IntervalStyle",
     "standard_conforming_strings",
     "application_name",
     "search_path",
 )
-_CANONICAL = {name.lower(): name for name in TRACKED_PARAMETERS}
+# A name of track_extra_parameters is taken in the server's spelling whatever its
+# case: a client's parameters must have the keys ParameterStatus gives the
+# server's (build_sync_query compares the two).
+_REPORTED_SPELLING = {name.lower(): name for name in REPORTED_PARAMETERS}
 
 
-def canonical_name(name: str) -> str | None:
-    """Return the tracked spelling of a parameter name, or None if not tracked."""
-    return _CANONICAL.get(name.lower())
+@dataclass(frozen=True, slots=True)
+class TrackedParameters:
+    """The parameters kept in step for clients, under one track_extra_parameters."""
+
+    names: frozenset[str]  # as PostgreSQL spells them (ParameterStatus names)
+    by_lower: Mapping[str, str]  # lower-case name -> that spelling
+
+    def canonical_name(self, name: str) -> str | None:
+        """Return the tracked spelling of ``name``, or None if it is not tracked."""
+        return self.by_lower.get(name.lower())
+
+
+@functools.lru_cache(maxsize=8)
+def tracked_parameters(extra: tuple[str, ...] = ("IntervalStyle",)) -> TrackedParameters:
+    """Return ALWAYS_TRACKED and the ``extra`` names (track_extra_parameters).
+
+    Made once per value of the setting, not per client. A name PostgreSQL
+    reports takes its spelling; any other (an extension's) keeps the one given.
+    """
+    by_lower = {name.lower(): name for name in ALWAYS_TRACKED}
+    for name in extra:
+        by_lower.setdefault(name.lower(), _REPORTED_SPELLING.get(name.lower(), name))
+    return TrackedParameters(frozenset(by_lower.values()), by_lower)
 
 
 def quote_literal(value: str) -> str:
@@ -37,9 +70,10 @@ def quote_literal(value: str) -> str:
 def build_sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> str | None:
     """Return the SET statements that make a server match a client, or None.
 
-    Only tracked parameters the client has a value for are compared, except
-    search_path: PostgreSQL 15 does not report it, so ``current`` holds it only
-    when ecluse set it, and a client that wants the default gets a RESET.
+    ``wanted`` is the client's parameters (tracked ones only), ``current`` the
+    server's. Each wanted value the server does not have is set, search_path
+    too; since PostgreSQL 15 does not report it, ``current`` holds it only when
+    ecluse set it, and a client that wants the default gets a RESET.
     """
     # Asked at every link: nearly always every parameter the client has is the
     # server's too, which this tests in C.
@@ -50,14 +84,9 @@ def build_sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> s
 
 
 def sync_statements(wanted: Mapping[str, str], current: Mapping[str, str]) -> str | None:
-    """build_sync_query, parameter by parameter."""
+    """build_sync_query, parameter by parameter, in the client's order."""
     stmts = []
-    for name in TRACKED_PARAMETERS:
-        want = wanted.get(name)
-        if want is None:
-            if name == "search_path" and name in current:
-                stmts.append("RESET search_path")
-            continue
+    for name, want in wanted.items():
         if current.get(name) == want:
             continue
         if name == "search_path":
@@ -66,6 +95,8 @@ def sync_statements(wanted: Mapping[str, str], current: Mapping[str, str]) -> st
                          f"{quote_literal(want)}, false)")
         else:
             stmts.append(f"SET {name} TO {quote_literal(want)}")
+    if "search_path" in current and "search_path" not in wanted:
+        stmts.append("RESET search_path")
     if not stmts:
         return None
     return ";".join(stmts)

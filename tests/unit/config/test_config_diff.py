@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from types import MappingProxyType
 
+import pytest
+
 from ecluse.config import config_from_string, diff_configs
+from ecluse.config.diff import keep_restart_only, settable
 
 OLD = """\
 [databases]
@@ -56,3 +59,19 @@ def test_auth_secret_changes_are_named() -> None:
     diff = diff_configs(old, new)
     assert diff.auth == {"b", "c", "d"}
     assert diff.settings == frozenset() and diff.changed == frozenset()
+
+
+@pytest.mark.parametrize(("line", "key", "running"), [
+    ("track_extra_parameters = IntervalStyle, TimeZone", "track_extra_parameters",
+     ("IntervalStyle",)),
+    ("disable_pqexec = 1", "disable_pqexec", False),
+])
+def test_settings_pgbouncer_does_not_reload_take_a_restart(line, key, running) -> None:
+    """PgBouncer marks them CF_NO_RELOAD: a reload keeps the running value."""
+    old = config_from_string("")
+    new = config_from_string(f"[pgbouncer]\n{line}\n")
+    assert getattr(new.settings, key) != running
+    kept, names = keep_restart_only(old, new)
+    assert names == [key]
+    assert getattr(kept.settings, key) == running
+    assert not settable(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from ecluse.config import (
 )
 from ecluse.config.diff import diff_configs
 from ecluse.config.model import DEFAULT_AUTH_QUERY
-from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS
+from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS, UNHONOURABLE
 from ecluse.errors import ConfigError
 
 SCRAM = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
@@ -252,6 +253,9 @@ def test_empty_values_unset_optional_paths() -> None:
             "auth_type: expected one of trust, plain, md5, scram-sha-256, any, cert, hba",
         ),
         ("unix_socket_mode = 999", "unix_socket_mode: expected an octal file mode"),
+        ("track_extra_parameters = IntervalStyle, options",
+         "track_extra_parameters: expected a comma-separated list of run-time parameter names"),
+        ("track_extra_parameters = work mem", "track_extra_parameters: expected a comma-sep"),
     ],
 )
 def test_bad_setting_values_name_file_line_key_and_expectation(line: str, message: str) -> None:
@@ -306,6 +310,36 @@ no_such_setting = 1
     )
     assert config.databases["d"].host == "x"
     assert "no_such_setting" not in config.settings.extra
+
+
+def test_track_extra_parameters_default_and_names_postgresql_does_not_report() -> None:
+    assert config_from_string("").settings.track_extra_parameters == ("IntervalStyle",)
+    config = config_from_string("[pgbouncer]\n\ntrack_extra_parameters = "
+                                "intervalstyle,search_path, work_mem,citus.x\n", "t.ini")
+    assert config.settings.track_extra_parameters == (
+        "intervalstyle", "search_path", "work_mem", "citus.x")
+    # Only reported parameters can be tracked (PgBouncer's documentation): said
+    # for each other name, at the setting's line; search_path ecluse follows itself.
+    assert config.warnings == tuple(
+        f"t.ini:3: track_extra_parameters: PostgreSQL does not report {name} (ParameterStatus):"
+        " a client's value for it is not applied unless the server reports it (an extension"
+        " may)" for name in ("work_mem", "citus.x"))
+    assert config_from_string("[pgbouncer]\ntrack_extra_parameters =\n").settings \
+        .track_extra_parameters == ()
+
+
+def test_tls13_cipher_settings_warn_why_they_are_not_honoured() -> None:
+    assert set(UNHONOURABLE) <= KNOWN_UNIMPLEMENTED
+    # The reason: when ssl gains a way to set TLS 1.3 suites, implement them.
+    assert not any("suites" in name for name in dir(ssl.SSLContext))
+    config = config_from_string("[pgbouncer]\nclient_tls13_ciphers = TLS_AES_128_GCM_SHA256\n"
+                                "server_tls13_ciphers =\npkt_buf = 4096\n", "c.ini")
+    assert config.warnings == (
+        "c.ini:2: client_tls13_ciphers is not honoured: Python's ssl module cannot set TLS 1.3 "
+        "cipher suites (OpenSSL has SSL_CTX_set_ciphersuites, ssl has no binding for it): "
+        "OpenSSL's default TLS 1.3 suites are used; *_tls_ciphers applies to TLS 1.2 and "
+        "older only",)
+    assert config.settings.extra["client_tls13_ciphers"] == "TLS_AES_128_GCM_SHA256"
 
 
 def test_redefined_database_warns_and_last_wins() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 from pathlib import Path
 
@@ -133,3 +134,176 @@ def test_relative_files_are_taken_from_the_config_directory(tls_certs, tmp_path:
 
 def test_alpn_name():
     assert ALPN_POSTGRESQL == "postgresql"
+
+
+# --- client_tls_ecdhcurve and client_tls_dheparams -------------------------------
+
+@pytest.fixture(scope="module")
+def rsa_pair(tmp_path_factory) -> tuple[str, str]:
+    """An RSA certificate: DHE suites (TLS 1.2) authenticate with RSA only."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    directory = tmp_path_factory.mktemp("rsa")
+    (directory / "rsa.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (directory / "rsa.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(directory / "rsa.crt"), str(directory / "rsa.key")
+
+
+def rsa_config(rsa_pair, extra: str = "", path: str = "<string>"):
+    cert, key = rsa_pair
+    return config_from_string("[pgbouncer]\nclient_tls_sslmode = require\n"
+                              f"client_tls_key_file = {key}\nclient_tls_cert_file = {cert}\n"
+                              + extra, path)
+
+
+def handshake(server: ssl.SSLContext, *, version: ssl.TLSVersion, ciphers: str | None = None,
+              group: str | None = None, seclevel: int | None = None) -> str | None:
+    """Run a TLS handshake in memory with a client that offers only what is given;
+    return the cipher agreed, or None when it failed."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.minimum_version = client.maximum_version = version
+    if ciphers is not None or seclevel is not None:
+        client.set_ciphers((ciphers or "DEFAULT") + (f":@SECLEVEL={seclevel}"
+                                                     if seclevel is not None else ""))
+    if group is not None:
+        client.set_ecdh_curve(group)
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    s_end = server.wrap_bio(bios[0], bios[1], server_side=True)
+    c_end = client.wrap_bio(bios[2], bios[3])
+    for _ in range(6):
+        for end in (c_end, s_end):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                return None
+        bios[0].write(bios[3].read())
+        bios[2].write(bios[1].read())
+    try:
+        c_end.do_handshake()
+    except ssl.SSLError:
+        return None
+    return c_end.cipher()[0]
+
+
+CURVES = ("prime256v1", "secp384r1", "X25519")
+
+
+@pytest.mark.parametrize("ecdhcurve", ["auto", "AUTO", "none", *CURVES])
+@pytest.mark.parametrize("dheparams", ["none", "auto", "legacy"])
+def test_key_exchange_offered_to_clients(rsa_pair, ecdhcurve, dheparams):
+    """Every value against clients that offer one key exchange each, checked
+    against what the setting means (PgBouncer's, rule 4 of config/tls.py)."""
+    config = rsa_config(rsa_pair, f"client_tls_ecdhcurve = {ecdhcurve}\n"
+                                  f"client_tls_dheparams = {dheparams}\n")
+    ctx = client_tls_context(config.settings)
+    v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    curve = ecdhcurve.lower()
+    # TLS 1.2 with ECDHE only, over each curve: auto takes any, a name only itself.
+    for group in CURVES:
+        agreed = handshake(ctx, version=v12, ciphers="ECDHE-RSA-AES128-GCM-SHA256", group=group)
+        assert (agreed is not None) == (curve == "auto" or curve == group.lower()), group
+    # TLS 1.3 with one group each: the same (OpenSSL's own list, auto, has the
+    # finite-field groups too), and none leaves only ffdhe2048.
+    for group in (*CURVES, "ffdhe2048"):
+        agreed = handshake(ctx, version=v13, group=group)
+        expected = curve in ("auto", group.lower()) or (curve == "none" and group == "ffdhe2048")
+        assert (agreed is not None) == expected, group
+    # TLS 1.2 with DHE only: off without a group; 1024 bits only for legacy, and
+    # only where the security level allows them (not here: 2048 bits, which a
+    # client at the default level takes).
+    dhe = "DHE-RSA-AES128-GCM-SHA256"
+    assert (handshake(ctx, version=v12, ciphers=dhe) is not None) == (dheparams != "none")
+
+
+def test_legacy_dh_is_1024_bits_where_the_security_level_allows(rsa_pair):
+    config = rsa_config(rsa_pair, "client_tls_dheparams = legacy\n"
+                                  "client_tls_ciphers = DEFAULT:@SECLEVEL=0\n")
+    assert config.warnings == ()
+    ctx = client_tls_context(config.settings)
+    v12, dhe = ssl.TLSVersion.TLSv1_2, "DHE-RSA-AES128-GCM-SHA256"
+    # A client at the default level refuses a 1024-bit group; one at level 0 takes it.
+    assert handshake(ctx, version=v12, ciphers=dhe) is None
+    assert handshake(ctx, version=v12, ciphers=dhe, seclevel=0) == dhe
+    auto = client_tls_context(rsa_config(rsa_pair, "client_tls_ciphers = DEFAULT:@SECLEVEL=0\n")
+                              .settings)
+    assert handshake(auto, version=v12, ciphers=dhe) == dhe
+
+
+def test_values_honoured_otherwise_are_warnings_at_their_line(rsa_pair):
+    config = rsa_config(rsa_pair, "client_tls_dheparams = Legacy\nclient_tls_ecdhcurve = None\n",
+                        "t.ini")
+    assert config.settings.client_tls_dheparams == "legacy"
+    assert [w.split(" = ")[0] for w in config.warnings] == [
+        "t.ini:5: client_tls_dheparams", "t.ini:6: client_tls_ecdhcurve"]
+    assert "refuses 1024-bit DH here, the 2048-bit group is used" in config.warnings[0]
+    assert "TLS 1.3 uses ffdhe2048" in config.warnings[1]
+    # Not when client TLS is off: nothing is built from them then.
+    quiet = config_from_string("[pgbouncer]\nclient_tls_dheparams = legacy\n"
+                               "client_tls_ecdhcurve = none\n")
+    assert quiet.warnings == ()
+
+
+def test_bad_curve_and_dheparams_stop_the_load_at_their_line(rsa_pair):
+    with pytest.raises(ConfigError, match=r"^t.ini:5: client_tls_ecdhcurve: OpenSSL here has "
+                                          r"no curve 'P-999'"):
+        rsa_config(rsa_pair, "client_tls_ecdhcurve = P-999\n", "t.ini")
+    with pytest.raises(ConfigError, match=r"^t.ini:5: client_tls_dheparams: expected one of "
+                                          r"none, auto, legacy, got '2048'"):
+        rsa_config(rsa_pair, "client_tls_dheparams = 2048\n", "t.ini")
+
+
+def _rfc_modp_prime(bits: int, k: int) -> int:
+    """The RFC 2409/3526 MODP primes: 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) pi) + k)."""
+    guard = 64
+    one = 1 << (bits - 130 + guard)
+
+    def arctan_inverse(x: int) -> int:
+        total, term, n, sign = 0, one // x, 1, 1
+        while term:
+            total += sign * (term // n)
+            term //= x * x
+            n, sign = n + 2, -sign
+        return total
+
+    pi = (16 * arctan_inverse(5) - 4 * arctan_inverse(239)) >> guard
+    return 2 ** bits - 2 ** (bits - 64) - 1 + 2 ** 64 * (pi + k)
+
+
+@pytest.mark.parametrize(("name", "bits", "k"), [("rfc2409-1024.pem", 1024, 129093),
+                                                 ("rfc3526-2048.pem", 2048, 124476)])
+def test_shipped_dh_groups_are_the_rfc_ones(name, bits, k):
+    import ecluse.config
+
+    text = (Path(ecluse.config.__file__).parent / "dhparams" / name).read_text()
+    assert text.startswith("-----BEGIN DH PARAMETERS-----\n")
+    der = base64.b64decode("".join(text.splitlines()[1:-1]))
+    # PKCS #3 DHParameter: SEQUENCE { prime INTEGER, base INTEGER }, nothing else.
+    integers, pos = [], 4 if der[1] == 0x82 else 3
+    assert der[0] == 0x30
+    while pos < len(der):
+        assert der[pos] == 0x02
+        length, pos = der[pos + 1], pos + 2
+        if length & 0x80:
+            size = length & 0x7F
+            length, pos = int.from_bytes(der[pos:pos + size]), pos + size
+        integers.append(int.from_bytes(der[pos:pos + length]))
+        pos += length
+    assert integers == [_rfc_modp_prime(bits, k), 2]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ecluse.errors import ClientRefused
 from ecluse.frontend.startup import parse_options, resolve_startup, split_options
+from ecluse.server.params import tracked_parameters
 
 
 def test_split_options_honours_backslash_escapes():
@@ -47,6 +48,24 @@ def test_unknown_parameters_refused_unless_ignored():
         resolve_startup({"user": "u", "options": "-c work_mem=1MB"}, ())
     s = resolve_startup({"user": "u", "extra_float_digits": "3",
                          "options": "-c work_mem=1MB"}, ("extra_float_digits", "work_mem"))
+    assert s.params == {}
+
+
+def test_track_extra_parameters_decides_what_startup_may_set():
+    """PgBouncer: a parameter of track_extra_parameters is kept (in the server's
+    spelling), one outside it refused unless ignored; the default tracks
+    IntervalStyle."""
+    params = {"user": "u", "intervalstyle": "iso_8601",
+              "options": "-c default_transaction_read_only=on"}
+    with pytest.raises(ClientRefused, match="default_transaction_read_only"):
+        resolve_startup(params, ())
+    s = resolve_startup(params, (), tracked_parameters(("IntervalStyle",
+                                                        "Default_Transaction_Read_Only")))
+    assert s.params == {"IntervalStyle": "iso_8601", "default_transaction_read_only": "on"}
+    with pytest.raises(ClientRefused, match="intervalstyle"):
+        resolve_startup(params, ("default_transaction_read_only",), tracked_parameters(()))
+    s = resolve_startup(params, ("IntervalStyle", "default_transaction_read_only"),
+                        tracked_parameters(()))
     assert s.params == {}
 
 
