@@ -28,7 +28,10 @@ Rules:
    gives a 2048-bit RSA key, a stronger key would get a larger one), legacy
    the 1024-bit one (RFC 2409), or the 2048-bit one when OpenSSL's security
    level refuses 1024 bits, as OpenSSL's own choice would; none none.
-   client_tls_warnings says what is not exactly what was asked.
+   client_tls_warnings says what is not exactly what was asked. CPython's
+   set_ecdh_curve takes only the named elliptic curves in some 3.11 releases
+   (Debian 12's 3.11.2; not X25519, nor ffdhe2048): there a name it refuses is
+   a load error, and none keeps OpenSSL's groups, with a warning.
 """
 
 from __future__ import annotations
@@ -65,6 +68,19 @@ _DH_1024 = "rfc2409-1024.pem"
 # client_tls_ecdhcurve = none: the one group left, a finite-field one (TLS 1.3
 # needs some key exchange; OpenSSL 3 offers it to TLS 1.3 only).
 _NO_EC_GROUP = "ffdhe2048"
+
+
+def _sets_any_group() -> bool:
+    """True when this Python's ssl can select any TLS group, not only a named
+    elliptic curve (set_ecdh_curve on SSL_CTX_set1_groups rather than EC_KEY)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ecdh_curve(_NO_EC_GROUP)
+    except (ValueError, ssl.SSLError):
+        return False
+    return True
+
+
+SETS_ANY_GROUP = _sets_any_group()
 
 
 class TlsSettingError(ValueError):
@@ -121,9 +137,15 @@ def client_tls_warnings(settings: Settings) -> list[tuple[str, str]]:
                     "DH here, the 2048-bit group is used (as OpenSSL's automatic choice "
                     "would); a lower level in client_tls_ciphers (@SECLEVEL=1) allows it"))
     if settings.client_tls_ecdhcurve.lower() == "none":
-        out.append(("client_tls_ecdhcurve", "none: no elliptic-curve key exchange, so TLS 1.3 "
-                    f"uses {_NO_EC_GROUP} and TLS 1.2 needs DHE (client_tls_dheparams) with an "
-                    "RSA certificate; clients that support neither cannot connect"))
+        if SETS_ANY_GROUP:
+            out.append(("client_tls_ecdhcurve", "none: no elliptic-curve key exchange, so "
+                        f"TLS 1.3 uses {_NO_EC_GROUP} and TLS 1.2 needs DHE "
+                        "(client_tls_dheparams) with an RSA certificate; clients that "
+                        "support neither cannot connect"))
+        else:
+            out.append(("client_tls_ecdhcurve", "none: this Python's ssl selects named "
+                        "elliptic curves only, so it cannot leave them out: OpenSSL's groups "
+                        "are kept, as with auto"))
     return out
 
 
@@ -250,14 +272,16 @@ def _set_ciphers(ctx: ssl.SSLContext, ciphers: str, setting: str) -> None:
 
 def _set_ecdh_curve(ctx: ssl.SSLContext, curve: str) -> None:
     """client_tls_ecdhcurve (rule 4); PgBouncer takes auto and none in any case."""
-    if curve.lower() == "auto":
-        return
+    if curve.lower() == "auto" or (curve.lower() == "none" and not SETS_ANY_GROUP):
+        return  # none where it cannot be honoured: client_tls_warnings says so
     name = _NO_EC_GROUP if curve.lower() == "none" else curve
     try:
         ctx.set_ecdh_curve(name)
     except (ValueError, ssl.SSLError) as exc:
+        hint = "" if SETS_ANY_GROUP else \
+            "; this Python's ssl selects named elliptic curves only (prime256v1, secp384r1...)"
         raise TlsSettingError("client_tls_ecdhcurve",
-                              f"OpenSSL here has no curve {name!r} ({exc})") from None
+                              f"cannot select curve {name!r} here ({exc}){hint}") from None
 
 
 def _set_dh_params(ctx: ssl.SSLContext, dheparams: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from ecluse.config.loader import config_from_string, load_config
 from ecluse.config.model import SslMode
-from ecluse.config.tls import ALPN_POSTGRESQL, client_tls_context, server_tls
+from ecluse.config.tls import ALPN_POSTGRESQL, SETS_ANY_GROUP, client_tls_context, server_tls
 from ecluse.config.values import BadValue, parse_tls_protocols
 from ecluse.errors import ConfigError
 
@@ -206,23 +206,44 @@ def handshake(server: ssl.SSLContext, *, version: ssl.TLSVersion, ciphers: str |
 CURVES = ("prime256v1", "secp384r1", "X25519")
 
 
+def _selectable(group: str) -> bool:
+    """Whether this Python's ssl can select ``group`` (config/tls.py rule 4)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ecdh_curve(group)
+    except (ValueError, ssl.SSLError):
+        return False
+    return True
+
+
+# The groups a test client can offer alone: on a Python whose ssl selects named
+# elliptic curves only, X25519 and ffdhe2048 cannot be offered (nor configured).
+OFFERED = tuple(g for g in CURVES if _selectable(g))
+
+
 @pytest.mark.parametrize("ecdhcurve", ["auto", "AUTO", "none", *CURVES])
 @pytest.mark.parametrize("dheparams", ["none", "auto", "legacy"])
 def test_key_exchange_offered_to_clients(rsa_pair, ecdhcurve, dheparams):
     """Every value against clients that offer one key exchange each, checked
     against what the setting means (PgBouncer's, rule 4 of config/tls.py)."""
-    config = rsa_config(rsa_pair, f"client_tls_ecdhcurve = {ecdhcurve}\n"
-                                  f"client_tls_dheparams = {dheparams}\n")
+    assert _selectable("ffdhe2048") == SETS_ANY_GROUP
+    settings = f"client_tls_ecdhcurve = {ecdhcurve}\nclient_tls_dheparams = {dheparams}\n"
+    curve = ecdhcurve.lower()
+    if curve not in ("auto", "none") and not _selectable(ecdhcurve):
+        with pytest.raises(ConfigError, match="selects named elliptic curves only"):
+            rsa_config(rsa_pair, settings)
+        return
+    if curve == "none" and not SETS_ANY_GROUP:
+        curve = "auto"  # cannot be honoured here: OpenSSL's groups stay (and a warning says so)
+    config = rsa_config(rsa_pair, settings)
     ctx = client_tls_context(config.settings)
     v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
-    curve = ecdhcurve.lower()
     # TLS 1.2 with ECDHE only, over each curve: auto takes any, a name only itself.
-    for group in CURVES:
+    for group in OFFERED:
         agreed = handshake(ctx, version=v12, ciphers="ECDHE-RSA-AES128-GCM-SHA256", group=group)
         assert (agreed is not None) == (curve == "auto" or curve == group.lower()), group
     # TLS 1.3 with one group each: the same (OpenSSL's own list, auto, has the
     # finite-field groups too), and none leaves only ffdhe2048.
-    for group in (*CURVES, "ffdhe2048"):
+    for group in (*OFFERED, *(("ffdhe2048",) if SETS_ANY_GROUP else ())):
         agreed = handshake(ctx, version=v13, group=group)
         expected = curve in ("auto", group.lower()) or (curve == "none" and group == "ffdhe2048")
         assert (agreed is not None) == expected, group
@@ -254,7 +275,8 @@ def test_values_honoured_otherwise_are_warnings_at_their_line(rsa_pair):
     assert [w.split(" = ")[0] for w in config.warnings] == [
         "t.ini:5: client_tls_dheparams", "t.ini:6: client_tls_ecdhcurve"]
     assert "refuses 1024-bit DH here, the 2048-bit group is used" in config.warnings[0]
-    assert "TLS 1.3 uses ffdhe2048" in config.warnings[1]
+    assert ("TLS 1.3 uses ffdhe2048" if SETS_ANY_GROUP else
+            "OpenSSL's groups are kept, as with auto") in config.warnings[1]
     # Not when client TLS is off: nothing is built from them then.
     quiet = config_from_string("[pgbouncer]\nclient_tls_dheparams = legacy\n"
                                "client_tls_ecdhcurve = none\n")
@@ -262,8 +284,8 @@ def test_values_honoured_otherwise_are_warnings_at_their_line(rsa_pair):
 
 
 def test_bad_curve_and_dheparams_stop_the_load_at_their_line(rsa_pair):
-    with pytest.raises(ConfigError, match=r"^t.ini:5: client_tls_ecdhcurve: OpenSSL here has "
-                                          r"no curve 'P-999'"):
+    with pytest.raises(ConfigError, match=r"^t.ini:5: client_tls_ecdhcurve: cannot select "
+                                          r"curve 'P-999' here"):
         rsa_config(rsa_pair, "client_tls_ecdhcurve = P-999\n", "t.ini")
     with pytest.raises(ConfigError, match=r"^t.ini:5: client_tls_dheparams: expected one of "
                                           r"none, auto, legacy, got '2048'"):
