@@ -31,7 +31,7 @@ from ecluse.frontend.session import ClientState, FrontendSession
 from ecluse.pool.registry import PoolRegistry
 from ecluse.protocol.startup import encode_startup_message
 
-_CONFIG = """
+CONFIG = """
 [databases]
 bench = host=127.0.0.1 port=1
 [pgbouncer]
@@ -42,22 +42,26 @@ log_connections = 0
 log_disconnections = 0
 """
 # What PostgreSQL 15 reports at login (what the pool would have learnt from a server).
-_SERVER_PARAMS = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC",
-                  "server_version": "15.0", "standard_conforming_strings": "on",
-                  "integer_datetimes": "on", "IntervalStyle": "postgres"}
+SERVER_PARAMS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+                 "default_transaction_read_only": "off", "in_hot_standby": "off",
+                 "integer_datetimes": "on", "IntervalStyle": "postgres", "is_superuser": "on",
+                 "server_encoding": "UTF8", "server_version": "15.0",
+                 "session_authorization": "postgres", "standard_conforming_strings": "on",
+                 "TimeZone": "UTC"}
 # pgbench's StartupMessage.
-_STARTUP = encode_startup_message({"user": "postgres", "database": "bench",
+STARTUP = encode_startup_message({"user": "postgres", "database": "bench",
                                    "application_name": "pgbench",
                                    "client_encoding": "UTF8"})
 _TERMINATE = b"X" + struct.pack("!I", 4)
 
 
-class _Transport(asyncio.Transport):
-    """Keeps the last write; a TCP peer's address."""
+class Transport(asyncio.Transport):
+    """Keeps the last write and counts them; a TCP peer's address."""
 
     def __init__(self) -> None:
         super().__init__()
         self.last = b""
+        self.writes = 0
         self.closed = False
 
     def get_extra_info(self, name, default=None):
@@ -65,6 +69,7 @@ class _Transport(asyncio.Transport):
 
     def write(self, data) -> None:
         self.last = data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -72,12 +77,18 @@ class _Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def _connection(ctx: ClientContext) -> None:
     session = FrontendSession(ctx)
-    transport = _Transport()
+    transport = Transport()
     session.connection_made(transport)
-    session.data_received(_STARTUP)
+    session.data_received(STARTUP)
     if session.state is not ClientState.IDLE:
         raise SystemExit(f"login did not complete: {session.state} {transport.last!r}")
     session.data_received(_TERMINATE)
@@ -85,10 +96,10 @@ def _connection(ctx: ClientContext) -> None:
 
 
 async def _measure(connections: int) -> tuple[float, float]:
-    config = config_from_string(_CONFIG)
+    config = config_from_string(CONFIG)
     ctx = ClientContext(config, PoolRegistry(config))
     pool = ctx.registry.get_pool(config.database("bench"), "postgres")
-    pool.default_params = dict(_SERVER_PARAMS)
+    pool.default_params = dict(SERVER_PARAMS)
     for _ in range(2000):  # warm: the welcome cache, the framing rules, the code
         _connection(ctx)
     gc.collect()

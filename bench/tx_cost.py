@@ -27,31 +27,17 @@ import gc
 import struct
 import time
 
+from login_cost import CONFIG, SERVER_PARAMS, STARTUP, Transport
+
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import ClientState, FrontendSession
 from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
-from ecluse.protocol.startup import encode_startup_message
 from ecluse.server.connection import ServerConnection, ServerState
 
-_CONFIG = """
-[databases]
-bench = host=127.0.0.1 port=1
-[pgbouncer]
-auth_type = trust
-pool_mode = transaction
-default_pool_size = 1
-log_connections = 0
-log_disconnections = 0
-"""
-# What PostgreSQL 15 reports at login, and what pgbench's clients set.
-_SERVER_PARAMS = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC",
-                  "server_version": "15.0", "standard_conforming_strings": "on",
-                  "integer_datetimes": "on", "IntervalStyle": "postgres"}
-_STARTUP = encode_startup_message({"user": "postgres", "database": "bench",
-                                   "application_name": "pgbench",
-                                   "client_encoding": "UTF8"})
+# One server for the pool: the second client of the queued loop must wait.
+_CONFIG = CONFIG.replace("default_pool_size = 20", "default_pool_size = 1")
 
 
 def _msg(kind: bytes, body: bytes) -> bytes:
@@ -64,33 +50,6 @@ REPLY = (_msg(b"T", b"\0\x01abalance\0" + bytes(6) + b"\0\0\0\x17\0\x04\xff\xff\
          + _msg(b"D", b"\0\x01\0\0\0\x010") + _msg(b"C", b"SELECT 1\0") + _msg(b"Z", b"I"))
 
 
-class _Transport(asyncio.Transport):
-    """Counts writes; a TCP peer's address."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-        self.closed = False
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data) -> None:
-        self.writes += 1
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class Bench:
     """One pool, its one server, two logged-in clients."""
 
@@ -98,12 +57,12 @@ class Bench:
         config = config_from_string(_CONFIG)
         ctx = ClientContext(config, PoolRegistry(config))
         self.pool: Pool = ctx.registry.get_pool(config.database("bench"), "postgres")
-        self.pool.default_params = dict(_SERVER_PARAMS)
+        self.pool.default_params = dict(SERVER_PARAMS)
         server = ServerConnection(self.pool, None, "127.0.0.1", 5432,
                                   asyncio.get_running_loop().create_future())
-        server.transport = _Transport()
+        server.transport = Transport()
         # In step with the clients: no SET before their transactions.
-        server.params = dict(_SERVER_PARAMS, application_name="pgbench")
+        server.params = dict(SERVER_PARAMS, application_name="pgbench")
         server.stats = self.pool.stats
         server._framer.set_inspect(frozenset(b"ZSEACIsGHW"))  # as its login leaves it
         self.pool.login.add(server)
@@ -112,8 +71,8 @@ class Bench:
         self.clients = []
         for _ in range(2):
             session = FrontendSession(ctx)
-            session.connection_made(_Transport())
-            session.data_received(_STARTUP)
+            session.connection_made(Transport())
+            session.data_received(STARTUP)
             if session.state is not ClientState.IDLE:
                 raise SystemExit(f"login did not complete: {session.state}")
             self.clients.append(session)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from ecluse.auth.hba import HbaRule, read_hba
 from ecluse.auth.ident import IdentMaps, read_ident
@@ -48,6 +48,8 @@ from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
 from ecluse.protocol.codes import REPORTED_PARAMETERS
+
+T = TypeVar("T")
 
 _KNOWN_SECTIONS = frozenset({"databases", "users", "pgbouncer", "peers"})
 
@@ -213,25 +215,34 @@ def _build_peers(entries: Iterable[IniEntry], warnings: list[str]) -> dict[int, 
     return peers
 
 
+def _read_setting_file(setting: str, value: str, entry: IniEntry, config_path: str,
+                       read: Callable[[str], T]) -> tuple[str, T]:
+    """Read the file a setting names with ``read``; return its absolute path and what
+    ``read`` made of it.
+
+    The path is resolved against the main ini file's directory (not the current
+    directory) so that a reload from elsewhere reads the same file. A file that
+    cannot be read is a ConfigError at the setting's line; ``read`` raises its
+    own for a bad line, naming the file.
+    """
+    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
+    resolved = os.path.abspath(os.path.join(base, value))
+    try:
+        return resolved, read(resolved)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{setting}: cannot read {resolved!r}: {reason}", path=entry.path,
+                          line=entry.line) from None
+
+
 def _load_auth(
     settings: Settings, entry: IniEntry | None, config_path: str
 ) -> tuple[Settings, dict[str, str]]:
-    """Read the auth_file, if any; return the settings with its path made absolute.
-
-    The path is resolved against the main ini file's directory (not the
-    current directory) so that a reload from elsewhere reads the same file.
-    """
+    """Read the auth_file, if any; return the settings with its path made absolute."""
     if settings.auth_file is None or entry is None:
         return settings, {}
-    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
-    resolved = os.path.abspath(os.path.join(base, settings.auth_file))
-    try:
-        auth = read_userlist(resolved)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"auth_file: cannot read {resolved!r}: {reason}", path=entry.path, line=entry.line
-        ) from None
+    resolved, auth = _read_setting_file("auth_file", settings.auth_file, entry, config_path,
+                                        read_userlist)
     return dataclasses.replace(settings, auth_file=resolved), auth
 
 
@@ -249,16 +260,8 @@ def _load_hba(
             raise ConfigError("auth_type = hba needs auth_hba_file", path=auth_entry.path,
                               line=auth_entry.line)
         return settings, None
-    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
-    resolved = os.path.abspath(os.path.join(base, settings.auth_hba_file))
-    try:
-        rules = read_hba(resolved)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"auth_hba_file: cannot read {resolved!r}: {reason}", path=entry.path,
-            line=entry.line
-        ) from None
+    resolved, rules = _read_setting_file("auth_hba_file", settings.auth_hba_file, entry,
+                                         config_path, read_hba)
     return dataclasses.replace(settings, auth_hba_file=resolved), rules
 
 
@@ -275,16 +278,8 @@ def _load_ident(
                 raise ConfigError(f"auth_hba_file: map={rule.user_map} needs auth_ident_file",
                                   path=settings.auth_hba_file, line=rule.line)
         return settings, None
-    base = os.path.dirname(config_path) if os.path.isfile(config_path) else os.getcwd()
-    resolved = os.path.abspath(os.path.join(base, settings.auth_ident_file))
-    try:
-        maps = read_ident(resolved)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"auth_ident_file: cannot read {resolved!r}: {reason}", path=entry.path,
-            line=entry.line
-        ) from None
+    resolved, maps = _read_setting_file("auth_ident_file", settings.auth_ident_file, entry,
+                                        config_path, read_ident)
     return dataclasses.replace(settings, auth_ident_file=resolved), maps
 
 
