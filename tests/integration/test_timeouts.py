@@ -219,3 +219,39 @@ def test_autodb_idle_timeout_removes_unused_pools_of_the_fallback_entry(ecluse_f
         with psycopg.connect(ec.dsn(dbname="ecluse_test"), autocommit=True) as back:
             assert back.execute("select 1").fetchone() == (1,)  # a new pool serves it
         assert "ecluse_test" in pools_of(console)
+
+
+# --- [users] and [databases] overrides ------------------------------------------------
+
+def test_users_entry_and_database_entry_override_the_timeouts(ecluse_factory, pg):
+    """[users] client_idle_timeout closes that user's idle clients only; [databases]
+    query_wait_timeout fails a client queued for that database although [pgbouncer]'s
+    is off (a broken override would leave it queued for good: the thread's join sees it)."""
+    backend = f"host={pg.host} port={pg.port} dbname=ecluse_test"
+    ec = ecluse_factory({"client_idle_timeout": 0, "query_wait_timeout": 0},
+                        databases={"ecluse_test": f"{backend} pool_size=1 query_wait_timeout=1"},
+                        users={"trustuser": "client_idle_timeout=1"})
+    with psycopg.connect(ec.dsn(user="trustuser"), autocommit=True) as short, \
+            psycopg.connect(ec.dsn(user="postgres"), autocommit=True) as other:
+        short.execute("select 1")
+        other.execute("select 1")
+        time.sleep(3)  # the janitor looks once a second
+        with pytest.raises(psycopg.OperationalError):
+            short.execute("select 2")
+        assert other.execute("select 2").fetchone() == (2,)
+    with psycopg.connect(ec.dsn(user="postgres")) as holder:
+        holder.execute("select 1")  # a transaction holds the pool's only server
+        errors: list[Exception] = []
+
+        def queued() -> None:
+            try:
+                with psycopg.connect(ec.dsn(user="postgres"), autocommit=True) as conn:
+                    conn.execute("select 1")
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=queued, daemon=True)
+        thread.start()
+        thread.join(20)
+        assert not thread.is_alive() and len(errors) == 1
+        assert "query_wait_timeout" in str(errors[0])

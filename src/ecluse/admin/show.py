@@ -178,7 +178,7 @@ def show_databases(ctx: ClientContext) -> bytes:
         rows.append([
             db.name, db.host, db.port, db.server_dbname(), db.user,
             cfg.pool_size_for(db, user), cfg.min_pool_size_for(db), cfg.reserve_pool_for(db),
-            int(cfg.settings.server_lifetime),
+            int(cfg.server_lifetime_for(db)),
             db.pool_mode.value if db.pool_mode is not None else None,
             None,  # load_balance_hosts: PgBouncer sends NULL for a single host
             cfg.max_db_connections_for(db), ctx.registry.db_server_count(db.name),
@@ -202,7 +202,8 @@ def show_users(ctx: ClientContext) -> bytes:
         rows.append([
             name,
             str(user.pool_size) if user is not None and user.pool_size is not None else "",
-            "",  # ecluse has no per-user reserve_pool_size
+            str(user.reserve_pool_size)
+            if user is not None and user.reserve_pool_size is not None else "",
             user.pool_mode.value if user is not None and user.pool_mode is not None else None,
             cfg.max_user_connections_for(name), ctx.registry.user_server_count(name),
             cfg.max_user_client_connections_for(name), ctx.user_clients[name],

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ecluse.auth.hba import HbaRule
@@ -124,6 +124,8 @@ class DatabaseConfig:
     auth_user: str | None = None
     auth_dbname: str | None = None
     auth_query: str | None = None
+    server_lifetime: float | None = None
+    query_wait_timeout: float | None = None
 
     def server_dbname(self) -> str:
         """Return the database name to ask the server for."""
@@ -143,6 +145,13 @@ class UserConfig:
     max_user_connections: int | None = None
     max_user_client_connections: int | None = None
     pool_size: int | None = None
+    reserve_pool_size: int | None = None
+    # Client timeouts in seconds (None: [pgbouncer]'s applies; pool/janitor.py).
+    query_timeout: float | None = None
+    query_wait_timeout: float | None = None
+    idle_transaction_timeout: float | None = None
+    transaction_timeout: float | None = None
+    client_idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,9 +336,27 @@ class Config:
         """Return the database's min_pool_size, else the global one."""
         return _first(db.min_pool_size, self.settings.min_pool_size)
 
-    def reserve_pool_for(self, db: DatabaseConfig) -> int:
-        """Return the database's reserve_pool, else the global reserve_pool_size."""
-        return _first(db.reserve_pool, self.settings.reserve_pool_size)
+    def reserve_pool_for(self, db: DatabaseConfig, user: str | None = None) -> int:
+        """Return the user's reserve_pool_size, else the database's reserve_pool, else
+        the global reserve_pool_size."""
+        user_cfg = self.users.get(user) if user is not None else None
+        return _first(user_cfg.reserve_pool_size if user_cfg is not None else None,
+                      db.reserve_pool, self.settings.reserve_pool_size)
+
+    def server_lifetime_for(self, db: DatabaseConfig) -> float:
+        """Return the database's server_lifetime, else the global one."""
+        return _first(db.server_lifetime, self.settings.server_lifetime)
+
+    def query_wait_timeout_for(self, db: DatabaseConfig, user: str) -> float:
+        """Return the user's query_wait_timeout, else the database's, else the global
+        one (PgBouncer's order)."""
+        user_cfg = self.users.get(user)
+        return _first(user_cfg.query_wait_timeout if user_cfg is not None else None,
+                      db.query_wait_timeout, self.settings.query_wait_timeout)
+
+    def client_timeouts_for(self, user: str) -> tuple[float, float, float, float]:
+        """client_timeouts for a client logged in as ``user``."""
+        return client_timeouts(self.settings, self.users.get(user))
 
     def max_db_connections_for(self, db: DatabaseConfig) -> int:
         """Return the database's max_db_connections, else the global one (0: unlimited)."""
@@ -352,5 +379,19 @@ class Config:
         return _first(override, self.settings.max_user_connections)
 
 
-def _first(override: int | None, default: int) -> int:
-    return default if override is None else override
+def client_timeouts(s: Settings, user: UserConfig | None) -> tuple[float, float, float, float]:
+    """(client_idle_timeout, idle_transaction_timeout, query_timeout,
+    transaction_timeout) for a client whose [users] entry is ``user``: the entry's
+    where set, else [pgbouncer]'s."""
+    if user is None:
+        return (s.client_idle_timeout, s.idle_transaction_timeout, s.query_timeout,
+                s.transaction_timeout)
+    return (_first(user.client_idle_timeout, s.client_idle_timeout),
+            _first(user.idle_transaction_timeout, s.idle_transaction_timeout),
+            _first(user.query_timeout, s.query_timeout),
+            _first(user.transaction_timeout, s.transaction_timeout))
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is set (not None): a more specific level's override."""
+    return next(v for v in values if v is not None)

@@ -35,6 +35,14 @@ _count = int_parser(minimum=0)
 _positive = int_parser(minimum=1)
 _port = int_parser(minimum=1, maximum=65535)
 _pool_mode = enum_parser(PoolMode)
+
+
+def _seconds_or_unset(text: str) -> float | None:
+    """A [databases]/[users] duration: -1 leaves it unset (the next level's value
+    applies), as in PgBouncer."""
+    return None if text.strip() == "-1" else parse_seconds(text)
+
+
 _sslmode = enum_parser(SslMode)
 _log_level = enum_parser(LogLevel)
 
@@ -231,6 +239,8 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "auth_user": ("auth_user", parse_optional_str),
         "auth_dbname": ("auth_dbname", parse_optional_str),
         "auth_query": ("auth_query", parse_str),
+        "server_lifetime": ("server_lifetime", parse_seconds),
+        "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
     }
 )
 
@@ -248,5 +258,11 @@ USER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "max_user_connections": ("max_user_connections", _count),
         "max_user_client_connections": ("max_user_client_connections", _count),
         "pool_size": ("pool_size", _count),
+        "reserve_pool_size": ("reserve_pool_size", _count),
+        "query_timeout": ("query_timeout", _seconds_or_unset),
+        "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
+        "idle_transaction_timeout": ("idle_transaction_timeout", _seconds_or_unset),
+        "transaction_timeout": ("transaction_timeout", _seconds_or_unset),
+        "client_idle_timeout": ("client_idle_timeout", _seconds_or_unset),
     }
 )

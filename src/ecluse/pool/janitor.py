@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, cast
 
-from ecluse.config import Settings
+from ecluse.config import Settings, UserConfig
+from ecluse.config.model import client_timeouts
 from ecluse.errors import EcluseError
 from ecluse.pool.pool import Pool
 from ecluse.pool.registry import PoolRegistry
@@ -30,6 +31,7 @@ class TimedClient(Protocol):
 
     state: object
     server: object
+    user: str
     last_activity: float
     request_started: float
     xact_started: float  # 0.0 outside a transaction
@@ -60,16 +62,18 @@ def expire_logins(logging_in: dict, timeout: float, now: float) -> None:
 
 
 def check_client_timeouts(clients: Iterable[TimedClient], settings: Settings,
-                          now: float) -> None:
+                          now: float, users: Mapping[str, UserConfig] | None = None) -> None:
     """Close clients past client_idle_timeout, query_timeout, idle_transaction_timeout
-    or transaction_timeout, in PgBouncer's order of precedence."""
-    idle_t = settings.client_idle_timeout
-    idle_xact_t = settings.idle_transaction_timeout
-    query_t = settings.query_timeout
-    xact_t = settings.transaction_timeout
-    if not (idle_t or idle_xact_t or query_t or xact_t):
+    or transaction_timeout, in PgBouncer's order of precedence; a client's [users]
+    entry (``users``, by login name) overrides [pgbouncer]'s values."""
+    defaults = client_timeouts(settings, None)
+    overrides = {name: timeouts for name, user in (users or {}).items()
+                 if (timeouts := client_timeouts(settings, user)) != defaults}
+    if not any(defaults) and not any(any(t) for t in overrides.values()):
         return
     for client in list(clients):
+        idle_t, idle_xact_t, query_t, xact_t = \
+            overrides.get(client.user, defaults) if overrides else defaults
         server = client.server
         if server is None:
             if idle_t and client.state.value == "idle" and now - client.last_activity > idle_t:
@@ -155,7 +159,7 @@ class Janitor:
             pool.notify_long_waits(time.monotonic(), notify_after)
         now = time.monotonic()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
-        check_client_timeouts(self._clients(), settings, now)
+        check_client_timeouts(self._clients(), settings, now, self._registry.config.users)
         if settings.server_fast_close:
             fast_close_sessions(self._registry)
         if self._clients_per_db is not None:

@@ -497,3 +497,32 @@ def test_peers_section_and_peer_id() -> None:
                          ("[pgbouncer]\npeer_id = 256\n", "peer_id: expected an integer")):
         with pytest.raises(ConfigError, match=message):
             config_from_string(bad, "p.ini")
+
+
+def test_database_and_user_overrides_of_pgbouncer_settings() -> None:
+    config = config_from_string(
+        "[databases]\n"
+        "short = host=h server_lifetime=60 query_wait_timeout=5\n"
+        "unset = host=h query_wait_timeout=-1\n"
+        "[users]\n"
+        "alice = reserve_pool_size=3 query_timeout=30 query_wait_timeout=0 "
+        "idle_transaction_timeout=10 transaction_timeout=120 client_idle_timeout=600\n"
+        "bob = query_timeout=-1\n"
+        "[pgbouncer]\nserver_lifetime = 3600\nquery_wait_timeout = 120\nquery_timeout = 7\n"
+        "reserve_pool_size = 1\n")
+    short, unset = config.databases["short"], config.databases["unset"]
+    assert (short.server_lifetime, short.query_wait_timeout) == (60.0, 5.0)
+    assert unset.query_wait_timeout is None and unset.server_lifetime is None
+    assert config.server_lifetime_for(short) == 60.0
+    assert config.server_lifetime_for(unset) == 3600.0
+    # query_wait_timeout: the user's, else the database's, else [pgbouncer]'s.
+    assert config.query_wait_timeout_for(short, "alice") == 0.0
+    assert config.query_wait_timeout_for(short, "bob") == 5.0
+    assert config.query_wait_timeout_for(unset, "bob") == 120.0
+    assert config.reserve_pool_for(short, "alice") == 3
+    assert config.reserve_pool_for(short, "bob") == 1
+    assert config.client_timeouts_for("alice") == (600.0, 10.0, 30.0, 120.0)
+    assert config.client_timeouts_for("bob") == (0.0, 0.0, 7.0, 0.0)  # -1: not set
+    assert config.client_timeouts_for("carol") == (0.0, 0.0, 7.0, 0.0)
+    with pytest.raises(ConfigError, match="query_timeout"):
+        config_from_string("[users]\nalice = query_timeout=-2\n")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecluse.config import Settings
+from ecluse.config import Settings, UserConfig
 from ecluse.errors import EcluseError
 from ecluse.pool.janitor import check_client_timeouts
 from ecluse.protocol import codes
@@ -45,6 +45,7 @@ class Client:
         self.last_activity = NOW - quiet_for
         self.request_started = NOW - request_age if request_age is not None else 0.0
         self.xact_started = NOW - xact_age if xact_age is not None else 0.0
+        self.user = "app"
         self.errors: list[EcluseError] = []
 
     def fatal(self, error: Exception) -> None:
@@ -104,3 +105,57 @@ def test_one_error_at_most_and_the_first_due_in_pgbouncers_order(
     elif xact_t and xact_age > xact_t:
         expected = "transaction timeout"
     assert [e.message for e in client.errors] == ([expected] if expected else [])
+
+
+_TIMEOUT = st.one_of(st.none(), st.sampled_from([0.0, 5.0, 50.0]))
+
+
+@given(glob=st.tuples(*[st.sampled_from([0.0, 5.0, 50.0])] * 4),
+       user=st.tuples(*[_TIMEOUT] * 4), age=st.sampled_from([1.0, 10.0, 100.0]),
+       kind=st.sampled_from(["idle", "idle_xact", "query", "xact"]))
+def test_a_users_entry_overrides_each_timeout_for_its_clients_only(glob, user, age, kind):
+    """[users] query_timeout etc.: a client of that user is judged by the entry's value
+    where it is set (0 turns the timeout off for it), by [pgbouncer]'s otherwise; a
+    client of another user always by [pgbouncer]'s."""
+    names = ("client_idle_timeout", "idle_transaction_timeout", "query_timeout",
+             "transaction_timeout")
+    conf = settings(**dict(zip(names, glob, strict=True)))
+    users = {"app": UserConfig(name="app", **dict(zip(names, user, strict=True)))}
+
+    def client(name: str) -> Client:
+        if kind == "idle":
+            c = Client(None, quiet_for=age)
+        elif kind == "idle_xact":
+            c = in_transaction(age, running=False, quiet_for=age)
+        elif kind == "query":
+            c = Client(Server(True, codes.STATUS_IDLE), request_age=age)
+        else:
+            c = in_transaction(age, running=True)
+        c.user = name
+        return c
+
+    mine, other = client("app"), client("someone")
+    check_client_timeouts([mine, other], conf, NOW, users)
+    effective = tuple(g if u is None else u for g, u in zip(glob, user, strict=True))
+    assert [e.message for e in mine.errors] == expected(kind, effective, age)
+    assert [e.message for e in other.errors] == expected(kind, glob, age)
+
+
+def expected(kind: str, timeouts: tuple, age: float) -> list[str]:
+    """The documented precedence: idle clients only client_idle_timeout; a linked one
+    query_timeout (request running), then idle_transaction_timeout (transaction idle),
+    then transaction_timeout."""
+    idle_t, idle_xact_t, query_t, xact_t = timeouts
+
+    def past(t: float) -> bool:
+        return 0 < t < age
+
+    if kind == "idle":
+        return ["client_idle_timeout"] if past(idle_t) else []
+    if kind == "query":  # a request running outside a transaction
+        return ["query_timeout"] if past(query_t) else []
+    if kind == "xact" and past(query_t):  # its request runs as long as the transaction
+        return ["query_timeout"]
+    if kind == "idle_xact" and past(idle_xact_t):
+        return ["idle transaction timeout"]
+    return ["transaction timeout"] if past(xact_t) else []
