@@ -87,10 +87,13 @@ def passwordless_outcome(method: str) -> AuthOutcome | None:
     return _PASSWORDLESS.get(method)
 
 
-def authenticate_client(method: str, user: str, secret: str | None) -> AuthGen:
+def authenticate_client(method: str, user: str, secret: str | None,
+                        scram_iterations: int = DEFAULT_ITERATIONS) -> AuthGen:
     """Authenticate a client by method against its stored secret (None: unknown user).
 
     :param method: "trust", "plain", "md5", "scram-sha-256" or "any".
+    :param scram_iterations: the iteration count of the SCRAM verifier made from a
+        plaintext secret (a stored verifier keeps its own).
     Yields backend messages to send; is sent the body of each client 'p'
     message. Returns an AuthOutcome; raises AuthFailed (28P01) for a wrong
     password or unknown user, RemoteProtocolError (08P01) for a malformed
@@ -109,7 +112,7 @@ def authenticate_client(method: str, user: str, secret: str | None) -> AuthGen:
     if method == MD5 and kind is not SecretKind.SCRAM_SHA_256:
         yield from _md5_exchange(user, secret)
         return AuthOutcome(MD5)
-    return (yield from _scram_exchange(user, secret, kind))
+    return (yield from _scram_exchange(user, secret, kind, scram_iterations))
 
 
 def _fail(user: str) -> AuthFailed:
@@ -157,20 +160,20 @@ def _md5_exchange(user: str, secret: str | None) -> Generator[bytes, bytes, None
         raise _fail(user)
 
 
-def _scram_exchange(user: str, secret: str | None,
-                    kind: SecretKind | None) -> Generator[bytes, bytes, AuthOutcome]:
+def _scram_exchange(user: str, secret: str | None, kind: SecretKind | None,
+                    iterations: int) -> Generator[bytes, bytes, AuthOutcome]:
     if kind is SecretKind.SCRAM_SHA_256:
         assert secret is not None
         verifier = scram_secret_of(secret)
         doomed = False
     elif kind is SecretKind.PLAIN:
         assert secret is not None
-        verifier = _scram_secret_for_plain(user, secret)
+        verifier = _scram_secret_for_plain(user, secret, iterations)
         doomed = False
     else:
         # Unknown user, or an md5 hash from which SCRAM keys cannot be made:
         # PostgreSQL runs a mock exchange and fails it at the end.
-        verifier = _scram_secret_for_plain(user, _MOCK_PASSWORD)
+        verifier = _scram_secret_for_plain(user, _MOCK_PASSWORD, iterations)
         doomed = True
     assert verifier is not None
     exchange = ScramServerExchange(verifier, doomed=doomed)
@@ -194,14 +197,14 @@ def _mock_salt(user: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=1024)
-def _scram_secret_for_plain(user: str, password: str) -> ScramSecret:
+def _scram_secret_for_plain(user: str, password: str, iterations: int) -> ScramSecret:
     """Build (once) the SCRAM verifier of a plaintext secret, with the user's stable salt.
 
     Cached so a plaintext userlist costs one PBKDF2 per user, not per login;
     mock verifiers for unknown users go through the same cache, so both
     paths cost the same.
     """
-    return scram_secret_from_password(password, _mock_salt(user), DEFAULT_ITERATIONS)
+    return scram_secret_from_password(password, _mock_salt(user), iterations)
 
 
 def _compare(a: str, b: str) -> bool:

@@ -197,6 +197,9 @@ class Settings:
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
+    # PBKDF2 rounds of the SCRAM verifier ecluse makes from a plaintext auth_file or
+    # auth_query secret, for clients that log in with SCRAM (PgBouncer's setting).
+    scram_iterations: int = 4096
     # How long a server host name's addresses (or its lookup's failure) are kept
     # before the next lookup (server/dns.py).
     dns_max_ttl: float = 15.0

@@ -434,7 +434,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             return
         login = self._login
         login.secret = secret
-        login.auth = authenticate_client(method, self.user, secret)
+        login.auth = authenticate_client(method, self.user, secret,
+                                         self.ctx.config.settings.scram_iterations)
         self._step_auth(None)
 
     def _step_auth(self, body: bytes | None) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ecluse.auth import methods
 from ecluse.auth.methods import AuthOutcome, authenticate_client
+from ecluse.auth.secrets import scram_secret_of
 from ecluse.errors import AuthFailed, RemoteProtocolError
 from ecluse.protocol.backend import decode_sasl_mechanisms
 from ecluse.protocol.codes import Auth
@@ -103,8 +104,9 @@ class Client:
             assert self.scram.is_complete
 
 
-def run(method: str, secret: str | None, client: Client) -> AuthOutcome:
-    gen = authenticate_client(method, USER, secret)
+def run(method: str, secret: str | None, client: Client,
+        scram_iterations: int = 4096) -> AuthOutcome:
+    gen = authenticate_client(method, USER, secret, scram_iterations)
     try:
         message = next(gen)
         while True:
@@ -337,3 +339,33 @@ def test_unknown_user_fails_even_with_the_mock_password(method: str) -> None:
     with pytest.raises(AuthFailed) as info:
         run(method, None, Client(methods._MOCK_PASSWORD))
     assert info.value.message == FAILED
+
+
+class IterationsSeen(Client):
+    """A SCRAM client that notes the iteration count the server-first message names."""
+
+    iterations: int | None = None
+
+    def answer(self, message: bytes) -> bytes:
+        _, code, data = _split(message)
+        if code == Auth.SASL_CONTINUE:
+            fields = dict(f.split("=", 1) for f in data.decode().split(","))
+            self.iterations = int(fields["i"])
+        return super().answer(message)
+
+
+@pytest.mark.parametrize(("kind", "secret", "expected"), [
+    ("plaintext secret", PASSWORD, 5000),  # made with scram_iterations
+    ("unknown user", None, 5000),  # its mock exchange too: no difference to see
+    ("stored verifier", SECRETS["scram"], None),  # keeps its own count
+])
+def test_scram_iterations_make_the_verifier_of_a_plaintext_secret(kind, secret, expected):
+    client = IterationsSeen(PASSWORD)
+    if secret is None:
+        with pytest.raises(AuthFailed):
+            run("scram-sha-256", secret, client, scram_iterations=5000)
+    else:
+        assert run("scram-sha-256", secret, client, scram_iterations=5000).method == "scram-sha-256"
+    stored = scram_secret_of(SECRETS["scram"]).iterations
+    assert client.iterations == (expected if expected is not None else stored), kind
+    assert stored != 5000

@@ -526,3 +526,11 @@ def test_database_and_user_overrides_of_pgbouncer_settings() -> None:
     assert config.client_timeouts_for("carol") == (0.0, 0.0, 7.0, 0.0)
     with pytest.raises(ConfigError, match="query_timeout"):
         config_from_string("[users]\nalice = query_timeout=-2\n")
+
+
+def test_scram_iterations() -> None:
+    assert config_from_string("[pgbouncer]\n").settings.scram_iterations == 4096
+    assert config_from_string("[pgbouncer]\nscram_iterations = 10000\n") \
+        .settings.scram_iterations == 10000
+    with pytest.raises(ConfigError, match="scram_iterations"):
+        config_from_string("[pgbouncer]\nscram_iterations = 0\n")
