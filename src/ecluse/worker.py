@@ -13,7 +13,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ecluse import logsetup
 from ecluse.admin.http import HttpServer, start_http
@@ -21,7 +22,7 @@ from ecluse.admin.node import attach as attach_node
 from ecluse.config import Config
 from ecluse.config.diff import diff_configs, keep_restart_only
 from ecluse.config.loader import load_config
-from ecluse.config.model import Settings
+from ecluse.config.model import Settings, peer_pool_size
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import ConfigError, EcluseError
 from ecluse.frontend.context import ClientContext
@@ -33,6 +34,7 @@ from ecluse.pool.registry import PoolRegistry
 from ecluse.pool.shared import LocalCounts, SharedCounts
 from ecluse.protocol.messages import BackendKeyData
 from ecluse.server.cancel import pass_cancel_on
+from ecluse.server.peercancels import PeerCancels
 from ecluse.tcpopts import configure_listener
 
 log = logging.getLogger("ecluse")
@@ -164,6 +166,7 @@ class Worker:
             attach_node(self.ctx, index, workers, rundir)  # console, metrics: whole node
         self.ctx.peer_id = config.settings.peer_id
         self.ctx.forward_to_peer = self._forward_to_peer
+        self.ctx.peer_cancels = PeerCancels(self.ctx.spawn)
         self.janitor = Janitor(self.registry, lambda: self.ctx.config.settings,
                                lambda: self.ctx.clients, lambda: self.ctx.logging_in,
                                lambda: self.ctx.db_clients)
@@ -245,8 +248,18 @@ class Worker:
             return
         log.debug("cancel request for peer %d passed on to %s:%d", peer, target.host,
                   target.port)
-        self.ctx.spawn(pass_cancel_on(target.host, target.port, BackendKeyData(process_id, secret),
-                                      self.ctx.config.settings.cancel_wait_timeout, done))
+        settings = self.ctx.config.settings
+        key = BackendKeyData(process_id, secret)
+
+        def start(finished: Callable[[], None]) -> Coroutine[Any, Any, None]:
+            def ended() -> None:
+                finished()
+                done()
+            return pass_cancel_on(target.host, target.port, key, settings.cancel_wait_timeout,
+                                  ended)
+
+        assert self.ctx.peer_cancels is not None
+        self.ctx.peer_cancels.submit(peer, peer_pool_size(target, settings), start)
 
     def _new_session(self) -> FrontendSession:
         return self._session_class(self.ctx)

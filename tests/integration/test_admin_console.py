@@ -59,12 +59,17 @@ PGBOUNCER_COLUMNS = {
                  "scram_client_key", "scram_server_key"],
     "SHOW MEM": ["name", "size", "used", "free", "memtotal"],
     "SHOW DNS_HOSTS": ["hostname", "ttl", "addrs"],
+    "SHOW PEERS": ["peer_id", "host", "port", "pool_size"],
+    "SHOW PEER_POOLS": ["database", "cl_active_cancel_req", "cl_waiting_cancel_req",
+                        "sv_active_cancel", "sv_login"],
     "SHOW DNS_ZONES": ["zonename", "serial", "count"],
 }
 # Results that may have no rows with one idle client: nothing buffered, nothing
 # ecluse keeps (EMPTY_RESULTS in admin/show.py), no [users] section, no server host
-# name to look up (the test cluster's address is an IP: test_dns.py has names).
-MAY_BE_EMPTY = {"SHOW USERS", "SHOW ACTIVE_SOCKETS", "SHOW DNS_HOSTS", *EMPTY_RESULTS}
+# name to look up (the test cluster's address is an IP: test_dns.py has names), no
+# [peers] (test_workers.py has them).
+MAY_BE_EMPTY = {"SHOW USERS", "SHOW ACTIVE_SOCKETS", "SHOW DNS_HOSTS", "SHOW PEERS",
+                "SHOW PEER_POOLS", *EMPTY_RESULTS}
 INT4, INT8, TEXT, NUMERIC = 23, 20, 25, 1700
 
 

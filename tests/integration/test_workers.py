@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -216,3 +217,68 @@ def test_restart_command_needs_several_workers(ecluse_factory):
     with psycopg.connect(ec.dsn(user="admin", dbname="pgbouncer"), autocommit=True) as console, \
             pytest.raises(psycopg.Error, match="RESTART needs several workers"):
         console.execute("RESTART", prepare=False)
+
+
+def test_show_peers_and_peer_pools_count_cancels_in_flight_and_queued(ecluse_factory):
+    """A peer that never answers (it accepts cancels and holds them): with pool_size=1
+    one cancel is in flight to it and the next ones wait, as SHOW PEER_POOLS says; once
+    it answers, the queue drains."""
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        hole.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(hole.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    issuer = ecluse_factory({"peer_id": 1})
+    forwarder = ecluse_factory({"peer_id": 2, "admin_users": "admin",
+                                "cancel_wait_timeout": 60}, start=False)
+    forwarder.config_path.write_text(
+        forwarder.config_path.read_text()
+        + f"[peers]\n1 = host=127.0.0.1 port={hole.getsockname()[1]} pool_size=1\n")
+    forwarder.start()
+    try:
+        with socket.create_connection((issuer.host, issuer.port), timeout=30) as sock:
+            sock.sendall(encode_startup_message({"user": "postgres", "database": "ecluse_test"}))
+            key = next(body for kind, body in read_until_ready(sock) if kind == b"K")
+            pid, secret = struct.unpack("!i", key[:4])[0], key[4:]
+            cancels = [socket.create_connection((forwarder.host, forwarder.port), timeout=5)
+                       for _ in range(3)]
+            for c in cancels:
+                c.sendall(encode_cancel_request(pid, secret))
+            with psycopg.connect(forwarder.dsn(user="admin", dbname="pgbouncer"),
+                                 autocommit=True) as console:
+                peers = console.execute("SHOW PEERS").fetchall()
+                assert peers == [(1, "127.0.0.1", hole.getsockname()[1], 1)]
+
+                def pools():
+                    return console.execute("SHOW PEER_POOLS").fetchall()
+
+                assert wait_for(lambda: pools() == [("1", 1, 2, 1, 0)], timeout=10), pools()
+                lists = dict(console.execute("SHOW LISTS").fetchall())
+                assert (lists["peers"], lists["peer_pools"]) == (1, 1)
+                stop.set()
+                acceptor.join()
+                deadline = time.monotonic() + 20
+                while pools() != [("1", 0, 0, 0, 0)] and time.monotonic() < deadline:
+                    for conn in list(held):  # the peer answers: it closes
+                        held.remove(conn)
+                        conn.close()
+                    with contextlib.suppress(OSError):
+                        hole.settimeout(0.2)
+                        held.append(hole.accept()[0])
+                assert pools() == [("1", 0, 0, 0, 0)]
+            for c in cancels:
+                c.close()
+    finally:
+        stop.set()
+        hole.close()
+        for conn in held:
+            conn.close()

@@ -69,7 +69,7 @@ def _show(builder: Callable[[ClientContext], bytes]) -> Callable[[ClientContext,
 
 _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
          "\tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE\n"
-         "\tSHOW DNS_HOSTS|DNS_ZONES\n"
+         "\tSHOW DNS_HOSTS|DNS_ZONES|PEERS|PEER_POOLS\n"
          "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n"
          "\tSHOW PREPARED_STATEMENTS|POOL_WAITS\n"
          "\tSET key = arg\n"
@@ -445,6 +445,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("SHOW FDS", _show(show.show_fds), read_only=False),
     Command("SHOW MEM", _show(show.show_mem), read_only=True),
     Command("SHOW DNS_HOSTS", _show(show.show_dns_hosts), read_only=True),
+    Command("SHOW PEERS", _show(show.show_peers), read_only=True),
+    Command("SHOW PEER_POOLS", _show(show.show_peer_pools), read_only=True),
     Command("SHOW DNS_ZONES", _show(show.show_dns_zones), read_only=True),
     # ecluse's own (not in PgBouncer): README's console section.
     Command("SHOW PREPARED_STATEMENTS", _show(show.show_prepared_statements), read_only=True),

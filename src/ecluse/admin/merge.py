@@ -18,7 +18,8 @@ from the first worker that has the row):
   the node's figure: taken once (the largest, as workers read it at slightly
   different instants); current_client_connections summed; paused/disabled:
   1 if any worker says so.
-- LISTS, key list: summed, except databases, users and dns_names (the same
+- LISTS, key list: summed, except databases, users, peers, peer_pools and
+  dns_names (the same
   config in every worker, each looking up the same server names: the largest
   is taken; the users of pools only one worker has may be missed, an
   undercount).
@@ -28,6 +29,8 @@ from the first worker that has the row):
   smallest and the largest of them); NULL (past the last bucket) wins.
 - PREPARED_STATEMENTS, key (database, user, name): servers and pool_servers
   summed (each worker has its own servers).
+- PEER_POOLS, key database (the peer): counts summed (each worker passes its
+  own cancels on).
 - CLIENTS, SERVERS, SOCKETS, ACTIVE_SOCKETS: rows concatenated; their ids
   are unique node-wide (worker i numbers i+1, i+1+n, ...: admin/node.py).
 Every other SHOW (CONFIG, VERSION, HELP, STATE, FDS, MEM, DNS_*) is the
@@ -239,6 +242,7 @@ MERGES: dict[str, Merge] = {
                                                    "query_p50_us", "query_p99_us"})),
     "SHOW PREPARED_STATEMENTS": Keyed(("database", "user", "name"),
                                       sums=frozenset({"servers", "pool_servers"})),
+    "SHOW PEER_POOLS": Keyed(("database",), sum_all=True),
     "SHOW CLIENTS": Concat(),
     "SHOW SERVERS": Concat(),
     "SHOW SOCKETS": Concat(),
@@ -246,7 +250,7 @@ MERGES: dict[str, Merge] = {
 }
 
 # SHOW LISTS rows that are the same config in every worker: not summed.
-_LISTS_SHARED = frozenset({b"databases", b"users", b"dns_names"})
+_LISTS_SHARED = frozenset({b"databases", b"users", b"dns_names", b"peers", b"peer_pools"})
 
 
 def merge_results(command: str, results: list[Result],

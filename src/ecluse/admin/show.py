@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecluse import __version__
 from ecluse.config.diff import SECRET_SETTINGS, settable
-from ecluse.config.model import Settings
+from ecluse.config.model import Settings, peer_pool_size
 from ecluse.protocol import backend as be
 from ecluse.protocol.messages import RowDescriptionField
 from ecluse.stats.period import totals_by_database
@@ -62,8 +62,9 @@ NEUTRAL_COLUMNS: dict[str, frozenset[str]] = {
                              "sv_active_cancel", "sv_being_canceled"}),
     # ecluse allocates no slabs and watches no DNS zones (its resolver is the
     # system's). These are rows of SHOW LISTS (its columns are list, items).
-    "SHOW LISTS": frozenset({"free_clients", "free_servers", "dns_zones", "dns_pending",
-                             "peers", "peer_pools"}),
+    "SHOW LISTS": frozenset({"free_clients", "free_servers", "dns_zones", "dns_pending"}),
+    # A peer's cancels log in to nothing: each is one connection, sent and closed.
+    "SHOW PEER_POOLS": frozenset({"sv_login"}),
     # remote_pid of a client: ecluse does not read peer credentials.
     "SHOW CLIENTS": frozenset({"remote_pid", "prepared_statements"}),
     "SHOW SERVERS": frozenset({"wait", "wait_us"}),
@@ -217,13 +218,42 @@ def show_lists(ctx: ClientContext) -> bytes:
     login = sum(1 for c in clients if c.state.value in ("login", "auth", "welcome"))
     servers = sum(p.total() - p.launching for p in pools)
     users = set(ctx.config.users) | set(ctx.config.auth) | {p.settings.user for p in pools}
-    rows = [("databases", len(ctx.config.databases)), ("users", len(users)), ("peers", 0),
-            ("pools", len(pools)), ("peer_pools", 0), ("free_clients", 0),
+    peers = len(_peers(ctx))
+    rows = [("databases", len(ctx.config.databases)), ("users", len(users)), ("peers", peers),
+            ("pools", len(pools)), ("peer_pools", peers), ("free_clients", 0),
             ("used_clients", len(clients)), ("login_clients", login), ("free_servers", 0),
             ("used_servers", servers), ("dns_names", len(ctx.registry.dns)),
             ("dns_zones", 0), ("dns_queries", ctx.registry.dns.pending()),
             ("dns_pending", 0)]
     return encode_result([("list", "s"), ("items", "i")], rows)
+
+
+# --- SHOW PEERS / PEER_POOLS -----------------------------------------------------
+
+def _peers(ctx: ClientContext) -> list:
+    """The [peers] entries other than this ecluse itself (PgBouncer ignores its own)."""
+    return [p for peer_id, p in sorted(ctx.config.peers.items())
+            if peer_id != ctx.config.settings.peer_id]
+
+
+def show_peers(ctx: ClientContext) -> bytes:
+    settings = ctx.config.settings
+    return encode_result((("peer_id", "i"), ("host", "s"), ("port", "i"), ("pool_size", "i")),
+                         [(p.peer_id, p.host, p.port, peer_pool_size(p, settings))
+                          for p in _peers(ctx)])
+
+
+def show_peer_pools(ctx: ClientContext) -> bytes:
+    """Per peer: cancels passed on and not yet answered (each its own connection to
+    the peer), and those waiting for one of the peer's pool_size places."""
+    rows = []
+    for peer in _peers(ctx):
+        active, waiting = ctx.peer_cancels.counts(peer.peer_id) \
+            if ctx.peer_cancels is not None else (0, 0)
+        rows.append((str(peer.peer_id), active, waiting, active, 0))
+    return encode_result((("database", "s"), ("cl_active_cancel_req", "i"),
+                          ("cl_waiting_cancel_req", "i"), ("sv_active_cancel", "i"),
+                          ("sv_login", "i")), rows)
 
 
 # --- SHOW POOLS / CLIENTS / SERVERS ------------------------------------------

@@ -287,6 +287,7 @@ class PeerConfig:
     peer_id: int
     host: str
     port: int = 6432
+    pool_size: int | None = None  # cancels in flight to it at once (None: default_pool_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +381,12 @@ class Config:
         user_cfg = self.users.get(user)
         override = user_cfg.max_user_connections if user_cfg is not None else None
         return _first(override, self.settings.max_user_connections)
+
+
+def peer_pool_size(peer: PeerConfig, s: Settings) -> int:
+    """How many cancels may be in flight to ``peer`` at once: its pool_size, else
+    default_pool_size (PgBouncer's peer pools)."""
+    return _first(peer.pool_size, s.default_pool_size)
 
 
 def client_timeouts(s: Settings, user: UserConfig | None) -> tuple[float, float, float, float]:

@@ -250,6 +250,7 @@ PEER_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
     {
         "host": ("host", parse_str),
         "port": ("port", _port),
+        "pool_size": ("pool_size", _positive),
     }
 )
 

@@ -21,6 +21,7 @@ from ecluse.pool.registry import PoolRegistry
 if TYPE_CHECKING:
     from ecluse.admin.node import Node
     from ecluse.frontend.session import FrontendSession
+    from ecluse.server.peercancels import PeerCancels
 
 
 @dataclass(slots=True)
@@ -60,6 +61,9 @@ class ClientContext:
     # cancel has been passed on and answered, or given up.
     forward_to_worker: Callable[[int, int, bytes, Callable[[], None]], None] | None = None
     forward_to_peer: Callable[[int, int, bytes, Callable[[], None]], None] | None = None
+    # Set by the worker: the cancels passed on to peers, pool_size at a time per peer
+    # (server/peercancels.py), which SHOW PEER_POOLS counts.
+    peer_cancels: PeerCancels | None = None
     # Set by the worker: apply an already validated Config (the console's SET).
     apply_config: Callable[[Config], None] | None = None
     # SHOW STATS_AVERAGES: per-database averages over the last stats_period
