@@ -614,3 +614,12 @@ def test_show_prepared_statements_and_pool_waits(ecluse_factory):
     # Quantiles are bucket bounds (stats/counters.py TIME_BUCKETS), in microseconds.
     assert 100 <= row["query_p50_us"] <= row["query_p99_us"] <= 60_000_000
     assert row["wait_p50_us"] <= row["wait_p90_us"] <= row["wait_p99_us"]
+
+
+def test_show_users_gives_the_overrides_and_null_for_the_rest(ecluse_factory):
+    ec = ecluse_factory(ADMIN_SETTINGS, users={"postgres": "pool_size=3 reserve_pool_size=2",
+                                               "other": "pool_mode=session"})
+    with admin_conn(ec) as console:
+        rows = {r[0]: r[1:4] for r in console.execute("SHOW USERS")}
+    assert rows["postgres"] == ("3", "2", None)
+    assert rows["other"] == (None, None, "session")

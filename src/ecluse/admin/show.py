@@ -202,9 +202,10 @@ def show_users(ctx: ClientContext) -> bytes:
         user = cfg.users.get(name)
         rows.append([
             name,
-            str(user.pool_size) if user is not None and user.pool_size is not None else "",
+            # NULL when the user has no override, as PgBouncer.
+            str(user.pool_size) if user is not None and user.pool_size is not None else None,
             str(user.reserve_pool_size)
-            if user is not None and user.reserve_pool_size is not None else "",
+            if user is not None and user.reserve_pool_size is not None else None,
             user.pool_mode.value if user is not None and user.pool_mode is not None else None,
             cfg.max_user_connections_for(name), ctx.registry.user_server_count(name),
             cfg.max_user_client_connections_for(name), ctx.user_clients[name],
