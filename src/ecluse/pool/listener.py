@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ecluse.errors import EcluseError, ServerGone, ServerLoginFailed
+from ecluse.pool.hosts import describe_session, session_attrs_match
 from ecluse.protocol.messages import ErrorResponse
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
@@ -414,7 +415,9 @@ class ListenHub:
                   "client_encoding": "UTF8"}
         params.setdefault("application_name", "ecluse listener")
         done: asyncio.Future = loop.create_future()
-        host = s.host or "/tmp"
+        # One host per attempt; a failure moves the pool's picker on, so the
+        # retry (_on_connect_failed) goes to the next host under disable too.
+        host = pool.hosts.pick()
         password = s.password if s.password is not None else pool.auth_secret
         server = ServerConnection(self._hooks, login(params, password, scram_keys=pool.scram_keys),
                                   host, s.port, done,
@@ -425,9 +428,13 @@ class ListenHub:
                 await open_socket(server, host, s.port, s.tcp,
                                   await pool.registry.server_addresses(host))
                 await done
+            if not session_attrs_match(s.target_session_attrs, server.params):
+                raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
+                                 f"{s.target_session_attrs} ({describe_session(server.params)})")
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = ServerGone("server connect timeout (server_connect_timeout)")
+            pool.hosts.failed(host)
             self._connect_task = None
             server.close(exc)
             _retrieve(done)
