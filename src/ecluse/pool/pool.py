@@ -637,6 +637,9 @@ class Pool:
                 self._set_state(server, ServerState.LOGIN)
                 await done
             if s.connect_query:
+                # Out of LOGIN first: a server in LOGIN hands what it reads to its
+                # (finished) login, not to the internal query.
+                self._set_state(server, ServerState.USED)
                 await self._run_connect_query(server)
             # After connect_query, as PgBouncer: it may change what the server reports.
             if not session_attrs_match(s.target_session_attrs, server.params):
@@ -656,6 +659,7 @@ class Pool:
     def _on_attempt_failed(self, server: ServerConnection, exc: Exception) -> None:
         """One host failed and the launch goes on to the next: the slot moves with it."""
         self.login.discard(server)
+        self.used.discard(server)  # failed in connect_query or target_session_attrs
         server.state = ServerState.CLOSED
         server.slot_held = False  # the next attempt's server holds it now
         log.warning("server connection for %s to %s failed, trying the next host: %s",
@@ -671,6 +675,7 @@ class Pool:
 
     def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
         self.login.discard(server)
+        self.used.discard(server)  # failed in connect_query or target_session_attrs
         server.state = ServerState.CLOSED
         self.last_failure = time.monotonic()
         self.last_error = exc
