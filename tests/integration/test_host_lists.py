@@ -8,12 +8,15 @@ inet_client_addr() is NULL over the socket and 127.0.0.1 over TCP.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 from contextlib import ExitStack
 
 import psycopg
 import pytest
 
+from ecluse.devcluster import PgCluster
 from integration.test_admin_console import ADMIN_SETTINGS, admin_conn
 from integration.test_reload import rewrite
 
@@ -134,3 +137,50 @@ def test_reload_of_the_host_list_reconnects(ecluse_factory, pg):
         rewrite(ec, (r"dbname=ecluse_test$", "dbname=ecluse_test target_session_attrs=primary"))
         console.execute("RELOAD", prepare=False)
         assert c.execute("select pg_backend_pid()").fetchone()[0] != pid
+
+
+@pytest.fixture(scope="module")
+def primary_and_standby(tmp_path_factory):
+    """A primary of our own (the session cluster's pg_hba allows no replication)
+    and a hot standby streaming from it, made by pg_basebackup -R."""
+    base = tmp_path_factory.mktemp("replication")
+    primary = PgCluster(str(base / "primary"))
+    primary.init(hba_lines=["local all all trust", "local replication all trust",
+                            "host all all 127.0.0.1/32 trust"])
+    primary.start()
+    # The same port on another loopback address: a host list has one port, and
+    # the two are told apart by their socket directories.
+    standby = PgCluster(str(base / "standby"), port=primary.port, host="127.0.0.3")
+    try:
+        os.makedirs(standby.datadir, mode=0o700)
+        standby._give_to_server_user(standby.datadir)
+        standby._run_as_server([
+            os.path.join(standby.bindir, "pg_basebackup"), "-D", standby.datadir, "-R",
+            "-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres",
+            "-X", "stream", "-c", "fast"], "pg_basebackup")
+        # The copy holds the primary's socket lock file and log: not the standby's.
+        shutil.rmtree(standby.socket_dir)
+        os.remove(standby.log_path)
+        standby.start()
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+@pytest.mark.parametrize(("attrs", "expected"), [
+    ("standby", {True: 4}), ("read-only", {True: 4}), ("primary", {False: 4}),
+    ("read-write", {False: 4}), ("any", {True: 2, False: 2})])
+def test_target_session_attrs_picks_among_primary_and_standby(
+        ecluse_factory, primary_and_standby, attrs, expected):
+    primary, standby = primary_and_standby
+    hosts = f"{primary.socket_dir},{standby.socket_dir}"
+    ec = ecluse_factory(SESSION, {"multi": f"host={hosts} port={primary.port} dbname=postgres "
+                                           f"target_session_attrs={attrs}"})
+    with ExitStack() as stack:
+        conns = [stack.enter_context(psycopg.connect(ec.dsn(dbname="multi"), autocommit=True))
+                 for _ in range(4)]
+        got = Counter(c.execute("select pg_is_in_recovery()").fetchone()[0] for c in conns)
+    # Round-robin would alternate; a server that does not match is passed over
+    # for the next host within the same launch, so every client got a match.
+    assert got == expected
