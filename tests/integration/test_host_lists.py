@@ -72,10 +72,26 @@ def test_a_dead_host_in_the_list_is_skipped(ecluse_factory, pg, tmp_path, balanc
     # A unix-socket directory with no socket in it: connecting fails at once.
     dead = tmp_path / "no-server-here"
     dead.mkdir()
-    ec = ecluse_factory(SESSION, {"multi": f"host={dead},{pg.host} port={pg.port} "
-                                           f"dbname=ecluse_test load_balance_hosts={balance}"})
-    assert client_addrs(ec, 3) == ["127.0.0.1"] * 3
-    assert "trying the next host" in ec.log()
+    # max_db_connections=3: each launch holds one slot however many hosts it
+    # tries, so three sessions fit exactly (a failed attempt keeping its slot
+    # would leave the third waiting).
+    ec = ecluse_factory({**SESSION, "query_wait_timeout": 5},
+                        {"multi": f"host={dead},{pg.host} port={pg.port} dbname=ecluse_test "
+                                  f"load_balance_hosts={balance} max_db_connections=3"})
+    with ExitStack() as stack:
+        conns = [stack.enter_context(psycopg.connect(ec.dsn(dbname="multi"), autocommit=True))
+                 for _ in range(3)]
+        addrs = [c.execute("select host(inet_client_addr())").fetchone()[0] for c in conns]
+        assert addrs == ["127.0.0.1"] * 3
+        with admin_conn(ec) as console:
+            db = next(r for r in rows(console, "SHOW DATABASES") if r["name"] == "multi")
+            assert db["current_connections"] == 3
+            servers = [r for r in rows(console, "SHOW SERVERS") if r["database"] == "multi"]
+            assert [r["addr"] for r in servers] == [pg.host] * 3
+    assert f"to {dead} failed, trying the next host" in ec.log()
+    if balance == "disable":
+        # Moved on after the first failure and stayed: only one attempt at the dead host.
+        assert ec.log().count(f"to {dead} failed") == 1
 
 
 def test_no_host_of_the_list_answers(ecluse_factory, pg, tmp_path):
