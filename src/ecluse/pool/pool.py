@@ -636,13 +636,14 @@ class Pool:
                 counted = False
                 self._set_state(server, ServerState.LOGIN)
                 await done
+            # Out of LOGIN once logged in: a server in LOGIN hands what it reads to
+            # its (finished) login, not to connect_query, and closes without Terminate.
+            self._set_state(server, ServerState.USED)
             if s.connect_query:
-                # Out of LOGIN first: a server in LOGIN hands what it reads to its
-                # (finished) login, not to the internal query.
-                self._set_state(server, ServerState.USED)
                 await self._run_connect_query(server)
             # After connect_query, as PgBouncer: it may change what the server reports.
             if not session_attrs_match(s.target_session_attrs, server.params):
+                server.close()  # a healthy server: Terminate, not a dropped socket
                 raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
                                  f"{s.target_session_attrs} ({describe_session(server.params)})")
         except (OSError, EcluseError, TimeoutError) as exc:
