@@ -315,3 +315,37 @@ def test_empty_channel_name_is_refused(pg):
         hub.close()
 
     uvloop.run(run())
+
+
+def test_listener_skips_a_dead_host_of_the_list(pg, tmp_path):
+    # A unix-socket directory with no server in it, first in the list: the
+    # listener's one connect tries it, then the next host, and LISTEN succeeds.
+    dead = tmp_path / "no-server-here"
+    dead.mkdir()
+
+    async def run():
+        config = config_from_string(
+            "[databases]\n"
+            f"ecluse_test = host={dead},{pg.host} port={pg.port} dbname=ecluse_test "
+            "user=trustuser load_balance_hosts=disable\n"
+            "[pgbouncer]\npool_mode = transaction\nserver_login_retry = 1\n")
+        registry = PoolRegistry(config)
+        db = config.database("ecluse_test")
+        assert db is not None
+        pool = registry.get_pool(db, "trustuser")
+        hub = pool.listen_hub()
+        notifier = await start(pg, hub)
+        assert hub.server is not None and hub.server.host == pg.host
+        # Two attempts, one slot: the failed one handed its slot to the next.
+        assert registry.db_server_count("ecluse_test") == 1
+        # The picker was told: the pool's next launch goes straight to the live host.
+        assert pool.hosts.pick() == pg.host
+        sink = Sink()
+        assert await subscribe(hub, "alpha", sink) is None
+        await notifier.notify("alpha", "p1")
+        await notifier.flush()
+        assert sink.payloads() == [("alpha", "p1")]
+        await stop(notifier, hub)
+        assert registry.db_server_count("ecluse_test") == 0
+
+    uvloop.run(run())

@@ -43,7 +43,7 @@ from prometheus_client.exposition import choose_encoder
 from ecluse.admin import commands, show
 from ecluse.admin.metrics import EcluseCollector, NodeCollector, metrics_registry
 from ecluse.admin.openapi import OPENAPI
-from ecluse.config.model import FALLBACK_DATABASE, DatabaseConfig
+from ecluse.config.model import FALLBACK_DATABASE, DatabaseConfig, host_list
 from ecluse.protocol import backend as be
 from ecluse.protocol.startup import encode_ssl_request
 
@@ -137,7 +137,7 @@ async def probe_server(db: DatabaseConfig, timeout: float) -> str | None:
     Sends an SSLRequest and reads the one-byte answer, then hangs up without
     a TLS handshake or a login. Returns why the check failed otherwise.
     """
-    host = db.host or "/tmp"
+    host = host_list(db.host)[0]  # the first of a host list
     writer = None
     try:
         async with asyncio.timeout(timeout):

@@ -181,7 +181,8 @@ def show_databases(ctx: ClientContext) -> bytes:
             cfg.pool_size_for(db, user), cfg.min_pool_size_for(db), cfg.reserve_pool_for(db),
             int(cfg.server_lifetime_for(db)),
             db.pool_mode.value if db.pool_mode is not None else None,
-            None,  # load_balance_hosts: PgBouncer sends NULL for a single host
+            # PgBouncer's value only for a host list, NULL for a single host.
+            db.load_balance_hosts if db.has_host_list() else None,
             cfg.max_db_connections_for(db), ctx.registry.db_server_count(db.name),
             cfg.max_db_client_connections_for(db), ctx.db_clients[db.name],
             int(paused), int(disabled),
@@ -266,6 +267,11 @@ _POOLS = (("database", "s"), ("user", "s"), ("cl_active", "i"), ("cl_waiting", "
           ("maxwait_us", "i"), ("pool_mode", "s"), ("load_balance_hosts", "s"))
 
 
+def _load_balance_hosts(host: str | None, value: str) -> str | None:
+    """SHOW POOLS' load_balance_hosts: as SHOW DATABASES, NULL for a single host."""
+    return value if host is not None and "," in host else None
+
+
 def show_pools(ctx: ClientContext) -> bytes:
     active: dict[int, int] = {}
     waiting: dict[int, int] = {}
@@ -287,7 +293,8 @@ def show_pools(ctx: ClientContext) -> bytes:
             active.get(id(pool), 0), waiting.get(id(pool), 0), 0, 0,
             len(pool.active), 0, 0, len(pool.idle), len(pool.used) - tested, tested,
             len(pool.login) + pool.launching,
-            int(wait), int((wait - int(wait)) * 1_000_000), pool.settings.mode, None,
+            int(wait), int((wait - int(wait)) * 1_000_000), pool.settings.mode,
+            _load_balance_hosts(pool.settings.host, pool.settings.load_balance_hosts),
         ])
     return encode_result(_POOLS, rows)
 

@@ -101,12 +101,15 @@ class DatabaseConfig:
     """One [databases] entry: where the server is and per-database pool overrides.
 
     None for an override means "use the global setting". A host of None or one
-    starting with "/" means a unix socket (None: the default socket directory).
+    starting with "/" means a unix socket (None: the default socket directory);
+    a host may be a comma-separated list of them (host_list), all on one port.
     """
 
     name: str
     host: str | None = None
     port: int = 5432
+    load_balance_hosts: str = "round-robin"  # or "disable" (pool/hosts.py)
+    target_session_attrs: str = "any"  # read-write, read-only, primary, standby
     dbname: str | None = None
     user: str | None = None
     password: str | None = None
@@ -132,8 +135,20 @@ class DatabaseConfig:
         return self.dbname if self.dbname is not None else self.name
 
     def is_unix_socket(self) -> bool:
-        """Say whether this database is reached over a unix socket."""
-        return self.host is None or self.host.startswith("/")
+        """Say whether this database's first host is a unix socket."""
+        return host_list(self.host)[0].startswith("/")
+
+    def has_host_list(self) -> bool:
+        """Say whether host names several hosts (SHOW DATABASES' load_balance_hosts)."""
+        return self.host is not None and "," in self.host
+
+
+def host_list(host: str | None) -> tuple[str, ...]:
+    """The hosts a [databases] host value names, in order; None is the default
+    unix-socket directory, /tmp, as PgBouncer built with its defaults."""
+    if host is None:
+        return ("/tmp",)
+    return tuple(host.split(","))
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,30 @@ _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$
 _NOT_PARAMETERS = frozenset({"user", "database", "options", "replication"})
 
 
+def _parse_hosts(text: str) -> str | None:
+    """A [databases] host: one host, IP address or unix-socket directory, or a
+    comma-separated list of them (PgBouncer's host list), kept as "a,b,c"."""
+    if not text:
+        return None
+    hosts = [part.strip() for part in text.split(",")]
+    if not all(hosts):
+        raise BadValue("a host name, IP address or unix-socket directory, or a "
+                       "comma-separated list of them without empty entries")
+    return ",".join(hosts)
+
+
+def _one_of(*choices: str) -> Parser:
+    """A parser for one of ``choices``, case-insensitively, as PgBouncer's lookups."""
+    expected = "one of " + ", ".join(choices)
+
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise BadValue(expected)
+        return text.lower()
+
+    return parse
+
+
 def _parse_tracked_names(text: str) -> tuple[str, ...]:
     names = parse_list(text)
     for name in names:
@@ -220,8 +244,11 @@ UNHONOURABLE: MappingProxyType[str, str] = MappingProxyType({
 # PgBouncer's: "reserve_pool" is the older one, still accepted there.
 DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
     {
-        "host": ("host", parse_optional_str),
+        "host": ("host", _parse_hosts),
         "port": ("port", _port),
+        "load_balance_hosts": ("load_balance_hosts", _one_of("round-robin", "disable")),
+        "target_session_attrs": ("target_session_attrs",
+                                 _one_of("any", "read-write", "read-only", "primary", "standby")),
         "dbname": ("dbname", parse_optional_str),
         "user": ("user", parse_optional_str),
         "password": ("password", parse_str),

@@ -30,6 +30,7 @@ from ecluse.auth.ident import map_allows
 from ecluse.auth.methods import MD5, PLAIN, SCRAM, TRUST, AuthOutcome
 from ecluse.auth.secrets import scram_secret_of
 from ecluse.config import AuthType, Config, DatabaseConfig
+from ecluse.config.model import host_list
 from ecluse.config.tls import server_tls
 from ecluse.errors import AuthFailed, ClientRefused
 from ecluse.pool.pool import Pool
@@ -180,7 +181,8 @@ def auth_query_target(config: Config, db: DatabaseConfig) -> AuthQueryTarget | N
     if password is None:
         password = config.auth.get(auth_user)
     return AuthQueryTarget(
-        host=target_db.host or "/tmp", port=target_db.port, dbname=target_db.server_dbname(),
+        # auth_query runs on its own connection to the first host of a host list.
+        host=host_list(target_db.host)[0], port=target_db.port, dbname=target_db.server_dbname(),
         auth_user=auth_user, password=password, query=db.auth_query or s.auth_query,
         connect_timeout=s.server_connect_timeout, tls=server_tls(s))
 

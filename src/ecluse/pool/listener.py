@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ecluse.errors import EcluseError, ServerGone, ServerLoginFailed
+from ecluse.pool.hosts import describe_session, session_attrs_match
 from ecluse.protocol.messages import ErrorResponse
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
@@ -403,7 +404,6 @@ class ListenHub:
         pool = self.pool
         s = pool.settings
         registry = pool.registry
-        loop = asyncio.get_running_loop()
         if not registry.reserve_launch(pool):
             self._connect_task = None
             self._on_connect_failed(EcluseError(
@@ -413,8 +413,33 @@ class ListenHub:
         params = {"user": s.user, "database": s.server_dbname, **s.server_params,
                   "client_encoding": "UTF8"}
         params.setdefault("application_name", "ecluse listener")
-        done: asyncio.Future = loop.create_future()
-        host = s.host or "/tmp"
+        # As the pool's launches (Pool._connect): at most one pass over the host
+        # list, the pool's picker choosing and told of each host that failed.
+        picker = pool.hosts
+        for attempt in range(len(picker)):
+            host = picker.pick()
+            server, exc = await self._attempt(params, host)
+            if exc is None:
+                break
+            picker.failed(host)
+            if attempt + 1 < len(picker) and not self.closed:
+                server.slot_held = False  # the next attempt's server holds it now
+                log.warning("listener connection for %s to %s failed, trying the next host: %s",
+                            pool.name, host, exc)
+                continue
+            self._connect_task = None
+            self._forget(server)
+            self._on_connect_failed(exc)
+            return
+        self._connect_task = None
+        self._on_connected(server)
+
+    async def _attempt(self, params: dict[str, str],
+                       host: str) -> tuple[ServerConnection, Exception | None]:
+        """Connect to ``host`` and log in; a failed server is closed, its slot still held."""
+        pool = self.pool
+        s = pool.settings
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
         password = s.password if s.password is not None else pool.auth_secret
         server = ServerConnection(self._hooks, login(params, password, scram_keys=pool.scram_keys),
                                   host, s.port, done,
@@ -425,22 +450,21 @@ class ListenHub:
                 await open_socket(server, host, s.port, s.tcp,
                                   await pool.registry.server_addresses(host))
                 await done
+            if not session_attrs_match(s.target_session_attrs, server.params):
+                raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
+                                 f"{s.target_session_attrs} ({describe_session(server.params)})")
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = ServerGone("server connect timeout (server_connect_timeout)")
-            self._connect_task = None
             server.close(exc)
             _retrieve(done)
-            self._forget(server)
-            self._on_connect_failed(exc)
-            return
+            return server, exc
         except asyncio.CancelledError:
             server.close()
             _retrieve(done)
             self._forget(server)
             raise
-        self._connect_task = None
-        self._on_connected(server)
+        return server, None
 
     def _on_connected(self, server: ServerConnection) -> None:
         server.state = ServerState.IDLE  # the hub owns it: no pool collection holds it

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ecluse.config.model import host_list
 from ecluse.config.tls import ServerTls
 from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
+from ecluse.pool.hosts import ROUND_ROBIN, HostPicker, describe_session, session_attrs_match
 from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.backend import encode_parameter_status
@@ -54,7 +56,7 @@ class PoolSettings:
 
     database: str  # the name clients use
     user: str  # the user the pool logs into the server as
-    host: str | None
+    host: str | None  # one host or "a,b,c" (config/model.host_list)
     port: int
     server_dbname: str
     password: str | None
@@ -77,6 +79,8 @@ class PoolSettings:
     max_prepared_statements: int = 0
     server_tls: ServerTls | None = None  # None: server_tls_sslmode is disable
     tcp: TcpOptions | None = None  # socket options of its connections (tcpopts.py)
+    load_balance_hosts: str = ROUND_ROBIN  # pool/hosts.py
+    target_session_attrs: str = "any"
 
 
 def wanted_changed(waiting: int, published: int) -> bool:
@@ -126,6 +130,7 @@ class Pool:
         self.retired = False  # replaced by a reload: no new client, closed once unused
         self.client_user = settings.user  # whose [users] entry sized it (registry sets it)
         self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
+        self.hosts = _host_picker(settings)  # where new server connections go
         self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
@@ -567,40 +572,29 @@ class Pool:
         return True
 
     async def _connect(self) -> None:
+        """Open, log in and admit one server connection, trying the pool's hosts.
+
+        One launch makes at most one pass over the host list (HostPicker): a
+        host that cannot be reached, refuses the login, fails connect_query or
+        does not match target_session_attrs leaves the launch to the next host,
+        each attempt with its own server_connect_timeout (as libpq's
+        connect_timeout is per host). Only when every attempt failed is the
+        launch a failure (server_login_retry backoff, waiters told).
+        """
         s = self.settings
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
-        params = {"user": s.user, "database": s.server_dbname, **s.server_params}
-        password = s.password if s.password is not None else self.auth_secret
-        gen = login(params, password, scram_keys=self.scram_keys)
-        host = s.host or "/tmp"
-        # No TLS over unix sockets, as PgBouncer and libpq.
-        tls = None if host.startswith("/") else s.server_tls
-        server = ServerConnection(self, gen, host, s.port, done,
-                                  max_prepared=s.max_prepared_statements, tls=tls)
-        server.slot_held = True
-        server.stats = self.stats
-        counted = True
-        try:
-            async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port, s.tcp,
-                                  await self.registry.server_addresses(host))
-                self.launching -= 1
-                counted = False
-                self._set_state(server, ServerState.LOGIN)
-                await done
-            if s.connect_query:
-                await self._run_connect_query(server)
-        except (OSError, EcluseError, TimeoutError) as exc:
-            if counted:
-                self.launching -= 1
-            if isinstance(exc, TimeoutError):
-                exc = ServerGone("server connect timeout (server_connect_timeout)")
-            server.close(exc)
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: the failure is reported just below
-            self._on_launch_failed(server, exc)
-            return
+        picker = self.hosts
+        for attempt in range(len(picker)):
+            host = picker.pick()
+            server, exc = await self._attempt(s, host)
+            if exc is None:
+                break
+            picker.failed(host)
+            if attempt + 1 == len(picker) or self.closed \
+                    or _login_identity(self.settings) != _login_identity(s):
+                self._on_launch_failed(server, exc)
+                return
+            self._on_attempt_failed(server, exc)
+            self.launching += 1  # the next attempt counts until its socket is up
         if _login_identity(self.settings) != _login_identity(s):
             # A reload changed where or how to log in while this one logged in:
             # closing it frees its slot and launches for waiters (on_server_closed).
@@ -616,6 +610,62 @@ class Pool:
         self._set_state(server, ServerState.IDLE)
         self._dispatch()
 
+    async def _attempt(self, s: PoolSettings,
+                       host: str) -> tuple[ServerConnection, Exception | None]:
+        """Connect to ``host`` and log in; return the server and why it failed, if it did.
+
+        self.launching counts the attempt until its socket is up. A failed
+        server is closed here and still holds the launch's slot.
+        """
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        params = {"user": s.user, "database": s.server_dbname, **s.server_params}
+        password = s.password if s.password is not None else self.auth_secret
+        gen = login(params, password, scram_keys=self.scram_keys)
+        # No TLS over unix sockets, as PgBouncer and libpq.
+        tls = None if host.startswith("/") else s.server_tls
+        server = ServerConnection(self, gen, host, s.port, done,
+                                  max_prepared=s.max_prepared_statements, tls=tls)
+        server.slot_held = True
+        server.stats = self.stats
+        counted = True
+        try:
+            async with asyncio.timeout(s.server_connect_timeout or None):
+                await open_socket(server, host, s.port, s.tcp,
+                                  await self.registry.server_addresses(host))
+                self.launching -= 1
+                counted = False
+                self._set_state(server, ServerState.LOGIN)
+                await done
+            # Out of LOGIN once logged in: a server in LOGIN hands what it reads to
+            # its (finished) login, not to connect_query, and closes without Terminate.
+            self._set_state(server, ServerState.USED)
+            if s.connect_query:
+                await self._run_connect_query(server)
+            # After connect_query, as PgBouncer: it may change what the server reports.
+            if not session_attrs_match(s.target_session_attrs, server.params):
+                server.close()  # a healthy server: Terminate, not a dropped socket
+                raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
+                                 f"{s.target_session_attrs} ({describe_session(server.params)})")
+        except (OSError, EcluseError, TimeoutError) as exc:
+            if counted:
+                self.launching -= 1
+            if isinstance(exc, TimeoutError):
+                exc = ServerGone("server connect timeout (server_connect_timeout)")
+            server.close(exc)
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: the caller reports the failure
+            return server, exc
+        return server, None
+
+    def _on_attempt_failed(self, server: ServerConnection, exc: Exception) -> None:
+        """One host failed and the launch goes on to the next: the slot moves with it."""
+        self.login.discard(server)
+        self.used.discard(server)  # failed in connect_query or target_session_attrs
+        server.state = ServerState.CLOSED
+        server.slot_held = False  # the next attempt's server holds it now
+        log.warning("server connection for %s to %s failed, trying the next host: %s",
+                    self.name, server.host, exc)
+
     async def _run_connect_query(self, server: ServerConnection) -> None:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         server.run_internal(self.settings.connect_query or "", fut.set_result)
@@ -626,6 +676,7 @@ class Pool:
 
     def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
         self.login.discard(server)
+        self.used.discard(server)  # failed in connect_query or target_session_attrs
         server.state = ServerState.CLOSED
         self.last_failure = time.monotonic()
         self.last_error = exc
@@ -698,6 +749,7 @@ class Pool:
         changed = sorted(f.name for f in dataclasses.fields(PoolSettings)
                          if getattr(old, f.name) != getattr(settings, f.name))
         if _login_identity(old) != _login_identity(settings):
+            self.hosts = _host_picker(settings)
             self.close_all(lambda server: True)
             self.default_params = None  # the new server may report other parameters
             self.known_statements.clear()  # known good on the old server only
@@ -743,6 +795,14 @@ class Pool:
 
 
 def _login_identity(s: PoolSettings) -> tuple:
-    """What a server connection was opened with: a change means a new connection."""
+    """What a server connection was opened with: a change means a new connection.
+
+    The host list and how it is used are part of it, as a changed host is:
+    servers chosen under the old rules may be ones the new rules refuse.
+    """
     return (s.host, s.port, s.server_dbname, s.user, s.password, dict(s.server_params),
-            s.connect_query, s.server_tls)
+            s.connect_query, s.server_tls, s.load_balance_hosts, s.target_session_attrs)
+
+
+def _host_picker(s: PoolSettings) -> HostPicker:
+    return HostPicker(host_list(s.host), round_robin=s.load_balance_hosts == ROUND_ROBIN)

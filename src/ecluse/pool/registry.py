@@ -119,6 +119,8 @@ class PoolRegistry:
             max_prepared_statements=s.max_prepared_statements,
             server_tls=server_tls(s),
             tcp=TcpOptions.from_settings(s),
+            load_balance_hosts=db.load_balance_hosts,
+            target_session_attrs=db.target_session_attrs,
         )
 
     # --- welcome parameters shared between workers ---------------------------

@@ -18,7 +18,7 @@ from ecluse.config import (
     load_config,
 )
 from ecluse.config.diff import diff_configs
-from ecluse.config.model import DEFAULT_AUTH_QUERY
+from ecluse.config.model import DEFAULT_AUTH_QUERY, host_list
 from ecluse.config.schema import KNOWN_UNIMPLEMENTED, SETTINGS, UNHONOURABLE
 from ecluse.errors import ConfigError
 
@@ -534,3 +534,34 @@ def test_scram_iterations() -> None:
         .settings.scram_iterations == 10000
     with pytest.raises(ConfigError, match="scram_iterations"):
         config_from_string("[pgbouncer]\nscram_iterations = 0\n")
+
+
+def test_host_lists_and_their_options() -> None:
+    config = config_from_string(
+        "[databases]\n"
+        "one = host=db1\n"
+        "many = host=' db1 , 10.0.0.2,/var/run/postgresql' port=5433\n"
+        "sticky = host=a,b load_balance_hosts=DISABLE target_session_attrs=read-write\n"
+        "[pgbouncer]\n", "p.ini")
+    one, many, sticky = (config.databases[n] for n in ("one", "many", "sticky"))
+    assert (one.host, one.load_balance_hosts, one.target_session_attrs) == (
+        "db1", "round-robin", "any")
+    assert not one.has_host_list()
+    assert many.host == "db1,10.0.0.2,/var/run/postgresql" and many.has_host_list()
+    assert host_list(many.host) == ("db1", "10.0.0.2", "/var/run/postgresql")
+    assert host_list(None) == ("/tmp",)
+    assert (sticky.load_balance_hosts, sticky.target_session_attrs) == ("disable", "read-write")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("host=a,,b", "database 'd': host: expected a host name, IP address or unix-socket"),
+    ("host=a, ", "database 'd': host: expected a host name"),
+    ("load_balance_hosts=random", "database 'd': load_balance_hosts: expected one of "
+                                  "round-robin, disable"),
+    ("target_session_attrs=prefer-standby", "database 'd': target_session_attrs: expected "
+                                            "one of any, read-write, read-only, primary, standby"),
+])
+def test_bad_host_list_options(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_string(f"[databases]\nd = {value}\n", "p.ini")
+    assert str(info.value).startswith(f"p.ini:2: {message}")
