@@ -418,5 +418,9 @@ def client_timeouts(s: Settings, user: UserConfig | None) -> tuple[float, float,
 
 
 def _first(*values: Any) -> Any:
-    """The first value that is set (not None): a more specific level's override."""
-    return next(v for v in values if v is not None)
+    """The first value that is set (not None): a more specific level's override.
+    (A loop, not next() over a generator: several run at every login.)"""
+    for value in values:
+        if value is not None:
+            return value
+    return None
