@@ -157,6 +157,7 @@ class Janitor:
         for pool in self._registry:
             pool.maintain()
             pool.notify_long_waits(time.monotonic(), notify_after)
+        self._registry.refresh_dns()
         now = time.monotonic()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now, self._registry.config.users)

@@ -53,6 +53,7 @@ class PoolRegistry:
         self.retired: list[Pool] = []
         # Server host names this worker looked up (dns_max_ttl, dns_nxdomain_ttl).
         self.dns = DnsCache()
+        self.dns.on_change = self._on_dns_change
         # autodb_idle_timeout: since when each database made from the "*" entry has
         # been unused (drop_idle_autodbs).
         self._autodb_unused: dict[str, float] = {}
@@ -64,6 +65,28 @@ class PoolRegistry:
         name does not resolve."""
         s = self.config.settings
         return await self.dns.addresses(host, s.dns_max_ttl, s.dns_nxdomain_ttl)
+
+    def refresh_dns(self) -> None:
+        """The janitor's pass over the DNS cache: the host names of the pools' lists."""
+        s = self.config.settings
+        in_use = {host for pool in self for host in pool.hosts.hosts}
+        self.dns.refresh(in_use, s.dns_max_ttl, s.dns_nxdomain_ttl)
+
+    def _on_dns_change(self, host: str, addrs: tuple[str, ...]) -> None:
+        """``host`` now resolves to ``addrs``: its servers connected elsewhere are
+        closed now if idle, else once released (PgBouncer's behaviour)."""
+        log.info("DNS: %s now resolves to %s; servers connected elsewhere will be closed",
+                 host, ", ".join(addrs))
+
+        def moved(server) -> bool:
+            if server.host != host or server.transport is None:
+                return False
+            peer = server.transport.get_extra_info("peername")
+            return isinstance(peer, tuple) and bool(peer) and peer[0] not in addrs
+
+        for pool in self:
+            if host in pool.hosts.hosts:
+                pool.close_all(moved)
 
     def __iter__(self) -> Iterator[Pool]:
         return iter([*self.pools.values(), *self.retired])

@@ -12,6 +12,12 @@ them out in turn, so new server connections spread over them as PgBouncer's do;
 each connect starts with the next address and falls back on the others (as
 libpq does), so one dead address does not fail every other connect.
 
+The janitor also looks the names in use up again once they expire (refresh),
+connects or not, and when a name's addresses change, ``on_change`` is told: the
+pools then retire the servers connected to an address the name no longer has
+(closed when released, as PgBouncer does), so a DNS-based failover reaches
+established connections too.
+
 Rules:
 1. IP addresses and unix-socket directories never reach the cache.
 2. The answer's own TTL is not known to getaddrinfo: dns_max_ttl is the
@@ -44,6 +50,8 @@ class DnsCache:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self.lookups = 0  # queries sent since start (for the tests and SHOW LISTS)
+        # Told (host, new addresses) when a name that resolved resolves otherwise.
+        self.on_change: Callable[[str, tuple[str, ...]], None] | None = None
 
     async def addresses(self, host: str, max_ttl: float,
                         nxdomain_ttl: float) -> tuple[str, ...]:
@@ -82,9 +90,25 @@ class DnsCache:
             entry.addrs, entry.expires = (), self._clock() + nxdomain_ttl
             entry.error = exc if isinstance(exc, OSError) else OSError(str(exc))
         else:
+            before = entry.addrs
             entry.addrs, entry.error, entry.expires = addrs, None, self._clock() + max_ttl
+            if before and set(before) != set(addrs) and self.on_change is not None:
+                self.on_change(host, addrs)
         finally:
             entry.lookup = None
+
+    def refresh(self, in_use: set[str], max_ttl: float, nxdomain_ttl: float) -> None:
+        """Forget the names no longer ``in_use``, and look up again those of them that
+        resolved and have expired (the janitor's pass: a change is noticed within
+        dns_max_ttl even when no new server connection is made)."""
+        for host in [h for h in self._entries if h not in in_use]:
+            if self._entries[host].lookup is None:
+                del self._entries[host]
+        now = self._clock()
+        for host, entry in self._entries.items():
+            if entry.addrs and entry.lookup is None and now >= entry.expires:
+                entry.lookup = asyncio.ensure_future(self._lookup(host, entry, max_ttl,
+                                                                  nxdomain_ttl))
 
     def rows(self) -> list[tuple[str, int, str]]:
         """SHOW DNS_HOSTS: (hostname, seconds until the next lookup, addresses)."""

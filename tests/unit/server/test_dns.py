@@ -164,3 +164,35 @@ def test_lookups_and_turns_follow_the_model(steps, addrs) -> None:
             assert len(resolver.queries) == lookups
 
     run(resolver, body)
+
+
+def test_refresh_looks_expired_names_up_again_and_reports_a_change() -> None:
+    resolver = Resolver({"db.example": ["10.0.0.1", "10.0.0.2"], "old.example": ["10.9.9.9"]})
+    clock = Clock()
+    cache = DnsCache(clock)
+    changes: list[tuple[str, tuple[str, ...]]] = []
+    cache.on_change = lambda host, addrs: changes.append((host, addrs))
+
+    async def body():
+        await cache.addresses("db.example", MAX_TTL, NX_TTL)
+        await cache.addresses("old.example", MAX_TTL, NX_TTL)
+        assert changes == []  # a first answer is no change
+        in_use = {"db.example"}
+        cache.refresh(in_use, MAX_TTL, NX_TTL)  # not expired yet: nothing to do
+        await asyncio.sleep(0)
+        assert resolver.queries == ["db.example", "old.example"]
+        assert [row[0] for row in cache.rows()] == ["db.example"]  # old.example dropped
+        clock.now += MAX_TTL
+        resolver.answers["db.example"] = ["10.0.0.2", "10.0.0.1"]  # same set, other order
+        cache.refresh(in_use, MAX_TTL, NX_TTL)
+        await asyncio.sleep(0)
+        assert resolver.queries[-1] == "db.example" and changes == []
+        clock.now += MAX_TTL
+        resolver.answers["db.example"] = ["10.0.0.3"]  # failed over
+        cache.refresh(in_use, MAX_TTL, NX_TTL)
+        await asyncio.sleep(0)
+        assert changes == [("db.example", ("10.0.0.3",))]
+        assert await cache.addresses("db.example", MAX_TTL, NX_TTL) == ("10.0.0.3",)
+        assert len(resolver.queries) == 4  # the connect used the refreshed entry
+
+    run(resolver, body)
