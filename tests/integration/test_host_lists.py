@@ -137,6 +137,20 @@ def test_target_session_attrs_is_checked_after_connect_query(ecluse_factory, pg)
         psycopg.connect(ec.dsn(dbname="rw"))
 
 
+def test_a_failing_connect_query_is_logged_and_ignored(ecluse_factory, pg):
+    """As PgBouncer documents; but a connect_query that leaves a transaction open
+    gives no client that server."""
+    backend = f"host={pg.host} port={pg.port} dbname=ecluse_test"
+    ec = ecluse_factory(SESSION, {"failing": f"{backend} connect_query='SELECT 1/0'",
+                                  "opened": f"{backend} connect_query='BEGIN'"})
+    with psycopg.connect(ec.dsn(dbname="failing"), autocommit=True) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert "connect_query failed" in ec.log() and "division by zero" in ec.log()
+    with pytest.raises(psycopg.OperationalError, match="connect_query left a transaction open"):
+        psycopg.connect(ec.dsn(dbname="opened"))
+
+
 def test_reload_of_the_host_list_reconnects(ecluse_factory, pg):
     settings = {**ADMIN_SETTINGS, "pool_mode": "transaction", "default_pool_size": 2}
     ec = ecluse_factory(settings, {"multi": f"host={pg.host} port={pg.port} dbname=ecluse_test"})

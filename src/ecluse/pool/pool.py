@@ -667,12 +667,21 @@ class Pool:
                     self.name, server.host, exc)
 
     async def _run_connect_query(self, server: ServerConnection) -> None:
+        """Run connect_query on a new server. An error it raises is logged and
+        otherwise ignored, as PgBouncer documents; a server lost meanwhile fails."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         server.run_internal(self.settings.connect_query or "", fut.set_result)
         err = await fut
         if err is not None:
-            raise ServerLoginFailed(f"connect_query failed: {err.message}",
-                                    sqlstate=err.sqlstate)
+            if server.is_closed():
+                raise ServerLoginFailed(f"connect_query failed: {err.message}",
+                                        sqlstate=err.sqlstate)
+            log.warning("connect_query failed on %s for %s: %s", server, self.name,
+                        err.message)
+        if server.tracker.status != STATUS_IDLE:
+            # A client must never get a server inside a transaction it did not open.
+            raise ServerLoginFailed("connect_query left a transaction open",
+                                    sqlstate="25000")
 
     def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
         self.login.discard(server)
