@@ -22,7 +22,6 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import NamedTuple
 
@@ -72,16 +71,29 @@ class FramingRules(NamedTuple):
     stream_oversize: bool
 
 
-@functools.lru_cache(maxsize=64)
 def shared_rules(rules: FramingRules) -> FramingRules:
     """The one instance of ``rules`` the framers share."""
-    return rules
+    found = _SHARED.get(rules)
+    if found is None:
+        if len(_SHARED) >= _SWITCHES_MAX:
+            forget_rules()  # all together: the lookups below must give the shared ones
+        found = _SHARED[rules] = rules
+    return found
 
 
-# Framer.switch's (rules, changes) -> rules; a handful in practice, bounded anyway.
+def forget_rules() -> None:
+    """Empty the shared rules and both lookups of them."""
+    _SHARED.clear()
+    _SWITCHES.clear()
+    _RULES_FOR.clear()
+
+
+# The shared instances; a handful in practice (one per set of rules), bounded anyway.
+_SHARED: dict[FramingRules, FramingRules] = {}
+# Framer.switch's (rules, changes) -> rules, bounded the same way.
 _SWITCHES: dict[tuple, FramingRules] = {}
 _SWITCHES_MAX = 256
-# Framer()'s arguments -> rules; as few, bounded the same way.
+# Framer()'s arguments -> rules, as few.
 _RULES_FOR: dict[tuple, FramingRules] = {}
 
 

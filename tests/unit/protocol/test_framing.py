@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from wire import cut
 
 from ecluse.errors import RemoteProtocolError
-from ecluse.protocol import codes
+from ecluse.protocol import codes, framing
 from ecluse.protocol.framing import Framer, is_whole_reply
 
 VALID = codes.BACKEND_TYPES
@@ -325,6 +325,9 @@ _SWITCH = st.fixed_dictionaries({}, optional={
 def test_switch_gives_the_rules_asked_for(max_len, switches):
     """Framer.switch, looked up from earlier switches or not, sets exactly the rules
     given (inspect_max capped by the longest message) and leaves the rest alone."""
+    # Hypothesis makes far more distinct rules than a pooler ever has: start each
+    # example below the bound at which the shared rules are forgotten.
+    framing.forget_rules()
     framer = Framer(codes.FRONTEND_TYPES, frozenset(), max_len, side="client")
     for changes in switches:
         want = framer._rules._asdict()
@@ -337,3 +340,16 @@ def test_switch_gives_the_rules_asked_for(max_len, switches):
         fresh = Framer(want["valid"], want["inspect"], max_len, want["inspect_max"],
                        side="client", stream_oversize=want["stream_oversize"])
         assert fresh._rules is framer._rules
+
+
+def test_rules_stay_shared_when_the_bound_is_reached():
+    """Past _SWITCHES_MAX distinct rules everything is forgotten at once, so rules
+    reached by Framer() and by switch() are still one object afterwards."""
+    framing.forget_rules()
+    for n in range(framing._SWITCHES_MAX + 5):  # each a distinct set of rules
+        Framer(codes.FRONTEND_TYPES, frozenset(), 1000 + n, side="client")
+    framer = Framer(codes.FRONTEND_TYPES, frozenset(), 50, side="client")
+    framer.switch(inspect_max=10)
+    fresh = Framer(codes.FRONTEND_TYPES, frozenset(), 50, 10, side="client")
+    assert fresh._rules is framer._rules
+    assert len(framing._SHARED) <= framing._SWITCHES_MAX
