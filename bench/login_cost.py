@@ -24,6 +24,7 @@ import asyncio
 import gc
 import struct
 import time
+from collections.abc import Callable
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
@@ -95,13 +96,11 @@ def _connection(ctx: ClientContext) -> None:
     session.connection_lost(None)
 
 
-async def _measure(connections: int) -> tuple[float, float]:
-    config = config_from_string(CONFIG)
-    ctx = ClientContext(config, PoolRegistry(config))
-    pool = ctx.registry.get_pool(config.database("bench"), "postgres")
-    pool.default_params = dict(SERVER_PARAMS)
-    for _ in range(2000):  # warm: the welcome cache, the framing rules, the code
-        _connection(ctx)
+def timed_rounds(run: Callable[[], int]) -> tuple[float, float]:
+    """Five timed rounds of ``run`` (which returns how many it did, connections or
+    transactions): the best round's µs per unit, and what the cyclic garbage collector
+    freed per unit over all five. The collector runs on its own during the rounds, as
+    it would live; what each collection freed is added up, a final one's included."""
     gc.collect()
     freed = 0
 
@@ -110,20 +109,35 @@ async def _measure(connections: int) -> tuple[float, float]:
         if phase == "stop":
             freed += info["collected"]
 
-    # The collector runs on its own during the rounds, as it would live; what each
-    # collection freed is added up, the final one's included.
     gc.callbacks.append(count_freed)
     rounds = []
+    done = 0
     try:
         for _ in range(5):
             start = time.perf_counter()
-            for _ in range(connections):
-                _connection(ctx)
-            rounds.append((time.perf_counter() - start) / connections * 1e6)
+            n = run()
+            rounds.append((time.perf_counter() - start) / n * 1e6)
+            done += n
             gc.collect()
     finally:
         gc.callbacks.remove(count_freed)
-    return min(rounds), freed / (5 * connections)
+    return min(rounds), freed / done
+
+
+async def _measure(connections: int) -> tuple[float, float]:
+    config = config_from_string(CONFIG)
+    ctx = ClientContext(config, PoolRegistry(config))
+    pool = ctx.registry.get_pool(config.database("bench"), "postgres")
+    pool.default_params = dict(SERVER_PARAMS)
+    for _ in range(2000):  # warm: the welcome cache, the framing rules, the code
+        _connection(ctx)
+
+    def round_() -> int:
+        for _ in range(connections):
+            _connection(ctx)
+        return connections
+
+    return timed_rounds(round_)
 
 
 def main() -> None:

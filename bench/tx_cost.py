@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import struct
-import time
 
-from login_cost import CONFIG, SERVER_PARAMS, STARTUP, Transport
+from login_cost import CONFIG, SERVER_PARAMS, STARTUP, Transport, timed_rounds
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
@@ -112,27 +110,8 @@ async def _measure(transactions: int) -> dict[str, tuple[float, float]]:
     for name in ("express", "queued"):
         loop = getattr(bench, name)
         loop(max(1, transactions // 5))  # warm
-        gc.collect()
-        freed = 0
-
-        def count_freed(phase: str, info: dict) -> None:
-            nonlocal freed
-            if phase == "stop":
-                freed += info["collected"]
-
-        gc.callbacks.append(count_freed)
-        rounds = []
-        ran = 0
-        try:
-            for _ in range(5):
-                start = time.perf_counter()
-                done = loop(transactions // (2 if name == "queued" else 1))
-                rounds.append((time.perf_counter() - start) / done * 1e6)
-                ran += done
-                gc.collect()
-        finally:
-            gc.callbacks.remove(count_freed)
-        results[name] = (min(rounds), freed / ran)
+        per_round = transactions // (2 if name == "queued" else 1)
+        results[name] = timed_rounds(lambda loop=loop, n=per_round: loop(n))
     return results
 
 
