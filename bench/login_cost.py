@@ -26,6 +26,8 @@ import struct
 import time
 from collections.abc import Callable
 
+import uvloop
+
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.session import ClientState, FrontendSession
@@ -145,12 +147,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20000,
                         help="connections per timed round (5 rounds)")
     args = parser.parse_args()
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-    us, garbage = runner(_measure(args.connections))
+    us, garbage = uvloop.run(_measure(args.connections))
     print(f"login + Terminate + close, warm, in process: {us:.2f} µs per connection")
     print(f"left to the cyclic garbage collector: {garbage:.2f} objects per connection")
 

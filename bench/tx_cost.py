@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import struct
 
+import uvloop
 from login_cost import CONFIG, SERVER_PARAMS, STARTUP, Transport, timed_rounds
 
 from ecluse.config import config_from_string
@@ -120,12 +121,7 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=100_000,
                         help="transactions per timed round (5 rounds per loop)")
     args = parser.parse_args()
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-    for name, (us, garbage) in runner(_measure(args.transactions)).items():
+    for name, (us, garbage) in uvloop.run(_measure(args.transactions)).items():
         print(f"{name}: {us:.2f} µs per transaction, warm, in process; "
               f"{garbage:.2f} objects per transaction left to the cyclic garbage collector")
 

@@ -267,11 +267,6 @@ _POOLS = (("database", "s"), ("user", "s"), ("cl_active", "i"), ("cl_waiting", "
           ("maxwait_us", "i"), ("pool_mode", "s"), ("load_balance_hosts", "s"))
 
 
-def _load_balance_hosts(host: str | None, value: str) -> str | None:
-    """SHOW POOLS' load_balance_hosts: as SHOW DATABASES, NULL for a single host."""
-    return value if host is not None and "," in host else None
-
-
 def show_pools(ctx: ClientContext) -> bytes:
     active: dict[int, int] = {}
     waiting: dict[int, int] = {}
@@ -294,7 +289,8 @@ def show_pools(ctx: ClientContext) -> bytes:
             len(pool.active), 0, 0, len(pool.idle), len(pool.used) - tested, tested,
             len(pool.login) + pool.launching,
             int(wait), int((wait - int(wait)) * 1_000_000), pool.settings.mode,
-            _load_balance_hosts(pool.settings.host, pool.settings.load_balance_hosts),
+            # As SHOW DATABASES: NULL for a single host.
+            pool.settings.load_balance_hosts if len(pool.hosts) > 1 else None,
         ])
     return encode_result(_POOLS, rows)
 

@@ -64,13 +64,6 @@ def _parse_syslog_facility(text: str) -> str:
     return lowered
 
 
-def _parse_dheparams(text: str) -> str:
-    lowered = text.lower()
-    if lowered not in ("none", "auto", "legacy"):
-        raise BadValue("one of none, auto, legacy")
-    return lowered
-
-
 # A run-time parameter's name: an identifier, or an extension's dotted one.
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
 # Startup packet keys that are no run-time parameters (PgBouncer refuses options).
@@ -201,7 +194,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "client_tls_protocols": parse_tls_protocols,
         "client_tls_ciphers": parse_str,
         "client_tls_ecdhcurve": parse_str,
-        "client_tls_dheparams": _parse_dheparams,
+        "client_tls_dheparams": _one_of("none", "auto", "legacy"),
         "server_tls_sslmode": _sslmode,
         "server_tls_key_file": parse_optional_str,
         "server_tls_cert_file": parse_optional_str,

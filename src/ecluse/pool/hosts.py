@@ -93,7 +93,12 @@ def session_attrs_match(target: str, params: Mapping[str, str]) -> bool:
     raise ValueError(f"unknown target_session_attrs {target!r}")
 
 
-def describe_session(params: Mapping[str, str]) -> str:
-    """The two reported values, for the error that says why a server was refused."""
-    return ", ".join(f"{name}={params.get(name, 'not reported')}"
-                     for name in ("in_hot_standby", "default_transaction_read_only"))
+def session_attrs_refusal(target: str, host: str, port: int,
+                          params: Mapping[str, str]) -> str | None:
+    """Why the server at ``host``:``port``, which reported ``params``, is refused for
+    ``target`` (the two values the decision read), or None when it is accepted."""
+    if session_attrs_match(target, params):
+        return None
+    reported = ", ".join(f"{name}={params.get(name, 'not reported')}"
+                         for name in ("in_hot_standby", "default_transaction_read_only"))
+    return f"server {host}:{port} does not match target_session_attrs={target} ({reported})"

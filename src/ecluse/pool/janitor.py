@@ -153,12 +153,11 @@ class Janitor:
 
     def run_once(self) -> None:
         settings = self._settings()
-        notify_after = settings.query_wait_notify
+        now = time.monotonic()
         for pool in self._registry:
             pool.maintain()
-            pool.notify_long_waits(time.monotonic(), notify_after)
+            pool.notify_long_waits(now, settings.query_wait_notify)
         self._registry.refresh_dns()
-        now = time.monotonic()
         expire_logins(self._logging_in(), settings.client_login_timeout, now)
         check_client_timeouts(self._clients(), settings, now, self._registry.config.users)
         if settings.server_fast_close:

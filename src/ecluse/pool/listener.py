@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ecluse.errors import EcluseError, ServerGone, ServerLoginFailed
-from ecluse.pool.hosts import describe_session, session_attrs_match
+from ecluse.pool.hosts import session_attrs_refusal
 from ecluse.protocol.messages import ErrorResponse
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
@@ -450,9 +450,9 @@ class ListenHub:
                 await open_socket(server, host, s.port, s.tcp,
                                   await pool.registry.server_addresses(host))
                 await done
-            if not session_attrs_match(s.target_session_attrs, server.params):
-                raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
-                                 f"{s.target_session_attrs} ({describe_session(server.params)})")
+            refusal = session_attrs_refusal(s.target_session_attrs, host, s.port, server.params)
+            if refusal is not None:
+                raise ServerGone(refusal)
         except (OSError, EcluseError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = ServerGone("server connect timeout (server_connect_timeout)")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ecluse.config.model import host_list
 from ecluse.config.tls import ServerTls
 from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
-from ecluse.pool.hosts import ROUND_ROBIN, HostPicker, describe_session, session_attrs_match
+from ecluse.pool.hosts import ROUND_ROBIN, HostPicker, session_attrs_refusal
 from ecluse.pool.listener import ListenHub
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.backend import encode_parameter_status
@@ -642,10 +642,10 @@ class Pool:
             if s.connect_query:
                 await self._run_connect_query(server)
             # After connect_query, as PgBouncer: it may change what the server reports.
-            if not session_attrs_match(s.target_session_attrs, server.params):
+            refusal = session_attrs_refusal(s.target_session_attrs, host, s.port, server.params)
+            if refusal is not None:
                 server.close()  # a healthy server: Terminate, not a dropped socket
-                raise ServerGone(f"server {host}:{s.port} does not match target_session_attrs="
-                                 f"{s.target_session_attrs} ({describe_session(server.params)})")
+                raise ServerGone(refusal)
         except (OSError, EcluseError, TimeoutError) as exc:
             if counted:
                 self.launching -= 1
@@ -657,11 +657,15 @@ class Pool:
             return server, exc
         return server, None
 
-    def _on_attempt_failed(self, server: ServerConnection, exc: Exception) -> None:
-        """One host failed and the launch goes on to the next: the slot moves with it."""
+    def _drop_attempt(self, server: ServerConnection) -> None:
+        """Take a server whose attempt failed out of the pool's collections."""
         self.login.discard(server)
         self.used.discard(server)  # failed in connect_query or target_session_attrs
         server.state = ServerState.CLOSED
+
+    def _on_attempt_failed(self, server: ServerConnection, exc: Exception) -> None:
+        """One host failed and the launch goes on to the next: the slot moves with it."""
+        self._drop_attempt(server)
         server.slot_held = False  # the next attempt's server holds it now
         log.warning("server connection for %s to %s failed, trying the next host: %s",
                     self.name, server.host, exc)
@@ -684,9 +688,7 @@ class Pool:
                                     sqlstate="25000")
 
     def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
-        self.login.discard(server)
-        self.used.discard(server)  # failed in connect_query or target_session_attrs
-        server.state = ServerState.CLOSED
+        self._drop_attempt(server)
         self.last_failure = time.monotonic()
         self.last_error = exc
         self._forget(server)

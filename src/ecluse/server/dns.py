@@ -49,7 +49,6 @@ class DnsCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
-        self.lookups = 0  # queries sent since start (for the tests and SHOW LISTS)
         # Told (host, new addresses) when a name that resolved resolves otherwise.
         self.on_change: Callable[[str, tuple[str, ...]], None] | None = None
 
@@ -79,7 +78,6 @@ class DnsCache:
 
     async def _lookup(self, host: str, entry: _Entry, max_ttl: float,
                       nxdomain_ttl: float) -> None:
-        self.lookups += 1
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, None, type=socket.SOCK_STREAM)
