@@ -17,22 +17,18 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ecluse.config.model import host_list
-from ecluse.config.tls import ServerTls
-from ecluse.errors import EcluseError, PoolTimeout, ServerGone, ServerLoginFailed
-from ecluse.pool.hosts import ROUND_ROBIN, HostPicker, session_attrs_refusal
+from ecluse.errors import PoolTimeout, ServerLoginFailed
+from ecluse.pool.launch import ServerLaunching
 from ecluse.pool.listener import ListenHub
+from ecluse.pool.settings import PoolSettings, host_picker, login_identity
 from ecluse.pool.waiters import Waiter, WaiterQueue, WaitingClient
 from ecluse.protocol.backend import encode_parameter_status
 from ecluse.protocol.codes import STATUS_IDLE
-from ecluse.server.connection import ServerConnection, ServerState, open_socket
-from ecluse.server.login import login
+from ecluse.server.connection import ServerConnection, ServerState
 from ecluse.stats.counters import PoolStats
-from ecluse.tcpopts import TcpOptions
 
 if TYPE_CHECKING:
     from ecluse.pool.registry import PoolRegistry
@@ -50,39 +46,6 @@ _WELCOME_CACHE_SIZE = 64
 _RETRY = 0.02  # seconds between launch attempts while other workers hold the slots
 
 
-@dataclass(frozen=True, slots=True)
-class PoolSettings:
-    """Everything a pool needs to know, resolved from the config."""
-
-    database: str  # the name clients use
-    user: str  # the user the pool logs into the server as
-    host: str | None  # one host or "a,b,c" (config/model.host_list)
-    port: int
-    server_dbname: str
-    password: str | None
-    mode: str  # "session" | "transaction" | "statement"
-    pool_size: int
-    min_pool_size: int
-    reserve_pool: int
-    reserve_pool_timeout: float
-    server_params: Mapping[str, str]
-    connect_query: str | None
-    server_reset_query: str
-    server_reset_query_always: bool
-    server_check_query: str
-    server_check_delay: float
-    server_lifetime: float
-    server_idle_timeout: float
-    server_connect_timeout: float
-    server_login_retry: float
-    query_wait_timeout: float
-    max_prepared_statements: int = 0
-    server_tls: ServerTls | None = None  # None: server_tls_sslmode is disable
-    tcp: TcpOptions | None = None  # socket options of its connections (tcpopts.py)
-    load_balance_hosts: str = ROUND_ROBIN  # pool/hosts.py
-    target_session_attrs: str = "any"
-
-
 def wanted_changed(waiting: int, published: int) -> bool:
     """Whether a worker's count of waiting clients is to be published again.
 
@@ -95,7 +58,7 @@ def wanted_changed(waiting: int, published: int) -> bool:
                                      or waiting >= 2 * published or waiting * 2 <= published)
 
 
-class Pool:
+class Pool(ServerLaunching):
     """Acquire/release of servers for one (database, user), with a FIFO queue."""
 
     def __init__(self, registry: PoolRegistry, settings: PoolSettings):
@@ -130,7 +93,7 @@ class Pool:
         self.retired = False  # replaced by a reload: no new client, closed once unused
         self.client_user = settings.user  # whose [users] entry sized it (registry sets it)
         self.stats = PoolStats()  # traffic counters (stats/counters.py), read by admin/
-        self.hosts = _host_picker(settings)  # where new server connections go
+        self.hosts = host_picker(settings)  # where new server connections go
         self._listen_hub: ListenHub | None = None
         # Pooler-wide prepared statement names that parsed without error on some
         # server of this pool (frontend/prepared.py); insertion-ordered, bounded there.
@@ -559,156 +522,6 @@ class Pool:
         if changed and isinstance(self.last_error, ServerLoginFailed) and self.total() == 0:
             self.last_error = None
 
-    def launch(self) -> bool:
-        """Start one new server connection in the background, if the limits allow.
-
-        The limits are checked and the server counted in one step, node-wide
-        when several workers share them; False if another worker took the slot.
-        """
-        if not self.registry.reserve_launch(self, self._limit()):
-            return False
-        self.launching += 1
-        asyncio.get_running_loop().create_task(self._connect())
-        return True
-
-    async def _connect(self) -> None:
-        """Open, log in and admit one server connection, trying the pool's hosts.
-
-        One launch makes at most one pass over the host list (HostPicker): a
-        host that cannot be reached, refuses the login, fails connect_query or
-        does not match target_session_attrs leaves the launch to the next host,
-        each attempt with its own server_connect_timeout (as libpq's
-        connect_timeout is per host). Only when every attempt failed is the
-        launch a failure (server_login_retry backoff, waiters told).
-        """
-        s = self.settings
-        picker = self.hosts
-        for attempt in range(len(picker)):
-            host = picker.pick()
-            server, exc = await self._attempt(s, host)
-            if exc is None:
-                break
-            picker.failed(host)
-            if attempt + 1 == len(picker) or self.closed \
-                    or _login_identity(self.settings) != _login_identity(s):
-                self._on_launch_failed(server, exc)
-                return
-            self._on_attempt_failed(server, exc)
-            self.launching += 1  # the next attempt counts until its socket is up
-        if _login_identity(self.settings) != _login_identity(s):
-            # A reload changed where or how to log in while this one logged in:
-            # closing it frees its slot and launches for waiters (on_server_closed).
-            self._set_state(server, ServerState.USED)
-            server.close()
-            return
-        self.last_error = None
-        if self.default_params is None:
-            self.default_params = dict(server.params)
-            self.registry.share_params(self)
-        server.last_used = time.monotonic()
-        log.debug("new server connection %s for %s", server, self.name)
-        self._set_state(server, ServerState.IDLE)
-        self._dispatch()
-
-    async def _attempt(self, s: PoolSettings,
-                       host: str) -> tuple[ServerConnection, Exception | None]:
-        """Connect to ``host`` and log in; return the server and why it failed, if it did.
-
-        self.launching counts the attempt until its socket is up. A failed
-        server is closed here and still holds the launch's slot.
-        """
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        params = {"user": s.user, "database": s.server_dbname, **s.server_params}
-        password = s.password if s.password is not None else self.auth_secret
-        gen = login(params, password, scram_keys=self.scram_keys)
-        # No TLS over unix sockets, as PgBouncer and libpq.
-        tls = None if host.startswith("/") else s.server_tls
-        server = ServerConnection(self, gen, host, s.port, done,
-                                  max_prepared=s.max_prepared_statements, tls=tls)
-        server.slot_held = True
-        server.stats = self.stats
-        counted = True
-        try:
-            async with asyncio.timeout(s.server_connect_timeout or None):
-                await open_socket(server, host, s.port, s.tcp,
-                                  await self.registry.server_addresses(host))
-                self.launching -= 1
-                counted = False
-                self._set_state(server, ServerState.LOGIN)
-                await done
-            # Out of LOGIN once logged in: a server in LOGIN hands what it reads to
-            # its (finished) login, not to connect_query, and closes without Terminate.
-            self._set_state(server, ServerState.USED)
-            if s.connect_query:
-                await self._run_connect_query(server)
-            # After connect_query, as PgBouncer: it may change what the server reports.
-            refusal = session_attrs_refusal(s.target_session_attrs, host, s.port, server.params)
-            if refusal is not None:
-                server.close()  # a healthy server: Terminate, not a dropped socket
-                raise ServerGone(refusal)
-        except (OSError, EcluseError, TimeoutError) as exc:
-            if counted:
-                self.launching -= 1
-            if isinstance(exc, TimeoutError):
-                exc = ServerGone("server connect timeout (server_connect_timeout)")
-            server.close(exc)
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: the caller reports the failure
-            return server, exc
-        return server, None
-
-    def _drop_attempt(self, server: ServerConnection) -> None:
-        """Take a server whose attempt failed out of the pool's collections."""
-        self.login.discard(server)
-        self.used.discard(server)  # failed in connect_query or target_session_attrs
-        server.state = ServerState.CLOSED
-
-    def _on_attempt_failed(self, server: ServerConnection, exc: Exception) -> None:
-        """One host failed and the launch goes on to the next: the slot moves with it."""
-        self._drop_attempt(server)
-        server.slot_held = False  # the next attempt's server holds it now
-        log.warning("server connection for %s to %s failed, trying the next host: %s",
-                    self.name, server.host, exc)
-
-    async def _run_connect_query(self, server: ServerConnection) -> None:
-        """Run connect_query on a new server. An error it raises is logged and
-        otherwise ignored, as PgBouncer documents; a server lost meanwhile fails."""
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        server.run_internal(self.settings.connect_query or "", fut.set_result)
-        err = await fut
-        if err is not None:
-            if server.is_closed():
-                raise ServerLoginFailed(f"connect_query failed: {err.message}",
-                                        sqlstate=err.sqlstate)
-            log.warning("connect_query failed on %s for %s: %s", server, self.name,
-                        err.message)
-        if server.tracker.status != STATUS_IDLE:
-            # A client must never get a server inside a transaction it did not open.
-            raise ServerLoginFailed("connect_query left a transaction open",
-                                    sqlstate="25000")
-
-    def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
-        self._drop_attempt(server)
-        self.last_failure = time.monotonic()
-        self.last_error = exc
-        self._forget(server)
-        log.warning("server connection for %s failed: %s", self.name, exc)
-        if self.total() == 0:
-            error = self._login_error()
-            while self.waiters:
-                w = self.waiters.pop()
-                if w is None:
-                    break
-                w.fail(error)
-
-    def _login_error(self) -> EcluseError:
-        exc = self.last_error
-        if isinstance(exc, ServerLoginFailed):
-            return ServerLoginFailed(exc.message, sqlstate=exc.sqlstate, fields=exc.fields)
-        reason = exc.message if isinstance(exc, EcluseError) else str(exc)
-        return ServerGone(f"server login has been failing, try again later "
-                          f"(server_login_retry): {reason}", sqlstate="08006")
-
     # --- maintenance (called by the janitor) ---------------------------------
     def maintain(self) -> None:
         """Fail clients queued too long, close expired idle servers and keep
@@ -759,8 +572,8 @@ class Pool:
         old, self.settings = self.settings, settings
         changed = sorted(f.name for f in dataclasses.fields(PoolSettings)
                          if getattr(old, f.name) != getattr(settings, f.name))
-        if _login_identity(old) != _login_identity(settings):
-            self.hosts = _host_picker(settings)
+        if login_identity(old) != login_identity(settings):
+            self.hosts = host_picker(settings)
             self.close_all(lambda server: True)
             self.default_params = None  # the new server may report other parameters
             self.known_statements.clear()  # known good on the old server only
@@ -803,17 +616,3 @@ class Pool:
         for server in list(self.active) + list(self.used):
             if predicate is None or predicate(server):
                 server.close_when_released = True
-
-
-def _login_identity(s: PoolSettings) -> tuple:
-    """What a server connection was opened with: a change means a new connection.
-
-    The host list and how it is used are part of it, as a changed host is:
-    servers chosen under the old rules may be ones the new rules refuse.
-    """
-    return (s.host, s.port, s.server_dbname, s.user, s.password, dict(s.server_params),
-            s.connect_query, s.server_tls, s.load_balance_hosts, s.target_session_attrs)
-
-
-def _host_picker(s: PoolSettings) -> HostPicker:
-    return HostPicker(host_list(s.host), round_robin=s.load_balance_hosts == ROUND_ROBIN)

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from ecluse.config import Config, DatabaseConfig
 from ecluse.config.model import FALLBACK_DATABASE
 from ecluse.config.tls import server_tls
-from ecluse.pool.pool import Pool, PoolSettings
+from ecluse.pool.pool import Pool
+from ecluse.pool.settings import PoolSettings
 from ecluse.pool.shared import Key, LocalCounts, SharedCounts
 from ecluse.server.dns import DnsCache
 from ecluse.tcpopts import TcpOptions
