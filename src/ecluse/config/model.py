@@ -212,6 +212,10 @@ class Settings:
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
+    # How long clients queued for a server that cannot be reached keep waiting for it
+    # to come back (a restart, a failover) before they are told; 0: at once, as
+    # PgBouncer (pool/launch.py, holds_waiters).
+    server_down_wait: float = 0.0
     # PBKDF2 rounds of the SCRAM verifier ecluse makes from a plaintext auth_file or
     # auth_query secret, for clients that log in with SCRAM (PgBouncer's setting).
     scram_iterations: int = 4096

@@ -9,9 +9,14 @@ Rules:
    server it opens carries it, or the next host's attempt does, or the
    failure gives it back (Pool._forget).
 2. One launch makes at most one pass over the host list; only when every
-   host failed is the launch a failure (server_login_retry backoff, waiting
-   clients told why).
-3. A server reaches IDLE only logged in, out of connect_query with no
+   host failed is the launch a failure (server_login_retry backoff).
+3. When a failed launch leaves the pool with no server, its queued clients
+   are told why at once (PgBouncer's fast fail), unless the failure says the
+   server is coming back (holds_waiters): a server starting up or shutting
+   down (57P03), or, for server_down_wait seconds, one that cannot be
+   reached. Those clients stay queued for the next launch, within
+   query_wait_timeout as any queued client.
+4. A server reaches IDLE only logged in, out of connect_query with no
    transaction open, and accepted by target_session_attrs.
 """
 
@@ -24,11 +29,27 @@ import time
 from ecluse.errors import EcluseError, ServerGone, ServerLoginFailed
 from ecluse.pool.hosts import session_attrs_refusal
 from ecluse.pool.settings import PoolSettings, login_identity
-from ecluse.protocol.codes import STATUS_IDLE
+from ecluse.protocol.codes import STATUS_IDLE, SqlState
 from ecluse.server.connection import ServerConnection, ServerState, open_socket
 from ecluse.server.login import login
 
 log = logging.getLogger("ecluse.pool")
+
+
+def holds_waiters(error: Exception, down_for: float, server_down_wait: float) -> bool:
+    """Whether clients queued for a pool left with no server by ``error`` keep
+    waiting, the pool having had none for ``down_for`` seconds.
+
+    A login the server refused fails them (a wrong password, a missing database:
+    waiting would not help), except the server's own "not now" (57P03: starting
+    up, shutting down, a standby not accepting connections), which PgBouncer
+    waits out too. A server that cannot be reached, or that dropped or refused
+    the connection during the login, holds them for server_down_wait (0: not
+    at all, as PgBouncer): long enough for a restart or a failover.
+    """
+    if isinstance(error, ServerLoginFailed):
+        return error.sqlstate == SqlState.CANNOT_CONNECT_NOW
+    return down_for < server_down_wait
 
 
 class ServerLaunching:
@@ -77,6 +98,7 @@ class ServerLaunching:
             server.close()
             return
         self.last_error = None
+        self.down_since = 0.0
         if self.default_params is None:
             self.default_params = dict(server.params)
             self.registry.share_params(self)
@@ -164,17 +186,35 @@ class ServerLaunching:
 
     def _on_launch_failed(self, server: ServerConnection, exc: Exception) -> None:
         self._drop_attempt(server)
-        self.last_failure = time.monotonic()
+        now = self.last_failure = time.monotonic()
         self.last_error = exc
         self._forget(server)
         log.warning("server connection for %s failed: %s", self.name, exc)
-        if self.total() == 0:
-            error = self._login_error()
-            while self.waiters:
-                w = self.waiters.pop()
-                if w is None:
-                    break
-                w.fail(error)
+        if self.total() != 0:
+            return
+        if not self.down_since:
+            self.down_since = now
+        if not self.holds_waiters(now):
+            self.fail_waiters()
+        elif self.waiters:
+            log.warning("%s: %d clients keep waiting for the server to come back",
+                        self.name, len(self.waiters))
+
+    def holds_waiters(self, now: float) -> bool:
+        """Whether this pool, which has no server and failed its last launch, keeps
+        its clients waiting (rule 3)."""
+        error = self.last_error
+        return error is not None and holds_waiters(
+            error, now - self.down_since, self.settings.server_down_wait)
+
+    def fail_waiters(self) -> None:
+        """Tell every queued client why the pool has no server for it."""
+        error = self._login_error()
+        while self.waiters:
+            w = self.waiters.pop()
+            if w is None:
+                break
+            w.fail(error)
 
     def _login_error(self) -> EcluseError:
         exc = self.last_error

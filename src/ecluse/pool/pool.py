@@ -79,6 +79,9 @@ class Pool(ServerLaunching):
         self._welcome_for: dict[str, str] | None = None
         self.last_failure: float = 0.0
         self.last_error: Exception | None = None
+        # When the pool was last left with no server by a failed launch; 0.0 once a
+        # launch succeeds (pool/launch.py rule 3: how long clients are held).
+        self.down_since = 0.0
         self.paused = False  # PAUSE (admin/commands.py): queue clients, hand nothing out
         self.closed = False
         self.key = ("pool", settings.database, settings.user)  # in the node-wide counts
@@ -214,7 +217,8 @@ class Pool(ServerLaunching):
 
     def wait(self, client: WaitingClient) -> None:
         """Queue the client (take_now just found no server for it)."""
-        if self.last_error is not None and self.login_failing():
+        if self.last_error is not None and self.login_failing() and \
+                not self.holds_waiters(time.monotonic()):
             client.on_wait_failed(self._login_error())
             return
         # No timer per waiter (one per queued transaction under load): the
@@ -521,6 +525,7 @@ class Pool(ServerLaunching):
             self.scram_keys, changed = scram_keys, True
         if changed and isinstance(self.last_error, ServerLoginFailed) and self.total() == 0:
             self.last_error = None
+            self.down_since = 0.0
 
     # --- maintenance (called by the janitor) ---------------------------------
     def maintain(self) -> None:
@@ -529,6 +534,9 @@ class Pool(ServerLaunching):
         s = self.settings
         now = time.monotonic()
         self.expire_waiters(now)
+        if s.server_down_wait > 0 and self.waiters and self.last_error is not None \
+                and self.total() == 0 and not self.holds_waiters(now):
+            self.fail_waiters()  # held for server_down_wait, and the server is still down
         keep = s.min_pool_size
         for server in list(self.idle):
             expired = s.server_lifetime > 0 and now - server.created_at > s.server_lifetime
@@ -578,6 +586,7 @@ class Pool(ServerLaunching):
             self.default_params = None  # the new server may report other parameters
             self.known_statements.clear()  # known good on the old server only
             self.last_error = None  # the old server's failures say nothing of the new
+            self.down_since = 0.0
         else:
             while self.idle and self.total() > self._limit():
                 server = self.idle[0]

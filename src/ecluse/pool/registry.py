@@ -139,6 +139,7 @@ class PoolRegistry:
             server_idle_timeout=s.server_idle_timeout,
             server_connect_timeout=s.server_connect_timeout,
             server_login_retry=s.server_login_retry,
+            server_down_wait=s.server_down_wait,
             query_wait_timeout=cfg.query_wait_timeout_for(db, client_user),
             max_prepared_statements=s.max_prepared_statements,
             server_tls=server_tls(s),

@@ -47,6 +47,7 @@ class PoolSettings:
     tcp: TcpOptions | None = None  # socket options of its connections (tcpopts.py)
     load_balance_hosts: str = ROUND_ROBIN  # pool/hosts.py
     target_session_attrs: str = "any"
+    server_down_wait: float = 0.0  # pool/launch.py rule 3
 
 
 def login_identity(s: PoolSettings) -> tuple:
