@@ -22,6 +22,7 @@ from ecluse.auth.ident import IdentMaps, read_ident
 from ecluse.config.connstr import BadConnStr, parse_connstr
 from ecluse.config.ini import IniDocument, IniEntry, parse_ini, read_ini
 from ecluse.config.model import (
+    FALLBACK_DATABASE,
     AuthType,
     Config,
     DatabaseConfig,
@@ -82,6 +83,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     settings, hba = _load_hba(settings, setting_entries, path)
     settings, ident = _load_ident(settings, setting_entries, path, hba)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
+    _check_read_dbs(databases, database_entries)
     _check_listeners(settings, setting_entries, warnings)
     _check_tracked(settings, setting_entries, warnings)
     settings = _check_tls(settings, setting_entries, path, warnings)
@@ -281,6 +283,29 @@ def _load_ident(
     resolved, maps = _read_setting_file("auth_ident_file", settings.auth_ident_file, entry,
                                         config_path, read_ident)
     return dataclasses.replace(settings, auth_ident_file=resolved), maps
+
+
+def _check_read_dbs(databases: Mapping[str, DatabaseConfig],
+                    entries: Mapping[str, IniEntry]) -> None:
+    """read_db names another listed database that routes no reads of its own."""
+    for name, db in databases.items():
+        target = db.read_db
+        if target is None:
+            continue
+        entry = entries[name]
+        where = {"path": entry.path, "line": entry.line}
+        if name == FALLBACK_DATABASE:
+            raise ConfigError("database '*': read_db would send the reads of every database "
+                              "it stands for to one", **where)
+        if target == name:
+            raise ConfigError(f"database {name!r}: read_db names the database itself", **where)
+        other = databases.get(target)
+        if other is None or target == FALLBACK_DATABASE:
+            raise ConfigError(f"database {name!r}: read_db {target!r} is not a database "
+                              "listed in [databases]", **where)
+        if other.read_db is not None:
+            raise ConfigError(f"database {name!r}: read_db {target!r} has a read_db of its "
+                              "own; reads are routed one step only", **where)
 
 
 def _check_pool_sizes(

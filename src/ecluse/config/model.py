@@ -129,6 +129,9 @@ class DatabaseConfig:
     auth_query: str | None = None
     server_lifetime: float | None = None
     query_wait_timeout: float | None = None
+    # Another [databases] entry whose pool serves this database's read-only
+    # requests in transaction and statement mode (frontend/routing.py).
+    read_db: str | None = None
 
     def server_dbname(self) -> str:
         """Return the database name to ask the server for."""

@@ -263,6 +263,7 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "auth_query": ("auth_query", parse_str),
         "server_lifetime": ("server_lifetime", parse_seconds),
         "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
+        "read_db": ("read_db", parse_optional_str),
     }
 )
 

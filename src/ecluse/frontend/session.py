@@ -53,6 +53,7 @@ from ecluse.errors import (
     AuthLookupFailed,
     ClientRefused,
     EcluseError,
+    PoolTimeout,
     RemoteProtocolError,
 )
 from ecluse.frontend import authn
@@ -80,6 +81,7 @@ from ecluse.protocol.startup import (
     validate_startup_params,
 )
 from ecluse.protocol.tracker import RequestTracker
+from ecluse.routing.readwrite import ReadRouter
 from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
 from ecluse.server.params import build_sync_query, tracked_parameters
@@ -140,7 +142,7 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         "_admitted", "_always_probe", "_console_backlog", "_custom_names",
         "_custom_unknown", "_framer", "_harmless_sql", "_hub_waits", "_listening",
         "_login", "_notify_backlog", "_peer", "_pending", "_pending_bytes",
-        "_probing", "_reading_paused", "_rewriter", "_suspect", "_suspended",
+        "_probing", "_reading_paused", "_rewriter", "_router", "_suspect", "_suspended",
         "_tls_task", "_write_paused", "cancel_key",
         "connected_at", "console", "ctx", "database", "id",
         "last_activity", "params", "pinned", "pool", "request_started", "server",
@@ -187,6 +189,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
         self.tls = False
         self._tls_task: asyncio.Task | None = None
         self._rewriter: StatementRewriter | None = None
+        # Set after the welcome for a database with read_db (routing/readwrite.py).
+        self._router: ReadRouter | None = None
         self._admitted = False  # counted in ctx's per-database/per-user client limits
         # Session state in transaction/statement mode (see on_sql and _start_probe).
         # SET by the client, replayed on link; replaced whole by each probe, never
@@ -263,7 +267,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        if self.state is _IDLE and self._rewriter is not None and self._express_request(data):
+        if self.state is _IDLE and self._rewriter is not None and self._router is None \
+                and self._express_request(data):
             return
         if self.pool is not None:
             self.pool.stats.received += len(data)
@@ -279,7 +284,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                 self._on_auth_pieces(pieces)
             elif self.server is not None and self.state is _LINKED \
                     and not self._probing:
-                self._forward(pieces)
+                if self._router is not None and self.pool is not self._router.home \
+                        and (self._pending or self._router.holds(
+                            pieces, self._rewriter.statements,
+                            self.server.tracker.status != codes.STATUS_IDLE)):
+                    self._buffer(pieces)  # a write after reads: sent once they end
+                else:
+                    self._forward(pieces)
             else:
                 self._queue_pieces(pieces)
         except RemoteProtocolError as exc:
@@ -485,6 +496,9 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             enabled = self.ctx.config.settings.max_prepared_statements > 0
             self._rewriter = StatementRewriter(self.pool.known_statements, enabled)
             self._rewriter.sql_watcher = self
+            db = self.ctx.config.database(self.database)
+            if db is not None and db.read_db is not None:
+                self._router = ReadRouter(self.pool, self.ctx.registry)
             self._framer.switch(valid=codes.FRONTEND_SESSION_TYPES, inspect=_REWRITE_INSPECT,
                                 inspect_max=1 << 20, stream_oversize=True)
         else:
@@ -592,6 +606,8 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             self.fatal(ClientRefused("pooler is shutting down", sqlstate="57P01"))
             return
         self._set_state(_WAITING)
+        if self._router is not None:
+            self.pool = self._router.choose(self._pending, self._rewriter.statements, self.user)
         server = self.pool.acquire(self)
         if server is not None:
             self.on_server_assigned(server)
@@ -651,6 +667,17 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
 
     def on_wait_failed(self, error: Exception) -> None:
         if self.state is _CLOSED:
+            return
+        router = self._router
+        if router is not None and self.pool is not router.home and self.state is _WAITING \
+                and not isinstance(error, PoolTimeout):
+            # The read pool cannot serve: the primary serves the reads meanwhile.
+            log.warning("%s: read pool failed (%s), request sent to the primary",
+                        self._describe(), error)
+            self.pool = router.home
+            server = self.pool.acquire(self)
+            if server is not None:
+                self.on_server_assigned(server)
             return
         log.warning("%s gave up waiting for a server: %s", self._describe(), error)
         self.fatal(error)
@@ -749,11 +776,13 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
                 self.close()
             return
         if tracker.status == codes.STATUS_IDLE:
-            if not self._framer.at_boundary:
+            if not self._framer.at_boundary and not (self._router and self._pending):
                 # The client is in the middle of a message whose start this server
                 # already has: the rest must reach it, not the next client's bytes
                 # (PostgreSQL would read them as that message, or drop the
                 # connection under the next client). Keep it linked till later.
+                # Not when that start was held back (routing/readwrite.py rule 2):
+                # then the server has none of it.
                 return
             if self._suspect or self._always_probe or self.pinned:
                 self._start_probe(server)
@@ -804,6 +833,17 @@ class FrontendSession(ConsoleLink, SessionStateKeeping, ExpressPath, asyncio.Pro
             pool.release(server, reset=reset)
         if self.ctx.shutting_down:
             self.close()
+        elif self._router is not None:
+            self._after_routed_release()
+
+    def _after_routed_release(self) -> None:
+        """Back to the home pool between requests; a request held back while a read
+        server was linked (routing/readwrite.py rule 2) is routed now."""
+        self.pool = self._router.home
+        if self._pending and self.state is _IDLE:
+            pieces, self._pending = self._pending, ()
+            self._pending_bytes = 0
+            self._queue_pieces(pieces)
 
     def _unlink(self, server: ServerConnection, now: float = 0.0) -> None:
         """Detach from ``server``, and from its reply queue (emptied by unlink)."""
