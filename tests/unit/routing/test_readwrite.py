@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wire import cut, msg
 
+from ecluse.frontend.login import _REWRITE_INSPECT
 from ecluse.frontend.prepared import ClientStatement
-from ecluse.frontend.session import _REWRITE_INSPECT
 from ecluse.protocol import codes
 from ecluse.protocol.framing import Framer
 from ecluse.routing.readonly import sql_is_read_only
