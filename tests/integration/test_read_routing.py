@@ -18,6 +18,7 @@ from wire import RawClient, msg
 from ecluse.devcluster import find_free_port
 from integration.test_admin_console import ADMIN_SETTINGS, admin_conn
 from integration.test_host_lists import primary_and_standby, rows  # noqa: F401 - fixture
+from integration.test_reload import rewrite
 
 SETTINGS = {**ADMIN_SETTINGS, "pool_mode": "transaction", "default_pool_size": 4}
 
@@ -130,3 +131,23 @@ def test_read_db_must_name_another_listed_database(ecluse_factory, primary_and_s
                                           "read_db=nowhere"}, start=False)
     with pytest.raises(RuntimeError, match="read_db 'nowhere' is not a database"):
         ec.start()
+
+
+def test_reload_starts_and_stops_the_split_for_connected_clients(ec):
+    with psycopg.connect(ec.dsn(dbname="app"), autocommit=True) as conn, \
+            admin_conn(ec) as console:
+        assert where(conn, "select on_standby()") == (True,)
+        rewrite(ec, (r" read_db=app_ro$", ""))
+        console.execute("RELOAD", prepare=False)
+        # The same client's next read, without read_db: the primary.
+        assert where(conn, "select on_standby()") == (False,)
+        # PAUSE of the read database alone also leaves reads to the primary.
+        rewrite(ec, (r"^(app = .*dbname=postgres)$", r"\1 read_db=app_ro"))
+        console.execute("RELOAD", prepare=False)
+        assert where(conn, "select on_standby()") == (True,)
+        console.execute("PAUSE app_ro", prepare=False)
+        try:
+            assert where(conn, "select on_standby()") == (False,)
+        finally:
+            console.execute("RESUME app_ro", prepare=False)
+        assert where(conn, "select on_standby()") == (True,)
