@@ -29,18 +29,24 @@ def routed(primary, read_host: str, read_port: int) -> dict[str, str]:
             "app_ro": f"host={read_host} port={read_port} dbname=postgres"}
 
 
-@pytest.fixture
-def ec(ecluse_factory, primary_and_standby):  # noqa: F811 - the imported fixture
+@pytest.fixture(scope="module")
+def clusters(primary_and_standby):  # noqa: F811 - the imported fixture
+    """The primary and standby, with what the tests read and write replayed."""
     primary, standby = primary_and_standby
     primary.psql("create table if not exists routed (n int); "
                  "create sequence if not exists routed_seq; "
                  "create or replace function on_standby() returns bool language sql "
                  "as 'select pg_last_wal_replay_lsn() is not null'")
-    # The standby replays the table before the tests read it.
     deadline = time.monotonic() + 30
     while standby.psql("select to_regprocedure('on_standby()') is not null") != "t":
-        assert time.monotonic() < deadline, "the standby never replayed the table"
+        assert time.monotonic() < deadline, "the standby never replayed the function"
         time.sleep(0.1)
+    return primary, standby
+
+
+@pytest.fixture
+def ec(ecluse_factory, clusters):
+    primary, standby = clusters
     return ecluse_factory(SETTINGS, routed(primary, standby.socket_dir, primary.port))
 
 
@@ -111,9 +117,9 @@ def test_a_write_pipelined_behind_a_read_waits_for_it_and_goes_to_the_primary(ec
     assert not [t for t, _ in first + second if t == b"E"]
 
 
-def test_a_read_pool_that_cannot_serve_leaves_the_reads_to_the_primary(
-        ecluse_factory, primary_and_standby):  # noqa: F811
-    primary, _standby = primary_and_standby
+def test_a_read_pool_that_cannot_serve_leaves_the_reads_to_the_primary(ecluse_factory,
+                                                                       clusters):
+    primary, _standby = clusters
     dead = find_free_port()  # nothing listens there
     ec = ecluse_factory({**SETTINGS, "server_login_retry": 30},
                         routed(primary, "127.0.0.1", dead))
@@ -125,8 +131,8 @@ def test_a_read_pool_that_cannot_serve_leaves_the_reads_to_the_primary(
     assert "request sent to the primary" in ec.log()
 
 
-def test_read_db_must_name_another_listed_database(ecluse_factory, primary_and_standby):  # noqa: F811
-    primary, _standby = primary_and_standby
+def test_read_db_must_name_another_listed_database(ecluse_factory, clusters):
+    primary, _standby = clusters
     ec = ecluse_factory(SETTINGS, {"app": f"host={primary.socket_dir} port={primary.port} "
                                           "read_db=nowhere"}, start=False)
     with pytest.raises(RuntimeError, match="read_db 'nowhere' is not a database"):
@@ -151,3 +157,18 @@ def test_reload_starts_and_stops_the_split_for_connected_clients(ec):
         finally:
             console.execute("RESUME app_ro", prepare=False)
         assert where(conn, "select on_standby()") == (True,)
+
+
+def test_primary_after_write_keeps_a_writers_reads_on_the_primary(ecluse_factory, clusters):
+    primary, standby = clusters
+    ec = ecluse_factory({**SETTINGS, "primary_after_write": 1.5},
+                        routed(primary, standby.socket_dir, primary.port))
+    with psycopg.connect(ec.dsn(dbname="app"), autocommit=True) as writer, \
+            psycopg.connect(ec.dsn(dbname="app"), autocommit=True) as reader:
+        assert where(writer, "select on_standby()") == (True,)  # no write yet
+        writer.execute("insert into routed values (10)")
+        # The writer's reads follow its write; another client's do not.
+        assert where(writer, "select on_standby()") == (False,)
+        assert where(reader, "select on_standby()") == (True,)
+        time.sleep(1.6)
+        assert where(writer, "select on_standby()") == (True,)

@@ -219,6 +219,9 @@ class Settings:
     # to come back (a restart, a failover) before they are told; 0: at once, as
     # PgBouncer (pool/launch.py, holds_waiters).
     server_down_wait: float = 0.0
+    # read_db: after a client's request that is not read-only, its reads too go to
+    # the primary for this long, so that it reads its own writes (routing/readwrite.py).
+    primary_after_write: float = 0.0
     # PBKDF2 rounds of the SCRAM verifier ecluse makes from a plaintext auth_file or
     # auth_query secret, for clients that log in with SCRAM (PgBouncer's setting).
     scram_iterations: int = 4096

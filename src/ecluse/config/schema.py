@@ -138,6 +138,7 @@ SETTINGS: MappingProxyType[str, Parser] = MappingProxyType(
         "server_connect_timeout": parse_seconds,
         "server_login_retry": parse_seconds,
         "server_down_wait": parse_seconds,
+        "primary_after_write": parse_seconds,
         "scram_iterations": _positive,
         "dns_max_ttl": parse_seconds,
         "dns_nxdomain_ttl": parse_seconds,

@@ -26,10 +26,14 @@ Rules:
    session's on_wait_failed), so a dead replica costs a wait, not an error.
 4. The decision reads the current config: a RELOAD that removes read_db
    sends the next requests to the primary.
+5. With primary_after_write, a client's reads follow its last request that
+   was not read-only to the primary for that many seconds: replicas lag, and
+   a client should read what it just wrote.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -102,11 +106,12 @@ def request_is_read_only(pieces: Sequence, statements: Mapping[bytes, ClientStat
 class ReadRouter:
     """The read/write split of one client of a database with read_db."""
 
-    __slots__ = ("home", "registry")
+    __slots__ = ("home", "primary_until", "registry")
 
     def __init__(self, home: Pool, registry: PoolRegistry):
         self.home = home  # the client's own pool: the primary
         self.registry = registry
+        self.primary_until = 0.0  # rule 5: reads stay on the primary till then
 
     def read_pool(self, user: str) -> Pool | None:
         """The pool reads go to now, or None when there is none that can serve
@@ -134,9 +139,15 @@ class ReadRouter:
                user: str) -> Pool:
         """The pool for the request in ``pieces`` of an idle client."""
         if request_is_read_only(pieces, statements):
+            if self.primary_until and time.monotonic() < self.primary_until:
+                return self.home
             pool = self.read_pool(user)
             if pool is not None:
                 return pool
+            return self.home
+        stay = self.registry.config.settings.primary_after_write
+        if stay > 0:
+            self.primary_until = time.monotonic() + stay
         return self.home
 
     def holds(self, pieces: Sequence, statements: Mapping[bytes, ClientStatement],
