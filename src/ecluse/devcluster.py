@@ -173,6 +173,22 @@ class PgCluster:
         self._write_conf(settings or {})
         self._write_hba(hba_lines)
 
+    def init_standby_of(self, primary: PgCluster, settings: dict[str, str] | None = None) -> None:
+        """Make this cluster a streaming standby of ``primary`` (pg_basebackup -R over
+        its unix socket, whose pg_hba.conf must allow local replication), not started.
+        ``settings`` are appended to the copied postgresql.conf."""
+        os.makedirs(self.datadir, mode=0o700)
+        self._give_to_server_user(self.datadir)
+        self._run_as_server([
+            os.path.join(self.bindir, "pg_basebackup"), "-D", self.datadir, "-R",
+            "-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres",
+            "-X", "stream", "-c", "fast"], "pg_basebackup")
+        # The copy holds the primary's socket lock file and log: not the standby's.
+        shutil.rmtree(self.socket_dir)
+        os.remove(self.log_path)
+        if settings:
+            self._write_conf(settings)
+
     def start(self, timeout: int = 60) -> None:
         """Start the server and wait until it accepts connections.
 

@@ -8,8 +8,6 @@ inet_client_addr() is NULL over the socket and 127.0.0.1 over TCP.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
 from contextlib import ExitStack
 
@@ -182,15 +180,7 @@ def primary_and_standby(tmp_path_factory):
     # the two are told apart by their socket directories.
     standby = PgCluster(str(base / "standby"), port=primary.port, host="127.0.0.3")
     try:
-        os.makedirs(standby.datadir, mode=0o700)
-        standby._give_to_server_user(standby.datadir)
-        standby._run_as_server([
-            os.path.join(standby.bindir, "pg_basebackup"), "-D", standby.datadir, "-R",
-            "-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres",
-            "-X", "stream", "-c", "fast"], "pg_basebackup")
-        # The copy holds the primary's socket lock file and log: not the standby's.
-        shutil.rmtree(standby.socket_dir)
-        os.remove(standby.log_path)
+        standby.init_standby_of(primary)
         standby.start()
         yield primary, standby
     finally:

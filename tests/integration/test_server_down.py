@@ -13,8 +13,6 @@ PostgreSQL clusters of this module's own, stopped and started by the tests:
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import time
 
@@ -139,15 +137,7 @@ def cold_standby(tmp_path_factory):
     primary.start()
     standby = PgCluster(str(base / "standby"))
     try:
-        os.makedirs(standby.datadir, mode=0o700)
-        standby._give_to_server_user(standby.datadir)
-        standby._run_as_server([
-            os.path.join(standby.bindir, "pg_basebackup"), "-D", standby.datadir, "-R",
-            "-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres",
-            "-X", "stream", "-c", "fast"], "pg_basebackup")
-        shutil.rmtree(standby.socket_dir)  # the primary's, copied
-        os.remove(standby.log_path)
-        standby._write_conf({"hot_standby": "off"})
+        standby.init_standby_of(primary, {"hot_standby": "off"})
         standby.start()
         yield standby
     finally:

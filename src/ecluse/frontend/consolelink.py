@@ -22,7 +22,6 @@ from ecluse.admin.console import AdminConsole, may_log_in, welcome_parameters
 from ecluse.admin.node import INTERNAL_USER
 from ecluse.auth.methods import AuthOutcome
 from ecluse.errors import ClientRefused, RemoteProtocolError
-from ecluse.frontend import authn
 from ecluse.frontend.states import ClientState
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
@@ -58,14 +57,9 @@ class ConsoleLink:
             self._auth_done(AuthOutcome("trust"))
             return
         self.console = AdminConsole(self.ctx, self.user)
-        cfg = self.ctx.config
-        method = authn.choose_method(cfg, cfg.hba, self.transport,
-                                     self.database, self.user)
-        if method in authn.IDENTITY_METHODS:
-            self._auth_done(authn.check_identity(cfg, method, self.transport,
-                                                 self.database, self.user))
-            return
-        self._begin_auth(method, cfg.auth.get(self.user))
+        method = self._method_unless_identity()
+        if method is not None:
+            self._begin_auth(method, self.ctx.config.auth.get(self.user))
 
     def _console_welcome(self, outcome: AuthOutcome) -> None:
         """Admit an authenticated console client listed in admin_users or stats_users."""

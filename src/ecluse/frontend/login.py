@@ -162,13 +162,10 @@ class LoginPhase:
             self.transport.write(be.encode_negotiate_protocol_version(
                 codes.LATEST_MINOR, startup.protocol_options))
         self.pool = self.ctx.registry.get_pool(db, self.user)
-        cfg = self.ctx.config
-        method = authn.choose_method(cfg, cfg.hba, self.transport,
-                                     self.database, self.user)
-        if method in authn.IDENTITY_METHODS:
-            self._auth_done(authn.check_identity(cfg, method, self.transport,
-                                                 self.database, self.user))
+        method = self._method_unless_identity()
+        if method is None:
             return
+        cfg = self.ctx.config
         secret = cfg.auth.get(self.user)
         target = None
         if secret is None and method in authn.NEEDS_SECRET:
@@ -180,6 +177,17 @@ class LoginPhase:
         # paused; nothing it sends is looked at until the exchange has begun.
         self.pause_client_reading()
         self.ctx.spawn(self._look_up_secret(method, target))
+
+    def _method_unless_identity(self) -> str | None:
+        """The client's authentication method (auth_type, or its HBA line); None
+        when it is an identity method (cert, peer), already decided here."""
+        cfg = self.ctx.config
+        method = authn.choose_method(cfg, cfg.hba, self.transport, self.database, self.user)
+        if method in authn.IDENTITY_METHODS:
+            self._auth_done(authn.check_identity(cfg, method, self.transport,
+                                                 self.database, self.user))
+            return None
+        return method
 
     async def _look_up_secret(self, method: str, target: AuthQueryTarget) -> None:
         """Run auth_query for this client's user, then start the exchange with its answer."""
