@@ -306,9 +306,7 @@ class LoginPhase:
         if self.ctx.config.settings.log_connections:
             log.info("%s login ok (pool_mode=%s)", self._describe(), self.pool.settings.mode)
         if self._pending:
-            pieces, self._pending = self._pending, ()
-            self._pending_bytes = 0
-            self._queue_pieces(pieces)
+            self._queue_pieces(self._take_pending())
 
     def _send_welcome(self, head: bytes) -> None:
         """Write ``head`` (AuthenticationOk and the ParameterStatus messages) with a

@@ -421,9 +421,14 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if self.state is _WAITING and self.transport is not None:
             self.transport.write(_WAIT_NOTICE)
 
-    def _flush_pending(self) -> None:
+    def _take_pending(self) -> list | tuple:
+        """The pieces buffered meanwhile, the buffer emptied."""
         pieces, self._pending = self._pending, ()
         self._pending_bytes = 0
+        return pieces
+
+    def _flush_pending(self) -> None:
+        pieces = self._take_pending()
         if self._reading_paused:
             self.resume_client_reading()
         if pieces:
@@ -565,16 +570,15 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
             pool.release(server, reset=reset)
         if self.ctx.shutting_down:
             self.close()
-        elif self._router is not None:
-            self._after_routed_release()
-
-    def _after_routed_release(self) -> None:
-        """Back to the home pool between requests; a request held back while a read
-        server was linked (routing/readwrite.py rule 2) is routed now."""
-        self.pool = self._router.home
+            return
+        if self._router is not None:
+            self.pool = self._router.home  # between requests: routed afresh
         if self._pending and self.state is _IDLE:
-            pieces, self._pending = self._pending, ()
-            self._pending_bytes = 0
+            # Requests held back while the server was still linked (a probe, or a
+            # write behind reads on a read server, routing/readwrite.py rule 2).
+            pieces = self._take_pending()
+            if self._reading_paused:
+                self.resume_client_reading()
             self._queue_pieces(pieces)
 
     def _unlink(self, server: ServerConnection, now: float = 0.0) -> None:
@@ -681,8 +685,7 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
 
     def _fail_pending(self, message: str, sqlstate: str) -> None:
         """Answer the buffered requests with one error per sync point, as a server would."""
-        pieces, self._pending = self._pending, ()
-        self._pending_bytes = 0
+        pieces = self._take_pending()
         syncs = sum(1 for t, _r, start, _e in pieces
                     if start and t in (codes.FE_QUERY, codes.FE_SYNC, codes.FE_FUNCTION_CALL))
         err = be.encode_error_response(message, sqlstate)

@@ -184,8 +184,7 @@ class SessionStateKeeping:
             else:
                 self._write_completion(intercept)
             if self._pending and not self._hub_waits:
-                pieces, self._pending = self._pending, ()
-                self._pending_bytes = 0
+                pieces = self._take_pending()
                 if self._reading_paused:
                     self.resume_client_reading()
                 self._queue_pieces(pieces)
@@ -273,13 +272,7 @@ class SessionStateKeeping:
         if self.pinned:
             self._flush_pending()
             return
-        self._release_server(server)
-        if self._pending and self.state is ClientState.IDLE:
-            pieces, self._pending = self._pending, ()
-            self._pending_bytes = 0
-            if self._reading_paused:
-                self.resume_client_reading()
-            self._queue_pieces(pieces)
+        self._release_server(server)  # which goes on with requests buffered meanwhile
 
     def _apply_probe(self, server: ServerConnection, state: SessionState) -> None:
         # Tracked parameters the server reports follow the client through

@@ -97,8 +97,7 @@ class ServerLaunching:
             self._set_state(server, ServerState.USED)
             server.close()
             return
-        self.last_error = None
-        self.down_since = 0.0
+        self._forget_failure()
         if self.default_params is None:
             self.default_params = dict(server.params)
             self.registry.share_params(self)

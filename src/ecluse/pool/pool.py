@@ -149,6 +149,12 @@ class Pool(ServerLaunching):
         return self.last_error is not None and \
             time.monotonic() - self.last_failure < self.settings.server_login_retry
 
+    def _forget_failure(self) -> None:
+        """No failed launch counts any more: one succeeded, or the failures say nothing
+        of what comes next (a new secret, a new server). No backoff, no outage."""
+        self.last_error = None
+        self.down_since = 0.0
+
     def login_failing(self) -> bool:
         """True while server logins fail and server_login_retry has not passed."""
         return (self.last_error is not None and self.total() == 0
@@ -524,8 +530,7 @@ class Pool(ServerLaunching):
         if scram_keys is not None and scram_keys != self.scram_keys:
             self.scram_keys, changed = scram_keys, True
         if changed and isinstance(self.last_error, ServerLoginFailed) and self.total() == 0:
-            self.last_error = None
-            self.down_since = 0.0
+            self._forget_failure()
 
     # --- maintenance (called by the janitor) ---------------------------------
     def maintain(self) -> None:
@@ -585,8 +590,7 @@ class Pool(ServerLaunching):
             self.close_all(lambda server: True)
             self.default_params = None  # the new server may report other parameters
             self.known_statements.clear()  # known good on the old server only
-            self.last_error = None  # the old server's failures say nothing of the new
-            self.down_since = 0.0
+            self._forget_failure()  # the old server's failures say nothing of the new
         else:
             while self.idle and self.total() > self._limit():
                 server = self.idle[0]

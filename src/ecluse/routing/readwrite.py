@@ -37,7 +37,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import codes
+from ecluse.protocol.reader import Reader
 from ecluse.routing.readonly import sql_is_read_only
 
 if TYPE_CHECKING:
@@ -53,23 +55,6 @@ _NEUTRAL = frozenset({codes.FE_DESCRIBE, codes.FE_EXECUTE, codes.FE_SYNC, codes.
                       codes.FE_CLOSE, codes.FE_TERMINATE})
 
 
-def _cstring(raw, start: int) -> tuple[bytes, int]:
-    """The NUL-terminated string of ``raw`` at ``start``, and where the next begins;
-    a missing NUL gives the rest (the caller then finds no SQL it trusts)."""
-    end = bytes(raw[start:]).find(b"\0")
-    if end < 0:
-        return bytes(raw[start:]), len(raw)
-    return bytes(raw[start:start + end]), start + end + 1
-
-
-def _text_is_read_only(sql: bytes) -> bool:
-    try:
-        text = sql.decode("utf-8")
-    except UnicodeDecodeError:
-        return False  # not ours to guess: the primary takes it
-    return sql_is_read_only(text)
-
-
 def request_is_read_only(pieces: Sequence, statements: Mapping[bytes, ClientStatement]) -> bool:
     """Whether the request in ``pieces`` (framer pieces, whole messages) may go to a
     read server (rule 1); ``statements``: the client's named statements."""
@@ -81,23 +66,28 @@ def request_is_read_only(pieces: Sequence, statements: Mapping[bytes, ClientStat
             return False  # the rest of a message begun elsewhere
         if not end:
             return False  # a streamed message: its SQL is not all here
-        if msg_type == _Q:
-            sql, _ = _cstring(raw, 5)
-        elif msg_type == _P:
-            _name, text_at = _cstring(raw, 5)
-            sql, _ = _cstring(raw, text_at)
-        elif msg_type == _B:
-            _portal, name_at = _cstring(raw, 5)
-            name, _ = _cstring(raw, name_at)
-            if not name:
-                continue  # the unnamed statement: its Parse is judged
-            stmt = statements.get(name)
-            if stmt is None:
+        try:
+            if msg_type == _Q:
+                sql = Reader(raw[5:], "Query message").cstring()
+            elif msg_type == _P:
+                body = Reader(raw[5:], "Parse message")
+                body.cstring()  # the statement name
+                sql = body.cstring()
+            elif msg_type == _B:
+                body = Reader(raw[5:], "Bind message")
+                body.cstring()  # the portal
+                name = body.cstring()
+                if not name:
+                    continue  # the unnamed statement: its Parse is judged
+                stmt = statements.get(name.encode())
+                if stmt is None:
+                    return False
+                sql = Reader(stmt.parse_tail, "statement").cstring()
+            else:
                 return False
-            sql = stmt.parse_tail[:stmt.parse_tail.find(b"\0")]
-        else:
-            return False
-        if not _text_is_read_only(sql):
+        except RemoteProtocolError:
+            return False  # unterminated or not UTF-8: not ours to guess
+        if not sql_is_read_only(sql):
             return False
         seen_sql = True
     return seen_sql
