@@ -1,4 +1,4 @@
-"""routing/shardkeys.shard_of against PostgreSQL: the shard it computes is the
+"""routing/shardhash.shard_of against PostgreSQL: the shard it computes is the
 partition PARTITION BY HASH puts the row in.
 
 For each modulus in MODULI this module's schema holds a bigint and a text
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ecluse.routing.shardkeys import parse_int8, shard_of
+from ecluse.routing.shardhash import parse_int8, shard_of
 
 DB = "ecluse_test"
 SCHEMA = "ecluse_shard_oracle"

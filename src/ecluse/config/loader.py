@@ -49,6 +49,7 @@ from ecluse.config.userlist import read_userlist
 from ecluse.config.values import BadValue, int_parser
 from ecluse.errors import ConfigError
 from ecluse.protocol.codes import REPORTED_PARAMETERS
+from ecluse.routing.shardkeys import parse_key_column
 
 T = TypeVar("T")
 
@@ -84,6 +85,7 @@ def _build(doc: IniDocument, path: str) -> Config:
     settings, ident = _load_ident(settings, setting_entries, path, hba)
     _check_pool_sizes(settings, setting_entries, databases, database_entries, warnings)
     _check_read_dbs(databases, database_entries)
+    _check_shards(databases, database_entries)
     _check_listeners(settings, setting_entries, warnings)
     _check_tracked(settings, setting_entries, warnings)
     settings = _check_tls(settings, setting_entries, path, warnings)
@@ -306,6 +308,50 @@ def _check_read_dbs(databases: Mapping[str, DatabaseConfig],
         if other.read_db is not None:
             raise ConfigError(f"database {name!r}: read_db {target!r} has a read_db of its "
                               "own; reads are routed one step only", **where)
+
+
+def _check_shards(databases: Mapping[str, DatabaseConfig],
+                  entries: Mapping[str, IniEntry]) -> None:
+    """shards names other listed databases, each an ordinary one; the key and the
+    default shard make sense."""
+    for name, db in databases.items():
+        if not db.shards:
+            if db.sharding_key is not None or db.default_shard:
+                entry = entries[name]
+                raise ConfigError(f"database {name!r}: sharding_key and default_shard need "
+                                  "shards", path=entry.path, line=entry.line)
+            continue
+        entry = entries[name]
+        where = {"path": entry.path, "line": entry.line}
+        if name == FALLBACK_DATABASE:
+            raise ConfigError("database '*' cannot be sharded", **where)
+        if db.read_db is not None:
+            raise ConfigError(f"database {name!r}: a sharded database has no read_db; give "
+                              "each shard its own", **where)
+        if len(set(db.shards)) != len(db.shards):
+            raise ConfigError(f"database {name!r}: shards lists a database twice", **where)
+        for shard in db.shards:
+            other = databases.get(shard)
+            if shard == name:
+                raise ConfigError(f"database {name!r}: shards names the database itself",
+                                  **where)
+            if other is None or shard == FALLBACK_DATABASE:
+                raise ConfigError(f"database {name!r}: shard {shard!r} is not a database "
+                                  "listed in [databases]", **where)
+            if other.shards:
+                raise ConfigError(f"database {name!r}: shard {shard!r} is sharded itself",
+                                  **where)
+            if other.read_db is not None:
+                raise ConfigError(f"database {name!r}: shard {shard!r} has a read_db; "
+                                  "shards are not read/write split", **where)
+        if db.default_shard >= len(db.shards):
+            raise ConfigError(f"database {name!r}: default_shard {db.default_shard} is not "
+                              f"a shard (0 to {len(db.shards) - 1})", **where)
+        if db.sharding_key is not None:
+            try:
+                parse_key_column(db.sharding_key)
+            except ValueError as exc:
+                raise ConfigError(f"database {name!r}: sharding_key: {exc}", **where) from None
 
 
 def _check_pool_sizes(

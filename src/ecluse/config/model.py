@@ -130,8 +130,14 @@ class DatabaseConfig:
     server_lifetime: float | None = None
     query_wait_timeout: float | None = None
     # Another [databases] entry whose pool serves this database's read-only
-    # requests in transaction and statement mode (frontend/routing.py).
+    # requests in transaction and statement mode (routing/readwrite.py).
     read_db: str | None = None
+    # Sharding (routing/shards.py): the [databases] entries that hold the shards,
+    # in shard order; this entry's own host and dbname then serve no client.
+    shards: tuple[str, ...] = ()
+    sharding_key: str | None = None  # [table.]column read from SQL (routing/shardkeys.py)
+    sharding_function: str = "pg_bigint_hash"  # or pg_text_hash
+    default_shard: int = 0  # where a client's requests that name no key go at first
 
     def server_dbname(self) -> str:
         """Return the database name to ask the server for."""

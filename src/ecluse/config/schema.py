@@ -265,6 +265,10 @@ DATABASE_OPTIONS: MappingProxyType[str, tuple[str, Parser]] = MappingProxyType(
         "server_lifetime": ("server_lifetime", parse_seconds),
         "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
         "read_db": ("read_db", parse_optional_str),
+        "shards": ("shards", parse_list),
+        "sharding_key": ("sharding_key", parse_optional_str),
+        "sharding_function": ("sharding_function", _one_of("pg_bigint_hash", "pg_text_hash")),
+        "default_shard": ("default_shard", _count),
     }
 )
 

@@ -47,6 +47,7 @@ from ecluse.protocol.startup import (
     validate_startup_params,
 )
 from ecluse.routing.readwrite import ReadRouter
+from ecluse.routing.shards import ShardRouter
 from ecluse.server.params import tracked_parameters
 
 log = logging.getLogger("ecluse.client")
@@ -161,6 +162,10 @@ class LoginPhase:
         if msg.minor > 0 or startup.protocol_options:
             self.transport.write(be.encode_negotiate_protocol_version(
                 codes.LATEST_MINOR, startup.protocol_options))
+        if db.shards:
+            # A sharded database's clients log in through its default shard
+            # (routing/shards.py), and are routed from there.
+            db = self.ctx.config.databases[db.shards[db.default_shard]]
         self.pool = self.ctx.registry.get_pool(db, self.user)
         method = self._method_unless_identity()
         if method is None:
@@ -273,6 +278,9 @@ class LoginPhase:
             db = self.ctx.config.database(self.database)
             if db is not None and db.read_db is not None:
                 self._router = ReadRouter(self.pool, self.ctx.registry)
+            elif db is not None and db.shards:
+                self._router = ShardRouter(self.pool, self.ctx.registry, self.database,
+                                           db.default_shard)
             self._framer.switch(valid=codes.FRONTEND_SESSION_TYPES, inspect=_REWRITE_INSPECT,
                                 inspect_max=1 << 20, stream_oversize=True)
         else:

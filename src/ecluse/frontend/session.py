@@ -53,6 +53,7 @@ from ecluse.frontend.context import ClientContext
 from ecluse.frontend.express import ExpressPath
 from ecluse.frontend.login import LoginPhase, _Login
 from ecluse.frontend.prepared import StatementRewriter
+from ecluse.frontend.sharding import ShardedRequests
 from ecluse.frontend.statekeeping import SessionStateKeeping
 from ecluse.frontend.states import TRANSITIONS, ClientState
 from ecluse.pool.pool import Pool
@@ -64,6 +65,7 @@ from ecluse.protocol.messages import (
 )
 from ecluse.protocol.tracker import RequestTracker
 from ecluse.routing.readwrite import ReadRouter
+from ecluse.routing.shards import MOVE, ShardError, ShardRouter
 from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
 from ecluse.server.params import build_sync_query, tracked_parameters
@@ -94,7 +96,7 @@ _WAIT_NOTICE = be.encode_notice_response(
 
 
 class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
-                      asyncio.Protocol):
+                      ShardedRequests, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     # One per client, idle ones included (100,000 of them on a node): slots instead
@@ -151,8 +153,9 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         self.tls = False
         self._tls_task: asyncio.Task | None = None
         self._rewriter: StatementRewriter | None = None
-        # Set after the welcome for a database with read_db (routing/readwrite.py).
-        self._router: ReadRouter | None = None
+        # Set after the welcome for a database with read_db (routing/readwrite.py)
+        # or shards (routing/shards.py).
+        self._router: ReadRouter | ShardRouter | None = None
         self._admitted = False  # counted in ctx's per-database/per-user client limits
         # Session state in transaction/statement mode (see on_sql and _start_probe).
         # SET by the client, replayed on link; replaced whole by each probe, never
@@ -246,11 +249,15 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
                 self._on_auth_pieces(pieces)
             elif self.server is not None and self.state is _LINKED \
                     and not self._probing:
-                if self._router is not None and self.pool is not self._router.home \
-                        and (self._pending or self._router.holds(
-                            pieces, self._rewriter.statements,
-                            self.server.tracker.status != codes.STATUS_IDLE)):
-                    self._buffer(pieces)  # a write after reads: sent once they end
+                router = self._router
+                if router is not None and (self._pending or (verdict := router.holds(
+                        pieces, self._rewriter.statements,
+                        self.server.tracker.status != codes.STATUS_IDLE, self.pool))):
+                    # A write after reads, or a request for another shard: sent
+                    # once the server is released.
+                    if not self._pending and verdict == MOVE:
+                        self._end_open_request()
+                    self._buffer(pieces)
                 else:
                     self._forward(pieces)
             else:
@@ -258,6 +265,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         except RemoteProtocolError as exc:
             log.warning("%s protocol error: %s", self._describe(), exc.message)
             self.fatal(exc)
+        except ShardError as exc:
+            self._end_for_shard(exc)
         except (AuthFailed, ClientRefused) as exc:
             self.ctx.login_failures += isinstance(exc, AuthFailed)
             log.warning("%s login failed: %s", self._describe(), exc.message)
@@ -311,6 +320,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if start == len(pieces):
             return
         if self._rewriter is not None and not self._pending:
+            if isinstance(self._router, ShardRouter) and self._answer_shard_sql(pieces, start):
+                return
             if self._answer_idle_sql(pieces, start):
                 return
             reply = self._rewriter.answer_locally(pieces[start:])
@@ -339,7 +350,12 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
             return
         self._set_state(_WAITING)
         if self._router is not None:
-            self.pool = self._router.choose(self._pending, self._rewriter.statements, self.user)
+            try:
+                self.pool = self._router.choose(self._pending, self._rewriter.statements,
+                                                self.user)
+            except ShardError as exc:  # the config changed since _answer_shard_sql
+                self._end_for_shard(exc)
+                return
         server = self.pool.acquire(self)
         if server is not None:
             self.on_server_assigned(server)
@@ -359,8 +375,13 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
             extra = build_settings_sync(self.session_settings, server.session_settings)
             if extra is not None:
                 sync = extra if sync is None else f"{sync};{extra}"
-        if sync is None and self._express_pending(server):
-            return  # linked and sent the express way
+        # A BEGIN ecluse answered itself (routing/shards.py rule 4) runs first, after
+        # the SETs: in one query string it would take them into its transaction.
+        begin = self._router.take_begin() if isinstance(self._router, ShardRouter) else None
+        if sync is None:
+            sync, begin = begin, None
+            if sync is None and self._express_pending(server):
+                return  # linked and sent the express way
         self.server = server
         server.link(self)
         rewriter = self._rewriter
@@ -373,13 +394,17 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
             self._flush_pending()
         else:
             # Stay WAITING (client bytes keep queueing) until the SETs are done.
-            server.run_internal(sync, lambda err: self._on_params_synced(server, err))
+            server.run_internal(sync, lambda err: self._on_params_synced(server, err, begin))
 
-    def _on_params_synced(self, server: ServerConnection, error) -> None:
+    def _on_params_synced(self, server: ServerConnection, error,
+                          then: str | None = None) -> None:
         if self.server is not server or self.state is not _WAITING:
             return
         if error is not None:
             self.fatal(ClientRefused(error.message, sqlstate=error.sqlstate))
+            return
+        if then is not None:
+            server.run_internal(then, lambda err: self._on_params_synced(server, err))
             return
         if "search_path" in self.params:
             server.params["search_path"] = self.params["search_path"]
@@ -401,7 +426,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if self.state is _CLOSED:
             return
         router = self._router
-        if router is not None and self.pool is not router.home and self.state is _WAITING \
+        if router is not None and router.falls_back and self.pool is not router.home \
+                and self.state is _WAITING \
                 and not isinstance(error, PoolTimeout):
             # The read pool cannot serve: the primary serves the reads meanwhile.
             log.warning("%s: read pool failed (%s), request sent to the primary",
@@ -431,6 +457,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         pieces = self._take_pending()
         if self._reading_paused:
             self.resume_client_reading()
+        if self._router is not None:
+            pieces = self._shard_trim(pieces)
         if pieces:
             try:
                 self._forward(pieces)
@@ -525,6 +553,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
                 self._start_probe(server)
                 return
             self._release_server(server, now=now)
+        elif isinstance(self._router, ShardRouter) and self._pending and mode != "statement":
+            self._send_held_in_transaction()  # routing/shards.py rule 4
         elif mode == "statement":
             log.warning("%s: transaction blocks not allowed in statement pooling mode",
                         self._describe())

@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ecluse.frontend.notify import recode_notification
@@ -46,6 +47,25 @@ log = logging.getLogger("ecluse.client")
 HARMLESS_CACHE_MAX = 8192
 
 
+def fake_completion(server: ServerConnection | None, tags: Sequence[str],
+                    act: Callable[[], None] | None = None) -> Fake:
+    """The reply ecluse gives in a linked server's turn for statements it answers
+    itself: their CommandComplete tags and a ReadyForQuery with the server's
+    status then, or PostgreSQL's error in a failed transaction (and ``act``,
+    which carries them out, is not called)."""
+    def reply() -> bytes:
+        status = server.tracker.status if server is not None else codes.STATUS_IDLE
+        if status == codes.STATUS_FAILED:
+            return be.encode_error_response(
+                "current transaction is aborted, commands ignored until end of "
+                "transaction block", "25P02") + be.encode_ready_for_query(b"E")
+        if act is not None:
+            act()
+        return b"".join(be.encode_command_complete(tag) for tag in tags) + \
+            be.encode_ready_for_query(bytes((status,)))
+    return reply
+
+
 class SessionStateKeeping:
     """FrontendSession's handling of session state, DEALLOCATE and LISTEN."""
 
@@ -60,6 +80,10 @@ class SessionStateKeeping:
         if harmless is not None and sql == harmless:
             return None  # _answer_idle_sql just scanned this very text
         text = sql.decode("utf-8", "replace")
+        if kind == codes.FE_QUERY and self._router is not None:
+            fake = self._fake_shard_set(text)
+            if fake is not None:
+                return fake
         if not may_leave_session_state(text):
             return None
         self._suspect = True
@@ -94,19 +118,10 @@ class SessionStateKeeping:
         names = [name.encode() for name in intercept.names]
         if not all(name in rewriter.statements for name in names):
             return None
-        server = self.server
-
-        def reply() -> bytes:
-            status = server.tracker.status if server is not None else codes.STATUS_IDLE
-            if status == codes.STATUS_FAILED:
-                return be.encode_error_response(
-                    "current transaction is aborted, commands ignored until end of "
-                    "transaction block", "25P02") + be.encode_ready_for_query(b"E")
+        def deallocate() -> None:
             for name in names:
                 rewriter.deallocate(name)
-            return b"".join(be.encode_command_complete(tag) for tag in intercept.tags) + \
-                be.encode_ready_for_query(bytes((status,)))
-        return reply
+        return fake_completion(self.server, intercept.tags, deallocate)
 
     def _answer_idle_sql(self, pieces, start: int) -> bool:
         """Answer a DEALLOCATE, LISTEN or UNLISTEN query without a server, if it is one.

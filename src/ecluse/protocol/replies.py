@@ -7,7 +7,8 @@ some requests itself without asking the server. Each request therefore gets an
 entry here, in wire order, with one of four actions:
 
     FORWARD  the server answers it and the reply goes to the client
-    SKIP     ecluse injected it: the server's reply is swallowed
+    SKIP     ecluse injected it: the server's reply is swallowed (for a Sync,
+             its ReadyForQuery)
     FAKE     ecluse answers it: ``fake`` bytes go to the client when every
              request before it has been answered, exactly where the server's
              reply would have been (``fake`` may be a function, called then,
@@ -143,14 +144,16 @@ class ReplyQueue:
         """Account for one whole server message; True if it goes to the client."""
         q = self._q
         if msg_type == _READY:
+            forward = True
             while q:
                 entry = q.popleft()
                 if entry.kind in _ENDS_WITH_READY:
+                    forward = entry.action != SKIP  # a Sync ecluse sent on its own
                     break
                 if entry.undo is not None:
                     entry.undo(None)
             self._skipping = False
-            return True
+            return forward
         if msg_type == _ERROR:
             return self._on_error(raw)
         if msg_type == _COMMAND_COMPLETE and raw[5] == 68 and \

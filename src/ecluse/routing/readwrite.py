@@ -96,6 +96,7 @@ def request_is_read_only(pieces: Sequence, statements: Mapping[bytes, ClientStat
 class ReadRouter:
     """The read/write split of one client of a database with read_db."""
 
+    falls_back = True  # a failed wait on the read pool moves to the primary (rule 3)
     __slots__ = ("home", "primary_until", "registry")
 
     def __init__(self, home: Pool, registry: PoolRegistry):
@@ -141,9 +142,10 @@ class ReadRouter:
         return self.home
 
     def holds(self, pieces: Sequence, statements: Mapping[bytes, ClientStatement],
-              in_transaction: bool) -> bool:
-        """Whether ``pieces``, arriving while a read server is linked, must wait for
-        its release (rule 2): they are not read-only and start a new request."""
-        if in_transaction or not pieces or not pieces[0][2]:
+              in_transaction: bool, pool: Pool) -> bool:
+        """Whether ``pieces``, arriving while a server of ``pool`` is linked, must wait
+        for its release (rule 2): the server is a read server, and they are not
+        read-only and start a new request."""
+        if pool is self.home or in_transaction or not pieces or not pieces[0][2]:
             return False  # the rest of a message the read server has the start of
         return not request_is_read_only(pieces, statements)

@@ -104,8 +104,11 @@ def test_holding_while_a_read_server_is_linked(groups):
     of a message whose start the read server already has."""
     data = b"".join(raw for raw, _what in groups)
     pieces = framer().feed(data)
-    router = ReadRouter.__new__(ReadRouter)  # holds() looks at its arguments only
-    assert router.holds(pieces, STATEMENTS, in_transaction=False) == (not expected(groups))
-    assert router.holds(pieces, STATEMENTS, in_transaction=True) is False
+    router = ReadRouter.__new__(ReadRouter)  # holds() looks at its arguments and home
+    router.home = home = object()
+    replica = object()
+    assert router.holds(pieces, STATEMENTS, False, replica) == (not expected(groups))
+    assert router.holds(pieces, STATEMENTS, True, replica) is False
+    assert router.holds(pieces, STATEMENTS, False, home) is False  # linked to the primary
     continuation = [(codes.FE_QUERY, b"rest of a long query", False, True)]
-    assert router.holds(continuation, STATEMENTS, in_transaction=False) is False
+    assert router.holds(continuation, STATEMENTS, False, replica) is False
