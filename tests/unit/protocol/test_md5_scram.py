@@ -333,7 +333,8 @@ def _salt_b64() -> str:
     lambda n: f"r={n}{'x' * MAX_NONCE_LENGTH},s={_salt_b64()},i=4096",
     lambda n: f"r=someoneelse{n},s={_salt_b64()},i=4096",
     lambda n: f"r={n},s={_salt_b64()},i=4096",  # server added nothing
-    lambda n: f"r={n[:-1]}X123,s={_salt_b64()},i=4096",
+    # The client's nonce with its last character changed (to one it is not).
+    lambda n: f"r={n[:-1]}{'Y' if n.endswith('X') else 'X'}123,s={_salt_b64()},i=4096",
     lambda n: f"r={n}abc,s={_salt_b64()},i=0",
     lambda n: f"r={n}abc,s={_salt_b64()},i=1000000000",
     lambda n: f"r={n}abc,s={_salt_b64()},i={MAX_ITERATIONS + 1}",
