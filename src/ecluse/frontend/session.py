@@ -348,14 +348,14 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if self.ctx.shutting_down:
             self.fatal(ClientRefused("pooler is shutting down", sqlstate="57P01"))
             return
-        self._set_state(_WAITING)
         if self._router is not None:
             try:
                 self.pool = self._router.choose(self._pending, self._rewriter.statements,
                                                 self.user)
-            except ShardError as exc:  # the config changed since _answer_shard_sql
-                self._end_for_shard(exc)
+            except ShardError as exc:  # refused before any server sees it
+                self._refuse_request(self._take_pending(), 0, exc)
                 return
+        self._set_state(_WAITING)
         server = self.pool.acquire(self)
         if server is not None:
             self.on_server_assigned(server)

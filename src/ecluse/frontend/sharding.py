@@ -34,9 +34,9 @@ class ShardedRequests:
     __slots__ = ()
 
     def _answer_shard_sql(self, pieces, start: int) -> bool:
-        """Answer the requests at ``start`` that need no server, or refuse the first
-        one if it names several shards; True once the whole batch is handled
-        (what follows an answer is queued again, in order)."""
+        """Answer the requests at ``start`` that need no server; True once the whole
+        batch is handled (what follows an answer is queued again, in order).
+        _acquire refuses a request naming several shards (choose)."""
         router = self._router
         msg_type, raw, is_start, end = pieces[start]
         answer = None
@@ -47,10 +47,6 @@ class ShardedRequests:
             except ShardError as exc:
                 return self._refuse_request(pieces, start, exc)
         if answer is None:
-            try:
-                router.choose(pieces[start:], self._rewriter.statements, self.user)
-            except ShardError as exc:
-                return self._refuse_request(pieces, start, exc)
             if router.begin is None:
                 return False
             # After a deferred BEGIN the client is in a transaction: nothing is
@@ -74,6 +70,8 @@ class ShardedRequests:
             # Not whole yet: what follows must be dropped too, until its end.
             self.fatal(ClientRefused(exc.message, sqlstate=exc.sqlstate))
             return True
+        if self._reading_paused:
+            self.resume_client_reading()
         status = b"T" if self._router.begin is not None else b"I"
         self.transport.write(be.encode_error_response(exc.message, exc.sqlstate)
                              + be.encode_ready_for_query(status))

@@ -78,8 +78,12 @@ def _seeded(length: int, seed: int) -> tuple[int, int, int]:
 
 
 def _hash_uint32_extended(k: int, seed: int) -> int:
-    a, b, c = _seeded(4, seed)
+    a, b, c = _SEEDED_4 if seed == _HASH_PARTITION_SEED else _seeded(4, seed)
     return _final64((a + k) & _M32, b, c)
+
+
+# The state before a bigint's hash for partitioning: the same for every value.
+_SEEDED_4 = _seeded(4, _HASH_PARTITION_SEED)
 
 
 _WORDS = struct.Struct("<3I")  # the little-endian machine's word order
