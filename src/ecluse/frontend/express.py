@@ -20,7 +20,9 @@ Rules:
    passes those through untouched; or such a batch whose Bind names a
    statement of the client that the server already holds: the rewriter would
    only put the server's name in, StatementRewriter.express_bind), SQL that
-   cannot leave session state (frontend/sqlscan.py). Any other case goes the
+   cannot leave session state (frontend/sqlscan.py). A routed client
+   (routing/) goes to the pool its router chooses, unless the router would
+   answer the request itself or refuse it. Any other case goes the
    general way before anything has changed. With no idle server the client queues as the
    general path would queue it, and when a server frees up its request goes
    on the express way (_express_pending).
@@ -93,7 +95,13 @@ class ExpressPath:
             if named is None or named[0] not in rewriter.statements:
                 return False
             plan = named[2]
-        pool = self.pool
+        if self._router is None:
+            pool = self.pool
+        else:
+            pool = self._express_pool(data)  # the read/write split or the shard
+            if pool is None:
+                return False
+            self.pool = pool
         pool.stats.received += n
         server = pool.take_now(self.last_activity)
         if server is None:

@@ -232,8 +232,7 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        if self.state is _IDLE and self._rewriter is not None and self._router is None \
-                and self._express_request(data):
+        if self.state is _IDLE and self._rewriter is not None and self._express_request(data):
             return
         if self.pool is not None:
             self.pool.stats.received += len(data)

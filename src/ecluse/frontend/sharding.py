@@ -16,9 +16,10 @@ from ecluse.frontend.statekeeping import fake_completion
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol import replies as rq
-from ecluse.routing.shards import ShardError, ShardRouter, request_spans
+from ecluse.routing.shards import ShardError, ShardRouter, request_spans, whole_pieces
 
 if TYPE_CHECKING:
+    from ecluse.pool.pool import Pool
     from ecluse.protocol.replies import Fake
 
 log = logging.getLogger("ecluse.session")
@@ -79,6 +80,20 @@ class ShardedRequests:
         if rest:
             self._queue_pieces(rest)
         return True
+
+    def _express_pool(self, data: bytes) -> Pool | None:
+        """The pool the router chooses for ``data``, one whole request of whole
+        messages going the express way; None when the general way must take it:
+        the router answers it itself (a shard choice, a BEGIN, or anything after a
+        BEGIN ecluse answered) or refuses it."""
+        router = self._router
+        if isinstance(router, ShardRouter) and (router.begin is not None or (
+                data[0] == _Q and router.answers_idle(data[5:-1].decode("utf-8", "replace")))):
+            return None
+        try:
+            return router.choose(whole_pieces(data), self._rewriter.statements, self.user)
+        except ShardError:
+            return None
 
     def _shard_trim(self, pieces) -> list | tuple:
         """Of the pieces buffered while waiting, those the server just linked takes

@@ -183,6 +183,17 @@ def request_spans(pieces: Sequence) -> list[tuple[int, int]]:
     return spans
 
 
+def whole_pieces(data: bytes) -> list[tuple[int, bytes, bool, bool]]:
+    """``data``, known to hold whole messages only, as framer pieces."""
+    pieces = []
+    at = 0
+    while at < len(data):
+        end = at + 1 + int.from_bytes(data[at + 1:at + 5])
+        pieces.append((data[at], data[at:end], True, True))
+        at = end
+    return pieces
+
+
 def _bind_values(body: Reader, params: tuple[int, ...], binary_int: bool) -> list[str]:
     """The values of parameters ``params`` ($n, 1-based) in the rest of a Bind."""
     formats = [body.int16() for _ in range(body.int16())]
@@ -382,6 +393,10 @@ class ShardRouter:
         self.shard = spec.shard_of_hint(choice)
         self.home = self.pool_for(spec, self.shard, user)
         return True
+
+    def answers_idle(self, sql: str) -> bool:
+        """Whether answer_idle may answer ``sql`` (without acting on it)."""
+        return _TRANSACTION_START.match(sql) is not None or parse_shard_set(sql) is not None
 
     def take_begin(self) -> str | None:
         """The deferred BEGIN, to run before the request it waited for."""
