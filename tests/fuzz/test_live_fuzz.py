@@ -7,7 +7,8 @@ random bodies, byte flips). Each is sent on its own socket; whatever comes
 back is read until ecluse closes or goes quiet. Meanwhile a well-behaved
 psycopg client runs queries in a loop on another thread. At the end: zero
 errors for the good client, ecluse still running, and (checked by the
-ecluse_factory fixture) no traceback in its log.
+ecluse_factory fixture) no traceback in its log. Some connections log in to
+a sharded and a read/write split database, whose routers read every request.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ valid_messages = st.sampled_from([
     fe.encode_copy_data(b"1\n"),
     fe.encode_copy_done(),
     fe.encode_terminate(),
+    # What the routers act on (the databases "sharded" and "split" below).
+    fe.encode_query("SET SHARD TO '1'"),
+    fe.encode_query("set sharding key to '42'"),
+    fe.encode_query("begin"),
+    fe.encode_query("rollback"),
+    fe.encode_query("/* shard: 1 */ select 1"),
+    fe.encode_query("select id from (values (1), (2)) v (id) where id in (1, 2)"),
+    fe.encode_parse("", "select id from (values (1)) v (id) where id = $1", [20]),
+    fe.encode_bind("", "", [b"7"]),
 ])
 
 random_messages = st.builds(
@@ -71,7 +81,7 @@ def mutated(draw, base):
 
 startup_packets = st.one_of(
     st.builds(lambda db: encode_startup_message({"user": "postgres", "database": db}),
-              st.sampled_from(["ecluse_test", "nosuchdb", ""])),
+              st.sampled_from(["ecluse_test", "nosuchdb", "", "sharded", "split"])),
     mutated(st.just(encode_startup_message({"user": "postgres", "database": "ecluse_test"}))),
     st.builds(lambda version, body: struct.pack("!II", len(body) + 8, version) + body,
               st.sampled_from([80877103, 80877102, 80877104, 196608, 196610, 0, 1234]),
@@ -122,10 +132,16 @@ class GoodClient(threading.Thread):
 
 
 @pytest.fixture
-def target(ecluse_factory):
+def target(ecluse_factory, pg):
+    backend = f"host={pg.host} port={pg.port}"
     ec = ecluse_factory({"pool_mode": "transaction", "default_pool_size": 3,
                          "max_client_conn": 200, "client_login_timeout": 2,
-                         "query_wait_timeout": 5})
+                         "query_wait_timeout": 5},
+                        {"ecluse_test": f"{backend} dbname=ecluse_test",
+                         "postgres": f"{backend} dbname=postgres",
+                         # Routed clients: sharded over both, and read/write split.
+                         "sharded": "shards=ecluse_test,postgres sharding_key=id",
+                         "split": f"{backend} dbname=ecluse_test read_db=postgres"})
     good = GoodClient(ec.dsn())
     good.start()
     yield ec, good

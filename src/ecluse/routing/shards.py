@@ -483,7 +483,7 @@ class ShardRouter:
                 continue
             self.open_request = True
             if msg_type == _P:
-                if start and end and raw[5] == 0:  # the unnamed statement
+                if start and end and len(raw) > 5 and raw[5] == 0:  # the unnamed statement
                     self.open_parse = bytes(raw)
             elif msg_type not in _NO_EFFECT:
                 self.open_effects = True

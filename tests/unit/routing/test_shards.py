@@ -9,6 +9,7 @@ while a server is linked (rules 4, 5); and the config errors of shards=.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from types import SimpleNamespace
 
@@ -247,3 +248,28 @@ def test_config_errors_name_the_line(entry, error):
         config_from_string(text)
     assert error in str(err.value)
     assert ":4" in str(err.value) or "line 4" in str(err.value)
+
+
+# Any message the framer passes whole, with any body: what a client may send.
+junk_message = st.tuples(st.sampled_from(b"QPBDESHCFXdcf"), st.binary(max_size=40)).map(
+    lambda tb: msg(bytes((tb[0],)), tb[1]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages=st.lists(st.one_of(junk_message, request.map(lambda r: r[0])), min_size=1,
+                         max_size=6),
+       linked=st.integers(0, 2), in_transaction=st.booleans(), cuts=st.lists(
+           st.integers(0, 400), max_size=3))
+def test_malformed_messages_never_break_the_router(messages, linked, in_transaction, cuts):
+    """Whatever the bodies, the router answers or raises ShardError (a refusal the
+    session turns into an error for that client); nothing else escapes."""
+    pieces = framed([(m, None) for m in messages], cuts)
+    r = router()
+    pool = r.registry.get_pool(CONFIG.databases[f"app_{linked}"], "u")
+    for call in (lambda: r.choose(pieces, STATEMENTS, "u") if pieces else None,
+                 lambda: r.sendable(pieces, STATEMENTS, pool),
+                 lambda: r.holds(pieces, STATEMENTS, in_transaction, pool),
+                 lambda: [r.answer_idle(bytes(raw[5:-1]).decode("utf-8", "replace"), "u")
+                          for t, raw, s, e in pieces if t == ord("Q") and s and e]):
+        with contextlib.suppress(ShardError):
+            call()
