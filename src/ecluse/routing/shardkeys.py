@@ -552,10 +552,12 @@ def comment_hint(sql: str) -> tuple[str, str] | None:
 
 
 # Whitespace and comments between tokens. A block comment holding /* is not
-# matched: PostgreSQL nests them, and a regular expression cannot. Possessive
-# (no token starts like a gap), so a text that fails to match is not tried
-# again with its gaps split in every other way: that would take exponential time.
-_GAP = r"(?:[ \t\n\r\f\v]|--[^\n\r]*+|/\*(?:(?!/\*|\*/).)*+\*/)*+"
+# matched: PostgreSQL nests them, and a regular expression cannot. Atomic (no
+# token starts like a gap), so a text that fails to match is not tried again
+# with its gaps split in every other way: that would take exponential time.
+# Atomic groups, not possessive quantifiers: CPython before 3.11.5 (Debian's
+# 3.11.2) fails some matches of x*+ (frontend/sqlscan.py rule 4).
+_GAP = r"(?>(?:[ \t\n\r\f\v]|--(?>[^\n\r]*)|/\*(?>(?:(?!/\*|\*/).)*)\*/)*)"
 # A keyword must not run on into an identifier: SETSHARD is not SET SHARD.
 _END = r"(?![A-Za-z0-9_$\x80-\U0010ffff])"
 # re.ASCII: Unicode case folding would take the long s for s and the Kelvin
