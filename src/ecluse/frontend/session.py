@@ -26,6 +26,11 @@ state, DEALLOCATE, LISTEN — in the SessionStateKeeping mixin
 (frontend/statekeeping.py). A client of the virtual database pgbouncer/ecluse
 is authenticated here like any other, then admitted and answered through the
 ConsoleLink mixin (frontend/consolelink.py): it never gets a pool or a server.
+Also mixins: the express path (frontend/express.py), what a linked server
+needs (Relaying, frontend/relay.py), cancels (Cancelling,
+frontend/cancelling.py) and sharding's side of requests (ShardedRequests,
+frontend/sharding.py). This module keeps the asyncio callbacks, the requests
+of a client without a server, the pool's WaitingClient side and closing.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from socket import inet_aton
 from types import MappingProxyType
 
@@ -48,11 +53,13 @@ from ecluse.errors import (
     PoolTimeout,
     RemoteProtocolError,
 )
+from ecluse.frontend.cancelling import Cancelling
 from ecluse.frontend.consolelink import ConsoleLink
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.express import ExpressPath
 from ecluse.frontend.login import LoginPhase, _Login
 from ecluse.frontend.prepared import StatementRewriter
+from ecluse.frontend.relay import Relaying
 from ecluse.frontend.sharding import ShardedRequests
 from ecluse.frontend.statekeeping import SessionStateKeeping
 from ecluse.frontend.states import TRANSITIONS, ClientState
@@ -60,17 +67,11 @@ from ecluse.pool.pool import Pool
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol.framing import Framer
-from ecluse.protocol.messages import (
-    CancelRequest,
-)
-from ecluse.protocol.tracker import RequestTracker
 from ecluse.routing.readwrite import ReadRouter
 from ecluse.routing.shards import MOVE, ShardError, ShardRouter
-from ecluse.server.cancel import send_cancel
 from ecluse.server.connection import ServerConnection
-from ecluse.server.params import build_sync_query, tracked_parameters
+from ecluse.server.params import build_sync_query
 from ecluse.server.state import build_settings_sync
-from ecluse.stats.counters import PoolStats
 
 log = logging.getLogger("ecluse.client")
 
@@ -96,7 +97,7 @@ _WAIT_NOTICE = be.encode_notice_response(
 
 
 class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
-                      ShardedRequests, asyncio.Protocol):
+                      ShardedRequests, Cancelling, Relaying, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     # One per client, idle ones included (100,000 of them on a node): slots instead
@@ -467,165 +468,6 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
                 log.warning("%s protocol error: %s", self._describe(), exc.message)
                 self.fatal(exc)
 
-    # --- relaying ----------------------------------------------------------------
-    def _forward(self, pieces) -> None:
-        server = self.server
-        assert server is not None
-        tracker = server.tracker
-        if tracker.is_done():
-            self.request_started = time.monotonic()
-            if not self.xact_started:
-                self.xact_started = self.request_started
-        if self._rewriter is not None:
-            self._forward_rewritten(pieces, server, self._rewriter)
-            return
-        out = []
-        for msg_type, raw, start, _end in pieces:
-            if start:
-                if msg_type == _X:
-                    if out:
-                        server.send(b"".join(out))
-                    self.client_close_request()
-                    return
-                tracker.on_client_message(msg_type)
-            out.append(raw)
-        server.send(b"".join(out) if len(out) > 1 else out[0])
-
-    def _forward_rewritten(self, pieces, server: ServerConnection,
-                           rewriter: StatementRewriter) -> None:
-        terminate = False
-        parses = 0
-        for i, (msg_type, _raw, start, _end) in enumerate(pieces):
-            if start:
-                if msg_type == _X:
-                    pieces, terminate = pieces[:i], True
-                    break
-                if msg_type == _P:
-                    parses += 1
-        if parses:
-            self.pool.stats.client_parse_count += parses
-        out = rewriter.rewrite(pieces, server.prepared, server.tracker)
-        fakes = rewriter.replies.take_fakes()
-        if fakes:
-            self.transport.write(fakes)
-        if out:
-            server.send(b"".join(out) if len(out) > 1 else out[0])
-        if terminate:
-            self.client_close_request()
-
-    # --- ServerLink interface (called by the server) -------------------------
-    def write_from_server(self, data) -> None:
-        if self.transport is not None:
-            self.pool.stats.sent += len(data)
-            self.transport.write(data)
-
-    def on_server_params(self, name: str, value: str) -> None:
-        if self.params.get(name) != value and \
-                name in tracked_parameters(self.ctx.config.settings.track_extra_parameters).names:
-            params = dict(self.params)  # never in place: the dict may be shared (welcome)
-            params[name] = value
-            self.params = params
-
-    def on_server_ready(self, server: ServerConnection) -> None:
-        """The server answered every request; release it if the mode says so."""
-        pool = self.pool
-        assert pool is not None
-        mode = pool.settings.mode
-        tracker = server.tracker
-        now = self._count_request(pool.stats, tracker)
-        if self._notify_backlog:
-            self._flush_notifications()
-        if mode == "session":
-            if self.ctx.shutting_down and tracker.can_release():
-                self.close()
-            return
-        if tracker.status == codes.STATUS_IDLE:
-            if not self._framer.at_boundary and not (self._router and self._pending):
-                # The client is in the middle of a message whose start this server
-                # already has: the rest must reach it, not the next client's bytes
-                # (PostgreSQL would read them as that message, or drop the
-                # connection under the next client). Keep it linked till later.
-                # Not when that start was held back (routing/readwrite.py rule 2):
-                # then the server has none of it.
-                return
-            if self._suspect or self._always_probe or self.pinned:
-                self._start_probe(server)
-                return
-            self._release_server(server, now=now)
-        elif isinstance(self._router, ShardRouter) and self._pending and mode != "statement":
-            self._send_held_in_transaction()  # routing/shards.py rule 4
-        elif mode == "statement":
-            log.warning("%s: transaction blocks not allowed in statement pooling mode",
-                        self._describe())
-            self.fatal(ClientRefused("transaction blocks not allowed in statement pooling mode",
-                                     sqlstate="25001"))
-
-    def _count_request(self, stats: PoolStats, tracker: RequestTracker) -> float:
-        """Add the request that just ended (and its transaction, if it ended) to stats;
-        return the time it ended (read once: the release that follows uses it too)."""
-        now = time.monotonic()
-        if self.request_started:
-            stats.add_query(now - self.request_started)
-            self.request_started = 0.0
-        if tracker.parses or tracker.binds:
-            stats.server_parse_count += tracker.parses
-            if self._rewriter is None:
-                stats.client_parse_count += tracker.parses
-            stats.bind_count += tracker.binds
-            tracker.parses = tracker.binds = 0
-        if tracker.status == codes.STATUS_IDLE and self.xact_started:
-            stats.xact_count += 1
-            stats.xact_time_us += int((now - self.xact_started) * 1_000_000)
-            self.xact_started = 0.0
-        return now
-
-    def _release_server(self, server: ServerConnection, settled: bool = False,
-                        now: float = 0.0) -> None:
-        """Unlink and give the server back between transactions (transaction and
-        statement mode). ``settled``: nothing is outstanding on it (an express reply,
-        frontend/express.py rule 4), so the pool may take it back in one step.
-        ``now``: the clock as _count_request read it, if it just did."""
-        pool = self.pool
-        assert pool is not None
-        linked, self.server = self.server, None
-        if linked is not None:
-            self._unlink(linked, now)
-        if self.state is _LINKED:
-            self.state = _IDLE  # the usual transition, once per transaction
-        else:
-            self._set_state(_IDLE)
-        reset = pool.settings.server_reset_query_always
-        if not (settled and not reset and pool.take_back(server, now)):
-            pool.release(server, reset=reset)
-        if self.ctx.shutting_down:
-            self.close()
-            return
-        if self._router is not None:
-            self.pool = self._router.home  # between requests: routed afresh
-        if self._pending and self.state is _IDLE:
-            # Requests held back while the server was still linked (a probe, or a
-            # write behind reads on a read server, routing/readwrite.py rule 2).
-            pieces = self._take_pending()
-            if self._reading_paused:
-                self.resume_client_reading()
-            self._queue_pieces(pieces)
-
-    def _unlink(self, server: ServerConnection, now: float = 0.0) -> None:
-        """Detach from ``server``, and from its reply queue (emptied by unlink)."""
-        server.unlink(now)
-        if self._rewriter is not None:
-            self._rewriter.replies = None
-
-    def on_server_lost(self, server: ServerConnection, error: Exception) -> None:
-        if self.server is not server:
-            return
-        self.server = None
-        if self.state is _LINKED:
-            self.state = _IDLE
-        msg = error.message if isinstance(error, EcluseError) else str(error)
-        log.warning("%s lost its server %s: %s", self._describe(), server, msg)
-        self.fatal(EcluseError(f"server conn crashed? {msg}", sqlstate="08006"))
-
     def pause_client_reading(self) -> None:
         if self.transport is not None and not self._reading_paused:
             self._reading_paused = True
@@ -654,80 +496,6 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if self.transport is not None and not self._reading_paused \
                 and self.state is not _CLOSED:
             self.transport.resume_reading()
-
-    # --- cancel ----------------------------------------------------------------
-    def _on_cancel_request(self, msg: CancelRequest) -> None:
-        """A CancelRequest arrived on this new connection: route it, then close the
-        connection once it has been delivered or given up (cancel_wait_timeout), as
-        PostgreSQL closes it once it has acted: a client's PQcancel returns then."""
-        self.state = _CLOSED
-        self.ctx.clients.discard(self)
-        self.ctx.logging_in.pop(self, None)
-        transport = self.transport
-        transport.pause_reading()  # nothing more is read, as PostgreSQL reads nothing
-        # PostgreSQL answers a cancel with nothing, whether the key matched or not.
-        self.ctx.deliver_cancel(msg.process_id, msg.secret, transport.close)
-
-    def cancel(self, done: Callable[[], None] | None = None) -> None:
-        """Cancel this session's current request, wherever it is; ``done`` runs once
-        the cancel has been delivered, given up, or found nothing to cancel."""
-        server = self.server
-        if server is not None:
-            if not server.tracker.is_done():
-                self._cancel_on(server, done)
-                return
-        elif self.state is _WAITING and self.pool is not None \
-                and self.pool.cancel_wait(self):
-            self._fail_pending("canceling statement due to user request", "57014")
-        if done is not None:
-            done()
-
-    def _cancel_on(self, server: ServerConnection,
-                   done: Callable[[], None] | None = None) -> None:
-        """Forward a cancel; the pool holds the server back until it has been delivered,
-        so a late cancel can never hit the next client's query (pgbouncer #717)."""
-        if server.key is None or server.cancel_in_flight:
-            # One cancel per request is enough; PostgreSQL ignores the rest.
-            if done is not None:
-                done()
-            return
-        server.cancel_in_flight = True
-        timeout = self.ctx.config.settings.cancel_wait_timeout
-
-        async def deliver() -> None:
-            delivered = False
-            try:
-                delivered = await send_cancel(server.host, server.port, server.key, timeout)
-            finally:
-                if not delivered:
-                    # Given up, it may still land later, under whatever the server
-                    # runs then (pgbouncer #717): this server serves no one else.
-                    server.close_when_released = True
-                server.cancel_in_flight = False
-                resume, server.after_cancels = server.after_cancels, None
-                if resume is not None:
-                    resume()
-                if done is not None:
-                    done()
-
-        self.ctx.spawn(deliver())
-
-    def _fail_pending(self, message: str, sqlstate: str) -> None:
-        """Answer the buffered requests with one error per sync point, as a server would."""
-        pieces = self._take_pending()
-        syncs = sum(1 for t, _r, start, _e in pieces
-                    if start and t in (codes.FE_QUERY, codes.FE_SYNC, codes.FE_FUNCTION_CALL))
-        err = be.encode_error_response(message, sqlstate)
-        ready = be.encode_ready_for_query(b"I")
-        if syncs and self.pool is not None:
-            self.pool.stats.add_error("pooler", sqlstate)
-        if syncs:
-            self._log_pooler_error(message, sqlstate)
-        self._set_state(_IDLE)
-        if self._reading_paused:
-            self.resume_client_reading()
-        if syncs:
-            self.transport.write((err + ready) * syncs)
 
     # --- closing -------------------------------------------------------------------
     def fatal(self, error: Exception) -> None:
