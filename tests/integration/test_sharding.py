@@ -137,6 +137,7 @@ def test_a_request_naming_two_shards_is_refused_and_the_client_goes_on(ec, shard
         conn.execute("insert into users (user_id, name) values (%s, 'x')", (a,))
         conn.execute("insert into users (user_id, name) values (%s, 'y')", (b,))
     assert ids_by_shard(shard_dbs) == expected([a, b])
+    assert ec.log().count("pooler error: a request may use one shard") == 2
 
 
 def test_a_transaction_runs_on_the_shard_its_first_request_names(ec, shard_dbs):

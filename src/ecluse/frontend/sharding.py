@@ -8,7 +8,6 @@ sends what waited once the server it waited behind is in a transaction.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from ecluse.errors import ClientRefused
@@ -21,8 +20,6 @@ from ecluse.routing.shards import ShardError, ShardRouter, request_spans, whole_
 if TYPE_CHECKING:
     from ecluse.pool.pool import Pool
     from ecluse.protocol.replies import Fake
-
-log = logging.getLogger("ecluse.session")
 
 _Q = codes.FE_QUERY
 _S = codes.FE_SYNC
@@ -64,7 +61,6 @@ class ShardedRequests:
 
     def _refuse_request(self, pieces, start: int, exc: ShardError) -> bool:
         """Answer the first request at ``start`` with an error, drop it, go on."""
-        log.warning("%s: request refused: %s", self._describe(), exc.message)
         first, last = request_spans(pieces[start:])[0]
         request = pieces[start + first:start + last]
         if not request[-1][3] or request[-1][0] not in (_Q, _S):
@@ -73,6 +69,8 @@ class ShardedRequests:
             return True
         if self._reading_paused:
             self.resume_client_reading()
+        self.pool.stats.add_error("pooler", exc.sqlstate)  # as PostgreSQL's own count
+        self._log_pooler_error(exc.message, exc.sqlstate)
         status = b"T" if self._router.begin is not None else b"I"
         self.transport.write(be.encode_error_response(exc.message, exc.sqlstate)
                              + be.encode_ready_for_query(status))
@@ -152,5 +150,4 @@ class ShardedRequests:
         return fake_completion(self.server, ("SET",))
 
     def _end_for_shard(self, exc: ShardError) -> None:
-        log.warning("%s: %s", self._describe(), exc.message)
-        self.fatal(ClientRefused(exc.message, sqlstate=exc.sqlstate))
+        self.fatal(ClientRefused(exc.message, sqlstate=exc.sqlstate))  # logged, counted
