@@ -16,6 +16,7 @@ import pytest
 from wire import RawClient, msg
 
 from ecluse.routing.shardhash import shard_of
+from integration.test_host_lists import primary_and_standby  # noqa: F401 - fixture
 
 SHARDS = 3
 DBS = [f"ecluse_shard_{n}" for n in range(SHARDS)]
@@ -231,3 +232,82 @@ def test_requests_sent_together_before_any_server_is_linked_are_split_by_shard(e
     assert [next(body for t, body in reply if t == b"D")[6:].decode() for reply in replies] \
         == [DBS[shard(i)] for i in ids]
     assert ids_by_shard(shard_dbs) == expected(ids)
+
+
+@pytest.fixture(scope="module")
+def sharded_replicas(primary_and_standby):  # noqa: F811 - the imported fixture
+    """Two shard databases on a primary, streamed to a hot standby, each with the
+    users table and on_standby() (true where it runs during recovery)."""
+    primary, standby = primary_and_standby
+    for db in ("shard_a", "shard_b"):
+        primary.psql(f"DROP DATABASE IF EXISTS {db}")
+        primary.psql(f"CREATE DATABASE {db}")
+        primary.psql(TABLES + "; create function on_standby() returns bool language sql "
+                     "as 'select pg_last_wal_replay_lsn() is not null'", dbname=db)
+    deadline = time.monotonic() + 30
+    while not replayed(standby):
+        assert time.monotonic() < deadline, "the standby never replayed the shards"
+        time.sleep(0.1)
+    return primary, standby
+
+
+def replayed(standby) -> bool:
+    try:
+        return standby.psql("select to_regprocedure('on_standby()') is not null",
+                            dbname="shard_b") == "t"
+    except RuntimeError:  # not even the database yet
+        return False
+
+
+def test_each_shard_reads_from_its_own_replica_and_writes_to_its_primary(
+        ecluse_factory, sharded_replicas):
+    primary, standby = sharded_replicas
+    dbs = ["shard_a", "shard_b"]
+    databases = {"app": "shards=s0,s1 sharding_key=user_id"}
+    for n, db in enumerate(dbs):
+        databases[f"s{n}"] = f"host={primary.socket_dir} port={primary.port} dbname={db} " \
+                             f"read_db=s{n}_ro"
+        databases[f"s{n}_ro"] = f"host={standby.socket_dir} port={standby.port} dbname={db}"
+    ec = ecluse_factory({"pool_mode": "transaction", "default_pool_size": 3}, databases)
+
+    def on(i: int) -> str:
+        return dbs[shard_of(str(i), 2, "pg_bigint_hash")]
+    ids = list(range(1000, 1012))
+    with psycopg.connect(ec.dsn(dbname="app"), autocommit=True) as conn:
+        for i in ids:
+            assert conn.execute("insert into users (user_id, name) values (%s, 'r') "
+                                "returning on_standby(), current_database()", (i,)).fetchone() \
+                == (False, on(i))
+        deadline = time.monotonic() + 30
+        while conn.execute("select count(*) from users where user_id = %s",
+                           (ids[-1],)).fetchone() != (1,):
+            assert time.monotonic() < deadline, "the standby never replayed the rows"
+            time.sleep(0.1)
+        for i in ids:
+            # A read: the key's shard, on the standby; prepared too.
+            assert conn.execute("select on_standby(), current_database(), user_id from users "
+                                "where user_id = %s", (i,)).fetchone() == (True, on(i), i)
+            assert conn.execute("select on_standby(), current_database() from users "
+                                "where user_id = %s", (i,), prepare=True).fetchone() \
+                == (True, on(i))
+        with conn.transaction():  # a transaction on the key's primary from its BEGIN
+            assert conn.execute("select on_standby(), current_database() from users "
+                                "where user_id = %s", (ids[0],)).fetchone() \
+                == (False, on(ids[0]))
+    # A write pipelined behind a slow read of the same shard waits for it, then goes
+    # to that shard's primary.
+    same = next(i for i in range(2000, 2100) if on(i) == on(ids[0]))
+    client = RawClient(ec, dbname="app")
+    try:
+        client.send(msg(b"Q", f"select on_standby() from users, pg_sleep(0.5) "
+                              f"where user_id = {ids[0]}\0".encode()))
+        time.sleep(0.2)
+        client.send(msg(b"Q", f"insert into users (user_id, name) values ({same}, 'w') "
+                              "returning on_standby()\0".encode()))
+        first = client.read_until(b"Z")
+        second = client.read_until(b"Z")
+    finally:
+        client.close()
+    assert not [t for t, _ in first + second if t == b"E"]
+    assert [body for t, body in first if t == b"D"] == [b"\0\x01\0\0\0\x01t"]
+    assert [body for t, body in second if t == b"D"] == [b"\0\x01\0\0\0\x01f"]

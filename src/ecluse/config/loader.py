@@ -341,9 +341,6 @@ def _check_shards(databases: Mapping[str, DatabaseConfig],
             if other.shards:
                 raise ConfigError(f"database {name!r}: shard {shard!r} is sharded itself",
                                   **where)
-            if other.read_db is not None:
-                raise ConfigError(f"database {name!r}: shard {shard!r} has a read_db; "
-                                  "shards are not read/write split", **where)
         if db.default_shard >= len(db.shards):
             raise ConfigError(f"database {name!r}: default_shard {db.default_shard} is not "
                               f"a shard (0 to {len(db.shards) - 1})", **where)

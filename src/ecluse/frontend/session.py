@@ -426,13 +426,14 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         if self.state is _CLOSED:
             return
         router = self._router
-        if router is not None and router.falls_back and self.pool is not router.home \
-                and self.state is _WAITING \
-                and not isinstance(error, PoolTimeout):
+        primary = None
+        if router is not None and self.state is _WAITING and not isinstance(error, PoolTimeout):
+            primary = router.fallback(self.pool, self.user)
+        if primary is not None:
             # The read pool cannot serve: the primary serves the reads meanwhile.
             log.warning("%s: read pool failed (%s), request sent to the primary",
                         self._describe(), error)
-            self.pool = router.home
+            self.pool = primary
             server = self.pool.acquire(self)
             if server is not None:
                 self.on_server_assigned(server)

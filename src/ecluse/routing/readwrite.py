@@ -96,7 +96,6 @@ def request_is_read_only(pieces: Sequence, statements: Mapping[bytes, ClientStat
 class ReadRouter:
     """The read/write split of one client of a database with read_db."""
 
-    falls_back = True  # a failed wait on the read pool moves to the primary (rule 3)
     __slots__ = ("home", "primary_until", "registry")
 
     def __init__(self, home: Pool, registry: PoolRegistry):
@@ -125,6 +124,11 @@ class ReadRouter:
             # the same server user logs into the replicas with it.
             pool.set_login_secret(home.auth_secret, home.scram_keys)
         return pool
+
+    def fallback(self, pool: Pool, user: str) -> Pool | None:
+        """Where a client whose wait on ``pool`` failed goes: the read pool falls
+        back to the primary (rule 3)."""
+        return self.home if pool is not self.home else None
 
     def choose(self, pieces: Sequence, statements: Mapping[bytes, ClientStatement],
                user: str) -> Pool:

@@ -46,6 +46,11 @@ Rules:
 6. Decisions read the current config: after a RELOAD that changes shards,
    the next request goes where the new list says; a RELOAD that ends the
    sharding leaves the client on the shard it is on.
+7. A shard whose entry has a read_db is read/write split as
+   routing/readwrite.py says, within the shard: once the shard is chosen,
+   a read-only request goes to that shard's read pool (a ReadRouter per
+   shard, primary_after_write included), and while a read server is linked
+   what is not read-only waits for its release.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from pglast.parser import ParseError
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import codes
 from ecluse.protocol.reader import Reader
+from ecluse.routing.readwrite import ReadRouter, request_is_read_only
 from ecluse.routing.shardhash import shard_of
 from ecluse.routing.shardkeys import (
     KeyColumn,
@@ -316,9 +322,8 @@ class IdleAnswer:
 class ShardRouter:
     """The sharding of one client of a sharded database."""
 
-    falls_back = False  # a shard has no stand-in: a failed wait fails the client
     __slots__ = ("begin", "database", "home", "open_effects", "open_parse", "open_request",
-                 "registry", "replay", "shard", "unnamed")
+                 "readers", "registry", "replay", "shard", "unnamed")
 
     def __init__(self, home: Pool, registry: PoolRegistry, database: str, shard: int):
         self.home = home  # the pool of the client's shard (rule 2)
@@ -336,6 +341,7 @@ class ShardRouter:
         self.open_parse: bytes | None = None
         # That Parse, to run again unseen on the next server (rule 5).
         self.replay: bytes | None = None
+        self.readers: dict[int, ReadRouter] | None = None  # per shard with read_db (rule 7)
 
     def spec(self) -> ShardSpec | None:
         return spec_for(self.registry.config, self.database)
@@ -343,12 +349,6 @@ class ShardRouter:
     def pool_for(self, spec: ShardSpec, shard: int, user: str) -> Pool:
         db = self.registry.config.databases[spec.names[shard]]
         return self.registry.get_pool(db, user)
-
-    def shard_of_pool(self, spec: ShardSpec, pool: Pool) -> int | None:
-        try:
-            return spec.names.index(pool.settings.database)
-        except ValueError:
-            return None
 
     # --- between transactions ------------------------------------------------
     def answer_idle(self, sql: str, user: str) -> IdleAnswer | None:
@@ -418,7 +418,48 @@ class ShardRouter:
         shard = shards.pop() if shards else self.shard
         if shard >= len(spec.names):
             return self.home
-        return self.pool_for(spec, shard, user)
+        primary = self.pool_for(spec, shard, user)
+        reader = self._reader(spec, shard, primary)
+        if reader is None or self.begin is not None:
+            return primary  # a transaction runs on the primary from its BEGIN
+        return reader.choose(pieces[first:last], statements, user)
+
+    def _reader(self, spec: ShardSpec, shard: int, primary: Pool) -> ReadRouter | None:
+        """The read/write split of ``shard``, when its entry has a read_db (rule 7)."""
+        if self.registry.config.databases[spec.names[shard]].read_db is None:
+            return None
+        readers = self.readers
+        if readers is None:
+            readers = self.readers = {}
+        reader = readers.get(shard)
+        if reader is None:
+            reader = readers[shard] = ReadRouter(primary, self.registry)
+        reader.home = primary  # the current pool, after a RELOAD too
+        return reader
+
+    def linked_shard(self, spec: ShardSpec, pool: Pool) -> tuple[int | None, bool]:
+        """The shard of ``pool`` and whether it is that shard's read pool."""
+        name = pool.settings.database
+        try:
+            return spec.names.index(name), False
+        except ValueError:
+            pass
+        databases = self.registry.config.databases
+        for shard, shard_name in enumerate(spec.names):
+            db = databases.get(shard_name)
+            if db is not None and db.read_db == name:
+                return shard, True
+        return None, False
+
+    def fallback(self, pool: Pool, user: str) -> Pool | None:
+        """Where a client whose wait on ``pool`` failed goes: a shard's read pool
+        falls back to the shard's primary (readwrite.py rule 3); a primary has no
+        stand-in."""
+        spec = self.spec()
+        if spec is None:
+            return None
+        shard, replica = self.linked_shard(spec, pool)
+        return self.pool_for(spec, shard, user) if replica else None
 
     def sendable(self, pieces: Sequence, statements: Mapping[bytes, ClientStatement],
                  pool: Pool) -> int:
@@ -429,13 +470,14 @@ class ShardRouter:
         spans = request_spans(pieces)
         count = len(pieces)
         if spec is not None and len(spans) > 1:
-            linked = self.shard_of_pool(spec, pool)
+            linked, replica = self.linked_shard(spec, pool)
             count = spans[0][1]
             unnamed = self.unnamed
             for first, last in spans[1:]:
-                shards, unnamed = request_shards(pieces[first:last], statements, spec,
-                                                 unnamed)
-                if shards and shards != {linked}:
+                request = pieces[first:last]
+                shards, unnamed = request_shards(request, statements, spec, unnamed)
+                if (shards and shards != {linked}) or (replica and not request_is_read_only(
+                        request, statements)):
                     break
                 count = last
         self.note_sent(pieces[:count])
@@ -454,12 +496,15 @@ class ShardRouter:
         spec = self.spec()
         if spec is None or not pieces:
             return FORWARD
-        linked = self.shard_of_pool(spec, pool)
+        linked, replica = self.linked_shard(spec, pool)
         # The rest of a request the server has the start of.
         continued = self.open_request or not pieces[0][2]
         for first, last in request_spans(pieces):
-            shards, self.unnamed = request_shards(pieces[first:last], statements, spec,
-                                                  self.unnamed)
+            request = pieces[first:last]
+            shards, self.unnamed = request_shards(request, statements, spec, self.unnamed)
+            if replica and not continued and not in_transaction and \
+                    not request_is_read_only(request, statements):
+                return HOLD  # a write after reads on a replica (readwrite.py rule 2)
             if shards and shards != {linked}:
                 if in_transaction:
                     other = ", ".join(str(s) for s in sorted(shards - {linked}))
