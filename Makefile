@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2 tests
 LINT_PATHS := src tests bench
 BENCH_ARGS ?=
 
-.PHONY: help venv run test lint bench bench-quick soak clean
+.PHONY: help venv run test lint bench bench-quick bench-routing soak clean
 
 help:
 	@echo "ecluse - make targets:"
@@ -23,6 +23,7 @@ help:
 	@echo "  make bench    compare ecluse with PgBouncer and a direct connection"
 	@echo "                (~30 min on 2 cores; BENCH_ARGS='--no-tls --clients 10,100' etc.)"
 	@echo "  make bench-quick  the same in a few minutes, to check it works (not to measure)"
+	@echo "  make bench-routing  what the read/write split and sharding cost per transaction"
 	@echo "  make soak     ~8 min of pgbench through ecluse, then consistency checks"
 	@echo "  make clean    remove .venv, .ecluse-dev and caches"
 
@@ -49,6 +50,10 @@ bench:
 bench-quick:
 	@bash $(BOOTSTRAP) bench
 	$(VENV)/bin/python bench/run.py --quick $(BENCH_ARGS)
+
+bench-routing:
+	@bash $(BOOTSTRAP) bench
+	$(VENV)/bin/python bench/routing_cost.py $(BENCH_ARGS)
 
 soak:
 	@bash $(BOOTSTRAP) bench
