@@ -275,9 +275,16 @@ def _keys_of(sql: str, spec: ShardSpec, shards: set[int]) -> Keys | None:
     if choice is not None:
         shards.add(spec.shard_of_hint(choice))
         return None
-    if spec.key is None:
+    key = spec.key
+    if key is None:
         return None
-    return find_keys(sql, spec.key)
+    if '"' not in key.column:
+        # A text that never spells the column's name names no key: no parse. Only
+        # a Unicode-escaped identifier (U&"...") spells a name without its letters.
+        lowered = sql.lower()
+        if key.column.lower() not in lowered and "u&" not in lowered:
+            return None
+    return find_keys(sql, key)
 
 
 def _add_values(values: Sequence[str], spec: ShardSpec, shards: set[int]) -> None:

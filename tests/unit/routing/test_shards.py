@@ -273,3 +273,16 @@ def test_malformed_messages_never_break_the_router(messages, linked, in_transact
                           for t, raw, s, e in pieces if t == ord("Q") and s and e]):
         with contextlib.suppress(ShardError):
             call()
+
+
+@pytest.mark.parametrize("sql, named", [
+    ("select 1 from orders", set()),
+    ("SELECT name FROM users WHERE USER_ID = 42", {42}),
+    ('select name from users where "user_id" = 42', {42}),
+    # A Unicode escape spells the name without its letters: still parsed.
+    ('select name from users where U&"\\0075ser_id" = 42', {42}),
+    ("select name from users where u&\"\\0075ser_id\" = 7", {7}),
+])
+def test_texts_not_spelling_the_key_are_not_parsed_yet_escapes_are(sql, named):
+    pieces = framed([(query(sql), None)])
+    assert request_shards(pieces, STATEMENTS, SPEC)[0] == {shard(k) for k in named}
