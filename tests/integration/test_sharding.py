@@ -311,3 +311,21 @@ def test_each_shard_reads_from_its_own_replica_and_writes_to_its_primary(
     assert not [t for t, _ in first + second if t == b"E"]
     assert [body for t, body in first if t == b"D"] == [b"\0\x01\0\0\0\x01t"]
     assert [body for t, body in second if t == b"D"] == [b"\0\x01\0\0\0\x01f"]
+
+
+def test_a_bad_shard_hint_behind_other_requests_is_refused_alone(ec):
+    """Requests sent together, one naming a shard that does not exist: that one gets
+    22023, those around it their answers, whether they were buffered while a server
+    was found or arrived while one was linked."""
+    client = RawClient(ec, dbname="app")
+    try:
+        for _ in range(2):  # first with no server in the pool yet, then with one idle
+            client.send(msg(b"Q", b"select 1, pg_sleep(0.2)\0")
+                        + msg(b"Q", b"/* shard: 9 */ select 2\0")
+                        + msg(b"Q", b"select 3\0"))
+            replies = [client.read_until(b"Z") for _ in range(3)]
+            assert [t for t, _ in replies[0] if t == b"E"] == []
+            assert b"C22023\0" in next(body for t, body in replies[1] if t == b"E")
+            assert next(body for t, body in replies[2] if t == b"D").endswith(b"3")
+    finally:
+        client.close()

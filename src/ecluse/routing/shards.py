@@ -482,7 +482,10 @@ class ShardRouter:
             unnamed = self.unnamed
             for first, last in spans[1:]:
                 request = pieces[first:last]
-                shards, unnamed = request_shards(request, statements, spec, unnamed)
+                try:
+                    shards, unnamed = request_shards(request, statements, spec, unnamed)
+                except ShardError:
+                    break  # refused once it is first in line (choose)
                 if (shards and shards != {linked}) or (replica and not request_is_read_only(
                         request, statements)):
                     break
@@ -508,7 +511,12 @@ class ShardRouter:
         continued = self.open_request or not pieces[0][2]
         for first, last in request_spans(pieces):
             request = pieces[first:last]
-            shards, self.unnamed = request_shards(request, statements, spec, self.unnamed)
+            try:
+                shards, self.unnamed = request_shards(request, statements, spec, self.unnamed)
+            except ShardError:
+                if continued or in_transaction:
+                    raise
+                return HOLD  # a shard that does not exist: refused once first in line
             if replica and not continued and not in_transaction and \
                     not request_is_read_only(request, statements):
                 return HOLD  # a write after reads on a replica (readwrite.py rule 2)
