@@ -15,6 +15,7 @@ from ecluse.frontend.statekeeping import fake_completion
 from ecluse.protocol import backend as be
 from ecluse.protocol import codes
 from ecluse.protocol import replies as rq
+from ecluse.protocol.frontend import encode_sync
 from ecluse.routing.shards import ShardError, ShardRouter, request_spans, whole_pieces
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 _Q = codes.FE_QUERY
 _S = codes.FE_SYNC
-_SYNC = b"S\0\0\0\4"
+_SYNC = encode_sync()
 
 
 class ShardedRequests:

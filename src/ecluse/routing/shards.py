@@ -67,6 +67,7 @@ from pglast.parser import ParseError
 
 from ecluse.errors import RemoteProtocolError
 from ecluse.protocol import codes
+from ecluse.protocol.frontend import decode_bind
 from ecluse.protocol.reader import Reader
 from ecluse.routing.readwrite import ReadRouter, request_is_read_only
 from ecluse.routing.shardhash import shard_of
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
     from ecluse.frontend.prepared import ClientStatement
     from ecluse.pool.pool import Pool
     from ecluse.pool.registry import PoolRegistry
+    from ecluse.protocol.messages import Bind
 
 _Q = codes.FE_QUERY
 _P = codes.FE_PARSE
@@ -120,12 +122,11 @@ class ShardSpec:
     names: tuple[str, ...]  # the shards' [databases] entries, in shard order
     key: KeyColumn | None
     function: str
-    default: int
 
     @classmethod
     def of(cls, db: DatabaseConfig) -> ShardSpec:
         key = parse_key_column(db.sharding_key) if db.sharding_key is not None else None
-        return cls(db.shards, key, db.sharding_function, db.default_shard)
+        return cls(db.shards, key, db.sharding_function)
 
     def shard_of_value(self, value: str) -> int | None:
         """The shard of a key value, or None when it is no value of the key's type
@@ -200,25 +201,20 @@ def whole_pieces(data: bytes) -> list[tuple[int, bytes, bool, bool]]:
     return pieces
 
 
-def _bind_values(body: Reader, params: tuple[int, ...], binary_int: bool) -> list[str]:
-    """The values of parameters ``params`` ($n, 1-based) in the rest of a Bind."""
-    formats = [body.int16() for _ in range(body.int16())]
+def _param_values(bind: Bind, params: tuple[int, ...], binary_int: bool) -> list[str]:
+    """The values of parameters ``params`` ($n, 1-based) of ``bind`` as text; NULLs,
+    and binary values of a bigint key that are no integer, name nothing."""
+    formats = bind.param_formats
     values = []
-    wanted = set(params)
-    for n in range(1, body.int16() + 1):
-        size = body.int32()
-        data = body.bytes(size) if size > 0 else b""
-        if n not in wanted or size < 0:
+    for n in params:
+        if n > len(bind.params) or (data := bind.params[n - 1]) is None:
             continue
         binary = (formats[0] if len(formats) == 1 else
                   formats[n - 1] if len(formats) >= n else 0) == 1
-        if not binary:
-            values.append(data.decode("utf-8", "replace"))
-        elif binary_int:
-            if size in (2, 4, 8):
-                values.append(str(int.from_bytes(data, "big", signed=True)))
-        else:
+        if not binary or not binary_int:
             values.append(data.decode("utf-8", "replace"))  # text's binary form is its bytes
+        elif len(data) in (2, 4, 8):
+            values.append(str(int.from_bytes(data, "big", signed=True)))
     return values
 
 
@@ -246,11 +242,9 @@ def request_shards(pieces: Sequence, statements: Mapping[bytes, ClientStatement]
                 if not name:
                     unnamed = keys
             else:
-                body = Reader(raw[5:], "Bind message")
-                body.cstring()  # the portal
-                name = body.cstring()
-                if name:
-                    stmt = statements.get(name.encode())
+                bind = decode_bind(raw[5:])
+                if bind.statement:
+                    stmt = statements.get(bind.statement.encode())
                     if stmt is None:
                         continue
                     keys = _keys_of(Reader(stmt.parse_tail, "statement").cstring(), spec,
@@ -258,7 +252,7 @@ def request_shards(pieces: Sequence, statements: Mapping[bytes, ClientStatement]
                 else:
                     keys = unnamed
                 if keys is not None and keys.params:
-                    _add_values(_bind_values(body, keys.params, binary_int), spec, shards)
+                    _add_values(_param_values(bind, keys.params, binary_int), spec, shards)
         except RemoteProtocolError:
             continue  # malformed: the server answers it, wherever it goes
     return shards, unnamed
@@ -368,8 +362,7 @@ class ShardRouter:
         deferred = self.begin is not None
         choice = parse_shard_set(sql)
         if choice is not None:
-            self.shard = spec.shard_of_hint(choice)
-            self.home = self.pool_for(spec, self.shard, user)
+            self._take_shard(spec, choice, user)
             return IdleAnswer("SET", b"T" if deferred else b"I")
         stmt = transaction_statement(sql)
         if stmt is None:
@@ -397,9 +390,13 @@ class ShardRouter:
         choice = parse_shard_set(sql) if spec is not None else None
         if choice is None:
             return False
+        self._take_shard(spec, choice, user)
+        return True
+
+    def _take_shard(self, spec: ShardSpec, choice: tuple[str, str], user: str) -> None:
+        """Make the shard ``choice`` names the client's (rule 2)."""
         self.shard = spec.shard_of_hint(choice)
         self.home = self.pool_for(spec, self.shard, user)
-        return True
 
     def answers_idle(self, sql: str) -> bool:
         """Whether answer_idle may answer ``sql`` (without acting on it)."""
