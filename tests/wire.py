@@ -13,6 +13,7 @@ import asyncio
 import socket
 import ssl
 import struct
+import time
 
 from ecluse.protocol.startup import encode_startup_message
 
@@ -122,6 +123,20 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def queries_apart(ec, dbname: str, first: str, second: str, pause: float
+                  ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """Send two simple queries on one connection ``pause`` seconds apart (the second
+    arrives while the first runs); the replies to each, up to its ReadyForQuery."""
+    client = RawClient(ec, dbname=dbname)
+    try:
+        client.send(msg(b"Q", first.encode() + b"\0"))
+        time.sleep(pause)
+        client.send(msg(b"Q", second.encode() + b"\0"))
+        return client.read_until(b"Z"), client.read_until(b"Z")
+    finally:
+        client.close()
 
 
 class FakeTransport(asyncio.Transport):

@@ -13,7 +13,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
-from wire import RawClient, msg
+from wire import queries_apart
 
 from ecluse.devcluster import find_free_port
 from integration.test_admin_console import ADMIN_SETTINGS, admin_conn
@@ -102,16 +102,9 @@ def test_asyncpg_named_statements_are_routed_by_their_text(ec):
 
 
 def test_a_write_pipelined_behind_a_read_waits_for_it_and_goes_to_the_primary(ec):
-    client = RawClient(ec, dbname="app")
-    try:
-        # The read is on the standby for half a second when the write arrives.
-        client.send(msg(b"Q", b"select on_standby() from pg_sleep(0.5)\0"))
-        time.sleep(0.2)
-        client.send(msg(b"Q", b"insert into routed values (8) returning on_standby()\0"))
-        first = client.read_until(b"Z")
-        second = client.read_until(b"Z")
-    finally:
-        client.close()
+    # The read is on the standby for half a second when the write arrives.
+    first, second = queries_apart(ec, "app", "select on_standby() from pg_sleep(0.5)",
+                                  "insert into routed values (8) returning on_standby()", 0.2)
     assert [body for t, body in first if t == b"D"] == [b"\0\x01\0\0\0\x01t"]
     assert [body for t, body in second if t == b"D"] == [b"\0\x01\0\0\0\x01f"]
     assert not [t for t, _ in first + second if t == b"E"]

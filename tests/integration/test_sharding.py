@@ -13,7 +13,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
-from wire import RawClient, msg
+from wire import RawClient, msg, queries_apart
 
 from ecluse.routing.shardhash import shard_of
 from integration.test_host_lists import primary_and_standby  # noqa: F401 - fixture
@@ -198,17 +198,10 @@ def test_pipelined_requests_for_different_shards_each_reach_their_own(ec, shard_
 def test_a_write_behind_a_slow_read_on_another_shard_waits_for_it(ec, shard_dbs):
     a = 1
     b = next(i for i in range(2, 100) if shard(i) != shard(a))
-    client = RawClient(ec, dbname="app")
-    try:
-        client.send(msg(b"Q", f"select current_database(), pg_sleep(0.5) from users "
-                              f"where user_id = {a}\0".encode()))
-        time.sleep(0.1)
-        client.send(msg(b"Q", f"insert into users (user_id, name) values ({b}, 'w') "
-                              "returning current_database()\0".encode()))
-        first = client.read_until(b"Z")
-        second = client.read_until(b"Z")
-    finally:
-        client.close()
+    first, second = queries_apart(
+        ec, "app", f"select current_database(), pg_sleep(0.5) from users where user_id = {a}",
+        f"insert into users (user_id, name) values ({b}, 'w') returning current_database()",
+        0.1)
     assert not [t for t, _ in first + second if t == b"E"]
     assert next(body for t, body in second if t == b"D").endswith(DBS[shard(b)].encode())
     assert ids_by_shard(shard_dbs) == expected([b])
@@ -297,17 +290,9 @@ def test_each_shard_reads_from_its_own_replica_and_writes_to_its_primary(
     # A write pipelined behind a slow read of the same shard waits for it, then goes
     # to that shard's primary.
     same = next(i for i in range(2000, 2100) if on(i) == on(ids[0]))
-    client = RawClient(ec, dbname="app")
-    try:
-        client.send(msg(b"Q", f"select on_standby() from users, pg_sleep(0.5) "
-                              f"where user_id = {ids[0]}\0".encode()))
-        time.sleep(0.2)
-        client.send(msg(b"Q", f"insert into users (user_id, name) values ({same}, 'w') "
-                              "returning on_standby()\0".encode()))
-        first = client.read_until(b"Z")
-        second = client.read_until(b"Z")
-    finally:
-        client.close()
+    first, second = queries_apart(
+        ec, "app", f"select on_standby() from users, pg_sleep(0.5) where user_id = {ids[0]}",
+        f"insert into users (user_id, name) values ({same}, 'w') returning on_standby()", 0.2)
     assert not [t for t, _ in first + second if t == b"E"]
     assert [body for t, body in first if t == b"D"] == [b"\0\x01\0\0\0\x01t"]
     assert [body for t, body in second if t == b"D"] == [b"\0\x01\0\0\0\x01f"]
