@@ -224,6 +224,11 @@ def configure(settings: Settings, *, verbose: int = 0, quiet: bool = False,
     _apply(settings, strict=True)
 
 
+def flags() -> dict[str, Any]:
+    """The -v, -q and -d flags configure() was given: a worker started by exec needs them."""
+    return {"verbose": _state.verbose, "quiet": _state.quiet, "daemon": _state.daemon}
+
+
 def apply(settings: Settings) -> None:
     """Re-apply the logging settings after a reload: level, format, logfile, syslog.
 

@@ -15,11 +15,16 @@ With ``workers`` > 1 the supervisor:
    (worker.py), and restarts one that dies, after zeroing its counts;
 4. forwards SIGHUP (reload), SIGTERM and SIGINT (shutdown) to every worker;
 5. on SIGUSR2, rolls the workers over without dropping a transaction: a new
-   generation starts on the same sockets, then each old worker is told to
-   drain (SIGUSR1: stop accepting, let transactions finish, close idle
-   clients at drain_rate per second, exit when none is left). Generations
-   alternate between two sets of worker slots, so an old worker's cancel keys
-   and server counts stay its own while it drains.
+   generation starts on the same sockets, by exec, so it runs the ecluse
+   installed now with the config file as it is now (workerstart.py); once
+   every new worker accepts clients, each old worker is told to drain
+   (SIGUSR1: stop accepting, let transactions finish, close idle clients at
+   drain_rate per second, exit when none is left). A new worker that cannot
+   start (a config that does not load, code that does not import) abandons
+   the roll-over: the new workers that did start drain, the old generation
+   keeps serving, and the log says why. Generations alternate between two
+   sets of worker slots, so an old worker's cancel keys and server counts stay
+   its own while it drains.
 
 It runs no event loop: it waits for signals with sigwaitinfo, so that forking
 never happens from inside a running loop.
@@ -28,28 +33,29 @@ never happens from inside a running loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-import uvloop
-
+from ecluse import logsetup
 from ecluse.config import Config
 from ecluse.pool.shared import SharedCounts
 from ecluse.tcpopts import is_tcp
-from ecluse.worker import Worker, has_reuseport, tcp_socket
+from ecluse.worker import has_reuseport, tcp_socket
+from ecluse.workerstart import EXIT_NODE_SHUTDOWN, FAILED, READY, node_settings, run_worker
 
 log = logging.getLogger("ecluse.supervisor")
 
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-# A worker that stopped for the console's SHUTDOWN exits with this: the node stops
-# and nothing is restarted (admin/node.py passes SHUTDOWN on to every worker).
-EXIT_NODE_SHUTDOWN = 3
+_READY_TIMEOUT = 30.0  # seconds a roll-over's new workers get to accept clients
 _RESTART_WINDOW = 10.0  # seconds: a worker dying this soon after start counts as a crash loop
 _MAX_QUICK_DEATHS = 5
 
@@ -61,6 +67,7 @@ class WorkerProcess:
     generation: int
     pid: int
     started: float
+    ready_fd: int  # the pipe it reports its start on (workerstart.py); -1 once read
 
 
 def worker_sockets(reserved: list[socket.socket], workers: int,
@@ -95,6 +102,10 @@ class Supervisor:
         # Two slots per worker index: two generations live during a roll-over.
         self.counts = SharedCounts(2 * self.workers, node_workers=self.workers)
         self.rundir = tempfile.mkdtemp(prefix="ecluse-")
+        # A roll-over execs its workers anew from the config file; a node started
+        # from a config that is no file (tests, --dev) forks them again instead.
+        path = config.path
+        self.config_file = os.path.abspath(path) if path and os.path.isfile(path) else None
         self.children: dict[int, WorkerProcess] = {}
         self.generation = 0
         self._quick_deaths = 0
@@ -114,29 +125,76 @@ class Supervisor:
     def _slot(self, index: int, generation: int) -> int:
         return index + self.workers * (generation % 2)
 
-    def _spawn(self, index: int, generation: int) -> None:
+    def _spawn(self, index: int, generation: int) -> WorkerProcess:
         slot = self._slot(index, generation)
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = self._worker_main(index, slot)
+                os.close(ready_r)
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                # The mask survives exec: unblock before either way of starting.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                if generation > 0 and self.config_file is not None:
+                    self._exec_worker(index, slot, ready_w)  # returns only on failure
+                else:
+                    code = run_worker(self.config, self.sockets[index], self.counts, slot,
+                                      2 * self.workers, self.rundir, ready_w)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.children[pid] = WorkerProcess(index, slot, generation, pid, time.monotonic())
+        os.close(ready_w)
+        child = WorkerProcess(index, slot, generation, pid, time.monotonic(), ready_r)
+        self.children[pid] = child
+        return child
 
-    def _worker_main(self, index: int, slot: int) -> int:
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        self.counts.set_worker(slot)
-        worker = Worker(self.config, self.sockets[index], counts=self.counts, index=slot,
-                        workers=2 * self.workers, rundir=self.rundir)
-        uvloop.run(worker.run())
-        return EXIT_NODE_SHUTDOWN if worker.ctx.shutdown_mode is not None else 0
+    def _exec_worker(self, index: int, slot: int, ready_fd: int) -> None:
+        """Replace this forked child by ``python -m ecluse.workerstart`` (new code)."""
+        listen_fds = [sock.fileno() for sock in self.sockets[index]]
+        counts_fds = list(self.counts.fds)
+        for fd in (*listen_fds, *counts_fds, ready_fd):
+            os.set_inheritable(fd, True)
+        spec = {"config": self.config_file, "index": index, "slot": slot,
+                "workers": 2 * self.workers, "rundir": self.rundir,
+                "listen_fds": listen_fds, "counts_fds": counts_fds, "ready_fd": ready_fd,
+                "node_settings": node_settings(self.config), "log_flags": logsetup.flags()}
+        os.execv(sys.executable, [sys.executable, "-m", "ecluse.workerstart", json.dumps(spec)])
+
+    def _await_ready(self, children: list[WorkerProcess]) -> str | None:
+        """Wait until every child reported its start; None, or why one did not start."""
+        waiting = {child.ready_fd: child for child in children}
+        deadline = time.monotonic() + _READY_TIMEOUT
+        failure = None
+        while waiting and failure is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                failure = f"worker {next(iter(waiting.values())).index} did not accept " \
+                          f"clients within {_READY_TIMEOUT:.0f}s"
+                break
+            readable, _, _ = select.select(list(waiting), [], [], left)
+            for fd in readable:
+                child = waiting.pop(fd)
+                report = os.read(fd, 4096)
+                self._close_ready(child)
+                if report[:1] == FAILED:
+                    failure = f"worker {child.index} could not start: " \
+                              f"{report[1:].decode(errors='replace')}"
+                elif report[:1] != READY:
+                    failure = f"worker {child.index} exited before accepting clients " \
+                              f"(its log says why)"
+        for child in waiting.values():
+            self._close_ready(child)
+        return failure
+
+    @staticmethod
+    def _close_ready(child: WorkerProcess) -> None:
+        if child.ready_fd >= 0:
+            os.close(child.ready_fd)
+            child.ready_fd = -1
 
     def _supervise(self) -> int:
         while self.children:
@@ -159,18 +217,29 @@ class Supervisor:
         """Start a new generation of workers, then drain the old one (SIGUSR2)."""
         if self._stopping:
             return
-        if any(c.generation < self.generation for c in self.children.values()):
+        if any(c.generation != self.generation for c in self.children.values()):
             log.warning("SIGUSR2 ignored: the previous roll-over is still draining")
             return
         old = [c for c in self.children.values() if c.generation == self.generation]
         self.generation += 1
-        log.info("SIGUSR2: starting worker generation %d, draining generation %d",
-                 self.generation, self.generation - 1)
-        for index in range(self.workers):
-            self._spawn(index, self.generation)
-        # The new workers accept on the same sockets from their first loop turn; the
-        # old ones stop accepting as soon as they are told to drain.
-        time.sleep(0.2)
+        how = "from the installed ecluse and the config file" if self.config_file \
+            else "forked (no config file to read again)"
+        log.info("SIGUSR2: starting worker generation %d %s, draining generation %d",
+                 self.generation, how, self.generation - 1)
+        new = [self._spawn(index, self.generation) for index in range(self.workers)]
+        failure = self._await_ready(new)
+        if failure is not None:
+            # The old generation keeps serving; new workers that did start may
+            # have taken clients already, so they drain rather than die.
+            log.error("roll-over to generation %d abandoned, generation %d keeps serving: %s",
+                      self.generation, self.generation - 1, failure)
+            self.generation -= 1
+            for child in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGUSR1)
+            return
+        # The new workers accept on the same sockets already; the old ones stop
+        # accepting as soon as they are told to drain.
         for child in old:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGUSR1)
@@ -191,6 +260,7 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            self._close_ready(child)
             self.counts.clear_worker(child.slot)
             if self._stopping:
                 continue
@@ -201,6 +271,10 @@ class Supervisor:
                 continue
             if child.generation < self.generation:
                 log.info("worker %d of generation %d drained and exited", child.index,
+                         child.generation)
+                continue
+            if child.generation > self.generation:
+                log.info("worker %d of abandoned generation %d exited", child.index,
                          child.generation)
                 continue
             how = (f"signal {signal.Signals(os.WTERMSIG(status)).name}"

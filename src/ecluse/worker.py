@@ -182,6 +182,9 @@ class Worker:
         # disable_pqexec is restart-only: the class of client sessions is fixed here.
         self._session_class = NoSimpleQuerySession if config.settings.disable_pqexec \
             else FrontendSession
+        # Called once the worker accepts clients: tells the supervisor that a
+        # roll-over's new worker is up (supervisor.py).
+        self.on_ready: Callable[[], None] | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,6 +220,8 @@ class Worker:
         self.janitor.start()
         log.info("ecluse %d listening on %s", os.getpid(),
                  ", ".join(_sock_name(s) for s in self.sockets))
+        if self.on_ready is not None:
+            self.on_ready()
         await self._stop.wait()
         await self.shutdown()
 

@@ -18,6 +18,13 @@ column per worker, so that:
 Keys are (kind, names) tuples, stored as 8-byte hashes in an open-addressing
 table that never frees a slot (keys are pools, databases and users: few).
 With one worker, LocalCounts does the same bookkeeping in plain dicts.
+
+The table lives in a memfd, not an anonymous mapping, so that a worker
+started by exec (a rolled-over generation running newly installed code,
+supervisor.py) maps the same table from the descriptor it inherits
+(SharedCounts.attach). The table starts with a header naming its layout: a
+worker whose code lays the table out otherwise refuses to attach, and the
+roll-over is abandoned, rather than two layouts counting past each other.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ Key = tuple[str, ...]
 _SLOTS = 4096
 _HASH = struct.Struct("<Q")
 _COUNT = struct.Struct("<i")
+# Header: magic and layout version, slots, worker columns, workers serving at once.
+_HEADER = struct.Struct("<8sIII")
+_MAGIC = b"ECLUSE\x00\x01"
+_BASE = 64  # rows start here, past the header
 
 
 class LocalCounts:
@@ -72,19 +83,53 @@ class LocalCounts:
 class SharedCounts:
     """Several workers: per-worker columns in shared memory, read and written under a lock."""
 
-    def __init__(self, workers: int, slots: int = _SLOTS, node_workers: int | None = None):
+    def __init__(self, workers: int, slots: int = _SLOTS, node_workers: int | None = None,
+                 *, fds: tuple[int, int] | None = None):
         self.workers = workers  # columns: worker slots, two generations during a roll-over
         self.node_workers = node_workers or workers  # workers serving at once
-        self.worker = 0  # set in each worker process after fork (set_worker)
+        self.worker = 0  # set in each worker process (set_worker)
         self._slots = slots
         # Row: key hash, then servers per worker, then waiting clients per worker.
         self._row = _HASH.size + 2 * workers * _COUNT.size
-        self._mm = mmap.mmap(-1, slots * self._row)  # anonymous and shared across fork
-        # A POSIX record lock, not a semaphore: the kernel drops it when its holder
-        # dies, so a worker killed inside the lock cannot freeze the others.
-        self._lock_fd = os.memfd_create("ecluse-counts")
-        os.ftruncate(self._lock_fd, 1)
+        size = _BASE + slots * self._row
+        if fds is None:
+            table_fd = os.memfd_create("ecluse-counts")
+            os.ftruncate(table_fd, size)
+            # A POSIX record lock, not a semaphore: the kernel drops it when its
+            # holder dies, so a worker killed inside the lock cannot freeze the others.
+            lock_fd = os.memfd_create("ecluse-counts-lock")
+            os.ftruncate(lock_fd, 1)
+        else:
+            table_fd, lock_fd = fds
+        self._table_fd, self._lock_fd = table_fd, lock_fd
+        self._mm = mmap.mmap(table_fd, size)  # MAP_SHARED: across fork and exec alike
+        if fds is None:
+            _HEADER.pack_into(self._mm, 0, _MAGIC, slots, workers, self.node_workers)
         self._slot_of: dict[Key, int] = {}  # this process's cache of found slots
+
+    @classmethod
+    def attach(cls, table_fd: int, lock_fd: int) -> SharedCounts:
+        """Map the table another process made (inherited descriptors, after exec).
+
+        Raises ValueError when the table is not one this code can read: another
+        magic or layout version, or a size that does not match its header.
+        """
+        with mmap.mmap(table_fd, _BASE, prot=mmap.PROT_READ) as head:
+            magic, slots, workers, node_workers = _HEADER.unpack_from(head, 0)
+        if magic != _MAGIC:
+            raise ValueError(f"the node's shared server counts have layout {magic!r}, "
+                             f"this ecluse reads {_MAGIC!r}")
+        table = cls(workers, slots, node_workers, fds=(table_fd, lock_fd))
+        if os.fstat(table_fd).st_size != _BASE + slots * table._row:
+            table.close()
+            raise ValueError("the node's shared server counts are not the size their "
+                             "header says")
+        return table
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        """The table's and the lock's descriptors, for a worker started by exec."""
+        return self._table_fd, self._lock_fd
 
     def set_worker(self, worker: int) -> None:
         self.worker = worker
@@ -92,6 +137,7 @@ class SharedCounts:
     def close(self) -> None:
         """Let go of the table and its lock (a process that made one and is done)."""
         self._mm.close()
+        os.close(self._table_fd)
         os.close(self._lock_fd)
 
     @contextlib.contextmanager
@@ -126,11 +172,11 @@ class SharedCounts:
         start = wanted % self._slots
         for i in range(self._slots):
             slot = (start + i) % self._slots
-            found = _HASH.unpack_from(self._mm, slot * self._row)[0]
+            found = _HASH.unpack_from(self._mm, _BASE + slot * self._row)[0]
             if found == 0:
                 if not claim:
                     return -1
-                _HASH.pack_into(self._mm, slot * self._row, wanted)
+                _HASH.pack_into(self._mm, _BASE + slot * self._row, wanted)
             if found in (0, wanted):
                 self._slot_of[key] = slot
                 return slot
@@ -138,7 +184,7 @@ class SharedCounts:
 
     def _offset(self, slot: int, worker: int, wanted: bool = False) -> int:
         column = worker + (self.workers if wanted else 0)
-        return slot * self._row + _HASH.size + column * _COUNT.size
+        return _BASE + slot * self._row + _HASH.size + column * _COUNT.size
 
     def _sum(self, slot: int, wanted: bool = False) -> int:
         return sum(_COUNT.unpack_from(self._mm, self._offset(slot, w, wanted))[0]
@@ -201,6 +247,6 @@ class SharedCounts:
         """Forget a dead worker's servers and waiting clients (supervisor side)."""
         with self._locked():
             for slot in range(self._slots):
-                if _HASH.unpack_from(self._mm, slot * self._row)[0]:
+                if _HASH.unpack_from(self._mm, _BASE + slot * self._row)[0]:
                     _COUNT.pack_into(self._mm, self._offset(slot, worker), 0)
                     _COUNT.pack_into(self._mm, self._offset(slot, worker, wanted=True), 0)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -107,3 +110,51 @@ def test_set_wanted_after_the_slot_is_claimed_takes_no_lock():
     counts.set_worker(1)
     assert counts.wanted_elsewhere(key) == 7
     counts.close()
+
+
+def test_a_worker_started_by_exec_attaches_to_the_same_table():
+    """A rolled-over generation runs newly exec'd code: it maps the table from the
+    descriptors it inherits, and its launches count against the same limit."""
+    counts = SharedCounts(workers=4, slots=16, node_workers=2)
+    key = ("pool", "db", "user")
+    for _ in range(3):
+        assert counts.try_add([(key, 5)])
+    table_fd, lock_fd = counts.fds
+    code = (
+        "import sys\n"
+        "from ecluse.pool.shared import SharedCounts\n"
+        "c = SharedCounts.attach(int(sys.argv[1]), int(sys.argv[2]))\n"
+        "c.set_worker(3)\n"
+        "won = sum(c.try_add([(('pool', 'db', 'user'), 5)]) for _ in range(10))\n"
+        "print(won, c.total(('pool', 'db', 'user')), c.node_workers, c.workers)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(table_fd), str(lock_fd)],
+                         pass_fds=(table_fd, lock_fd), capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["2", "5", "2", "4"]
+    assert counts.total(key) == 5
+    counts.clear_worker(3)  # the exec'd worker's column, as the supervisor clears it
+    assert counts.total(key) == 3
+
+
+@given(st.binary(min_size=8, max_size=8).filter(lambda m: m != b"ECLUSE\x00\x01"))
+def test_a_table_of_another_layout_is_refused(magic):
+    counts = SharedCounts(workers=2, slots=8)
+    try:
+        counts._mm[0:8] = magic
+        table_fd, lock_fd = counts.fds
+        with pytest.raises(ValueError, match="layout"):
+            SharedCounts.attach(table_fd, lock_fd)
+    finally:
+        counts.close()
+
+
+def test_a_table_whose_size_disagrees_with_its_header_is_refused():
+    counts = SharedCounts(workers=2, slots=8)
+    try:
+        table_fd, lock_fd = counts.fds
+        os.ftruncate(table_fd, os.fstat(table_fd).st_size + 4096)
+        with pytest.raises(ValueError, match="size"):
+            SharedCounts.attach(os.dup(table_fd), os.dup(lock_fd))
+    finally:
+        counts.close()

@@ -1,0 +1,133 @@
+"""How a worker process of a multi-worker node starts, forked or exec'd.
+
+The supervisor (supervisor.py) forks the first generation of workers: they
+run the code and the config the supervisor loaded (run_worker). A roll-over
+(SIGUSR2, the console's RESTART) starts the next generation by exec instead:
+``python -m ecluse.workerstart SPEC`` imports the ecluse installed now and
+reads the config file as it is now, so a roll-over is how a new ecluse
+version, or a setting a reload cannot change, reaches a running node.
+
+SPEC is a JSON object: the config path, the worker's index, slot and worker
+count, the node's control directory, the inherited descriptors (listening
+sockets, the shared server counts and their lock, the ready pipe), the
+settings the node keeps from its start (they shaped the sockets and the
+process: NODE_SETTINGS), and the -v/-q/-d flags.
+
+Either way the worker reports on the ready pipe: ``R`` once it accepts
+clients, or ``E`` and the reason when it cannot start (a config that does not
+load, a shared table it cannot read). The supervisor drains the old
+generation only once every new worker said ``R``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import uvloop
+
+from ecluse import logsetup
+from ecluse.config import Config, load_config
+from ecluse.errors import ConfigError
+from ecluse.pool.shared import SharedCounts
+from ecluse.worker import Worker
+
+log = logging.getLogger("ecluse")
+
+# A worker that stopped for the console's SHUTDOWN exits with this: the node stops
+# and nothing is restarted (admin/node.py passes SHUTDOWN on to every worker).
+EXIT_NODE_SHUTDOWN = 3
+
+# Settings a worker takes from the node, not from the config file: they shaped the
+# listening sockets the supervisor holds, or the process itself, or (peer_id) the
+# cancel keys clients of every generation hold. Changing one takes a full restart.
+NODE_SETTINGS: tuple[str, ...] = (
+    "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "unix_socket_group",
+    "listen_backlog", "so_reuseport", "tcp_socket_buffer", "workers", "user", "pidfile",
+    "peer_id")
+
+READY = b"R"
+FAILED = b"E"
+
+
+def node_settings(config: Config) -> dict[str, Any]:
+    """The values of NODE_SETTINGS a node started with (all JSON scalars)."""
+    return {name: getattr(config.settings, name) for name in NODE_SETTINGS}
+
+
+def with_node_settings(config: Config, node: dict[str, Any]) -> tuple[Config, list[str]]:
+    """``config`` with the node's NODE_SETTINGS, and the names whose file value differs."""
+    differ = sorted(name for name, value in node.items()
+                    if getattr(config.settings, name) != value)
+    settings = dataclasses.replace(config.settings, **node)
+    return dataclasses.replace(config, settings=settings), differ
+
+
+def run_worker(config: Config, sockets: list[socket.socket], counts: SharedCounts,
+               slot: int, workers: int, rundir: str, ready_fd: int) -> int:
+    """Run one worker of the node until it stops; its exit code for the supervisor."""
+    counts.set_worker(slot)
+    worker = Worker(config, sockets, counts=counts, index=slot, workers=workers,
+                    rundir=rundir)
+
+    def ready() -> None:
+        _report(ready_fd, READY)
+
+    worker.on_ready = ready
+    uvloop.run(worker.run())
+    return EXIT_NODE_SHUTDOWN if worker.ctx.shutdown_mode is not None else 0
+
+
+def _report(fd: int, message: bytes) -> None:
+    """Tell the supervisor how the start went, once; the pipe is closed after."""
+    try:
+        os.write(fd, message)
+        os.close(fd)
+    except OSError:
+        pass  # already reported, or the supervisor is gone: nothing to tell
+
+
+def main(argv: list[str]) -> int:
+    """The exec'd worker: python -m ecluse.workerstart SPEC."""
+    spec = json.loads(argv[1])
+    ready_fd = spec["ready_fd"]
+    try:
+        config = load_config(spec["config"])
+        config, differ = with_node_settings(config, spec["node_settings"])
+        flags = spec["log_flags"]
+        logsetup.configure(config.settings, verbose=flags["verbose"], quiet=flags["quiet"],
+                           daemon=flags["daemon"])
+        counts = SharedCounts.attach(*spec["counts_fds"])
+    except ConfigError as exc:
+        _report(ready_fd, FAILED + exc.message.encode())
+        return 1
+    except (OSError, ValueError) as exc:
+        _report(ready_fd, FAILED + str(exc).encode())
+        return 1
+    if spec["index"] == 0:  # said once for the generation, not once per worker
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        for name in differ:
+            log.warning("roll-over: %s is kept at its value from the node's start; "
+                        "changing it takes a full restart", name)
+    for fd in (*spec["listen_fds"], *spec["counts_fds"], ready_fd):
+        os.set_inheritable(fd, False)
+    sockets = [socket.socket(fileno=fd) for fd in spec["listen_fds"]]
+    return run_worker(config, sockets, counts, spec["slot"], spec["workers"], spec["rundir"],
+                      ready_fd)
+
+
+if __name__ == "__main__":
+    code = 1
+    try:
+        code = main(sys.argv)
+    except BaseException:
+        log.exception("worker failed")
+    finally:
+        logging.shutdown()
+    os._exit(code)

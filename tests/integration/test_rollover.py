@@ -1,0 +1,165 @@
+"""Rolling restart (SIGUSR2): the new generation is the code and config installed now.
+
+A roll-over starts its workers by exec (workerstart.py), so a new ecluse version
+or a setting a reload cannot change reaches a running node without a client
+noticing; a new generation that cannot start leaves the old one serving; and the
+node-wide server limit holds across the two generations while the old drains.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import ecluse
+from integration.test_admin_console import wait_for
+from integration.test_workers import children
+
+DB = "ecluse_rollover"
+
+
+def console_value(ec, command: str, column: str, key: str | None = None) -> str:
+    with psycopg.connect(ec.dsn(user="admin", dbname="pgbouncer"), autocommit=True) as console:
+        # Extended protocol (the console speaks it): disable_pqexec refuses simple queries.
+        cur = console.execute(command, prepare=True)
+        names = [d.name for d in cur.description]
+        for row in cur.fetchall():
+            record = dict(zip(names, row, strict=True))
+            if key is None or record["key"] == key:
+                return str(record[column])
+    raise AssertionError(f"{command}: no row for {key}")
+
+
+def edit_config(ec, **settings: str) -> None:
+    """Set [pgbouncer] keys in the running node's config file (the section is last)."""
+    lines = ec.config_path.read_text().splitlines()
+    for key, value in settings.items():
+        lines = [line for line in lines if not line.startswith(f"{key} =")]
+        lines.append(f"{key} = {value}")
+    ec.config_path.write_text("\n".join(lines) + "\n")
+
+
+def test_roll_over_runs_the_ecluse_and_config_installed_now(ecluse_factory, tmp_path):
+    """The node runs from a copy of the package; the copy is 'upgraded' (its version
+    string) and the config gets a restart-only setting, then SIGUSR2: the console of
+    the new generation shows both, and settings that shaped the sockets stay."""
+    src = tmp_path / "src"
+    shutil.copytree(Path(ecluse.__file__).parent, src / "ecluse",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(src))
+    ec = ecluse_factory({"workers": 2, "admin_users": "admin", "drain_rate": 1000},
+                        start=False)
+    ec.start(env=env)
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    old = children(ec.proc.pid)
+    assert console_value(ec, "SHOW VERSION", "version") == f"ecluse {ecluse.__version__}"
+    assert console_value(ec, "SHOW CONFIG", "value", "disable_pqexec") == "0"
+
+    init = src / "ecluse" / "__init__.py"
+    init.write_text(init.read_text().replace(
+        f'__version__ = "{ecluse.__version__}"', '__version__ = "99.0.0-rolled"'))
+    edit_config(ec, disable_pqexec="1", listen_port=str(ec.port + 1))
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+
+    new = children(ec.proc.pid)
+    assert len(new) == 2 and not new & old
+    assert console_value(ec, "SHOW VERSION", "version") == "ecluse 99.0.0-rolled"
+    # A reload keeps disable_pqexec; a new generation takes it from the file.
+    assert console_value(ec, "SHOW CONFIG", "value", "disable_pqexec") == "1"
+    # The node's sockets did not move: still served on the port it started with.
+    assert console_value(ec, "SHOW CONFIG", "value", "listen_port") == str(ec.port)
+    assert "listen_port is kept at its value from the node's start" in ec.log()
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select %s", (1,)).fetchone() == (1,)
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.ProtocolViolation, match="PQexec disallowed"):
+        conn.execute("select 1")  # psycopg sends a query without parameters as PQexec
+
+
+def test_roll_over_that_cannot_start_leaves_the_old_generation_serving(ecluse_factory):
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    old = children(ec.proc.pid)
+    with psycopg.connect(ec.dsn(), autocommit=True) as client:
+        assert client.execute("select 1").fetchone() == (1,)
+        good = ec.config_path.read_text()
+        edit_config(ec, default_pool_size="lots")
+        os.kill(ec.proc.pid, signal.SIGUSR2)
+        assert wait_for(lambda: "abandoned" in ec.log(), timeout=40)
+        log = ec.log()
+        assert "generation 0 keeps serving" in log
+        assert "default_pool_size" in log.split("abandoned", 1)[1].splitlines()[0]
+        assert wait_for(lambda: children(ec.proc.pid) == old, timeout=30)
+        # The client of the old generation never noticed; new clients are served.
+        assert client.execute("select 2").fetchone() == (2,)
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 3").fetchone() == (3,)
+
+    ec.config_path.write_text(good)
+    os.kill(ec.proc.pid, signal.SIGUSR2)  # the next roll-over is not blocked
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    new = children(ec.proc.pid)
+    assert len(new) == 2 and not new & old
+
+
+@pytest.fixture
+def rollover_db(pg):
+    pg.psql(f"DROP DATABASE IF EXISTS {DB}")
+    pg.psql(f"CREATE DATABASE {DB}")
+    yield pg
+    pg.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+
+
+def backends(pg) -> int:
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        return conn.execute(
+            "select count(*) from pg_stat_activity where datname = %s and "
+            "backend_type = 'client backend'", (DB,)).fetchone()[0]
+
+
+def test_pool_limit_holds_across_the_two_generations(ecluse_factory, rollover_db):
+    """Two transactions of the old generation hold the pool's two servers across the
+    roll-over: a client of the new generation waits for one of them to end, and the
+    database never sees a third server (the exec'd workers count in the same table)."""
+    pg = rollover_db
+    ec = ecluse_factory({"workers": 2, "default_pool_size": 2, "drain_rate": 1000,
+                         "shutdown_timeout": 30},
+                        {DB: f"host={pg.host} port={pg.port} dbname={DB}"})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    holders = [psycopg.connect(ec.dsn(dbname=DB)) for _ in range(2)]
+    for conn in holders:
+        conn.execute("select 1")  # a transaction left open: its server stays
+    assert backends(pg) == 2
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("draining for a rolling restart") == 2, timeout=30)
+
+    result: list[object] = []
+
+    def newcomer() -> None:
+        with psycopg.connect(ec.dsn(dbname=DB), autocommit=True) as conn:
+            result.append(conn.execute("select 42").fetchone())
+
+    thread = threading.Thread(target=newcomer)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert backends(pg) <= 2
+            time.sleep(0.1)
+        assert not result, "the new generation went past the node-wide pool size"
+        holders[0].commit()  # its server is given up by the draining worker
+        thread.join(20)
+        assert result == [(42,)]
+        assert backends(pg) <= 2
+    finally:
+        thread.join(20)
+        for conn in holders:
+            conn.close()
