@@ -50,7 +50,14 @@ from ecluse.config import Config
 from ecluse.pool.shared import SharedCounts
 from ecluse.tcpopts import is_tcp
 from ecluse.worker import has_reuseport, tcp_socket
-from ecluse.workerstart import EXIT_NODE_SHUTDOWN, FAILED, READY, node_settings, run_worker
+from ecluse.workerstart import (
+    EXIT_NODE_SHUTDOWN,
+    FAILED,
+    READY,
+    SPEC_VARIABLE,
+    node_settings,
+    run_worker,
+)
 
 log = logging.getLogger("ecluse.supervisor")
 
@@ -162,7 +169,9 @@ class Supervisor:
                 "workers": 2 * self.workers, "rundir": self.rundir,
                 "listen_fds": listen_fds, "counts_fds": counts_fds, "ready_fd": ready_fd,
                 "node_settings": node_settings(self.config), "log_flags": logsetup.flags()}
-        os.execv(sys.executable, [sys.executable, "-m", "ecluse.workerstart", json.dumps(spec)])
+        # The spec goes in the environment, so that ps shows a short command line.
+        env = dict(os.environ, **{SPEC_VARIABLE: json.dumps(spec)})
+        os.execve(sys.executable, [sys.executable, "-m", "ecluse.workerstart", str(index)], env)
 
     def _await_ready(self, children: list[WorkerProcess]) -> str | None:
         """Wait until every child reported its start; None, or why one did not start."""

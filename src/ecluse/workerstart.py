@@ -3,40 +3,41 @@
 The supervisor (supervisor.py) forks the first generation of workers: they
 run the code and the config the supervisor loaded (run_worker). A roll-over
 (SIGUSR2, the console's RESTART) starts the next generation by exec instead:
-``python -m ecluse.workerstart SPEC`` imports the ecluse installed now and
+``python -m ecluse.workerstart INDEX`` imports the ecluse installed now and
 reads the config file as it is now, so a roll-over is how a new ecluse
 version, or a setting a reload cannot change, reaches a running node.
 
-SPEC is a JSON object: the config path, the worker's index, slot and worker
-count, the node's control directory, the inherited descriptors (listening
-sockets, the shared server counts and their lock, the ready pipe), the
-settings the node keeps from its start (they shaped the sockets and the
-process: NODE_SETTINGS), and the -v/-q/-d flags.
+Its spec, in the environment variable ECLUSE_WORKER_SPEC (so that ps shows a
+short command line), is a JSON object: the config path, the worker's index,
+slot and worker count, the node's control directory, the inherited
+descriptors (listening sockets, the shared server counts and their lock, the
+ready pipe), the settings the node keeps from its start (they shaped the
+sockets and the process: NODE_SETTINGS), and the -v/-q/-d flags.
 
 Either way the worker reports on the ready pipe: ``R`` once it accepts
 clients, or ``E`` and the reason when it cannot start (a config that does not
-load, a shared table it cannot read). The supervisor drains the old
-generation only once every new worker said ``R``.
+load, a shared table it cannot read, new code that does not import: ecluse
+is imported only once the pipe is known, so even that reaches the
+supervisor's log). The supervisor drains the old generation only once every
+new worker said ``R``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
 import socket
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvloop
+if TYPE_CHECKING:
+    from ecluse.config import Config
+    from ecluse.pool.shared import SharedCounts
 
-from ecluse import logsetup
-from ecluse.config import Config, load_config
-from ecluse.errors import ConfigError
-from ecluse.pool.shared import SharedCounts
-from ecluse.worker import Worker
-
+# Only the standard library at import time (see the docstring): ecluse itself is
+# imported inside the functions.
 log = logging.getLogger("ecluse")
 
 # A worker that stopped for the console's SHUTDOWN exits with this: the node stops
@@ -51,6 +52,7 @@ NODE_SETTINGS: tuple[str, ...] = (
     "listen_backlog", "so_reuseport", "tcp_socket_buffer", "workers", "user", "pidfile",
     "peer_id")
 
+SPEC_VARIABLE = "ECLUSE_WORKER_SPEC"
 READY = b"R"
 FAILED = b"E"
 
@@ -71,6 +73,10 @@ def with_node_settings(config: Config, node: dict[str, Any]) -> tuple[Config, li
 def run_worker(config: Config, sockets: list[socket.socket], counts: SharedCounts,
                slot: int, workers: int, rundir: str, ready_fd: int) -> int:
     """Run one worker of the node until it stops; its exit code for the supervisor."""
+    import uvloop
+
+    from ecluse.worker import Worker
+
     counts.set_worker(slot)
     worker = Worker(config, sockets, counts=counts, index=slot, workers=workers,
                     rundir=rundir)
@@ -92,10 +98,19 @@ def _report(fd: int, message: bytes) -> None:
         pass  # already reported, or the supervisor is gone: nothing to tell
 
 
-def main(argv: list[str]) -> int:
-    """The exec'd worker: python -m ecluse.workerstart SPEC."""
-    spec = json.loads(argv[1])
+def main() -> int:
+    """The exec'd worker: python -m ecluse.workerstart INDEX, its spec in the environment."""
+    spec = json.loads(os.environ.pop(SPEC_VARIABLE))
     ready_fd = spec["ready_fd"]
+    try:
+        from ecluse import logsetup
+        from ecluse.config import load_config
+        from ecluse.errors import ConfigError
+        from ecluse.pool.shared import SharedCounts
+        importlib.import_module("ecluse.worker")  # what run_worker needs, imported here
+    except BaseException as exc:  # new code that does not import: say why, once
+        _report(ready_fd, FAILED + f"{type(exc).__name__}: {exc}".encode())
+        return 1
     try:
         config = load_config(spec["config"])
         config, differ = with_node_settings(config, spec["node_settings"])
@@ -125,7 +140,7 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     code = 1
     try:
-        code = main(sys.argv)
+        code = main()
     except BaseException:
         log.exception("worker failed")
     finally:

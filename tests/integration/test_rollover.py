@@ -46,23 +46,28 @@ def edit_config(ec, **settings: str) -> None:
     ec.config_path.write_text("\n".join(lines) + "\n")
 
 
+def start_from_copy(ecluse_factory, tmp_path, settings):
+    """Start a node from a copy of the package, which the test may then 'upgrade'."""
+    src = tmp_path / "src"
+    shutil.copytree(Path(ecluse.__file__).parent, src / "ecluse",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    ec = ecluse_factory(settings, start=False)
+    ec.start(env=dict(os.environ, PYTHONPATH=str(src)))
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    return ec, src / "ecluse"
+
+
 def test_roll_over_runs_the_ecluse_and_config_installed_now(ecluse_factory, tmp_path):
     """The node runs from a copy of the package; the copy is 'upgraded' (its version
     string) and the config gets a restart-only setting, then SIGUSR2: the console of
     the new generation shows both, and settings that shaped the sockets stay."""
-    src = tmp_path / "src"
-    shutil.copytree(Path(ecluse.__file__).parent, src / "ecluse",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    env = dict(os.environ, PYTHONPATH=str(src))
-    ec = ecluse_factory({"workers": 2, "admin_users": "admin", "drain_rate": 1000},
-                        start=False)
-    ec.start(env=env)
-    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    ec, package = start_from_copy(ecluse_factory, tmp_path,
+                                  {"workers": 2, "admin_users": "admin", "drain_rate": 1000})
     old = children(ec.proc.pid)
     assert console_value(ec, "SHOW VERSION", "version") == f"ecluse {ecluse.__version__}"
     assert console_value(ec, "SHOW CONFIG", "value", "disable_pqexec") == "0"
 
-    init = src / "ecluse" / "__init__.py"
+    init = package / "__init__.py"
     init.write_text(init.read_text().replace(
         f'__version__ = "{ecluse.__version__}"', '__version__ = "99.0.0-rolled"'))
     edit_config(ec, disable_pqexec="1", listen_port=str(ec.port + 1))
@@ -108,6 +113,20 @@ def test_roll_over_that_cannot_start_leaves_the_old_generation_serving(ecluse_fa
     assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
     new = children(ec.proc.pid)
     assert len(new) == 2 and not new & old
+
+
+def test_roll_over_to_code_that_does_not_import_is_abandoned(ecluse_factory, tmp_path):
+    ec, package = start_from_copy(ecluse_factory, tmp_path, {"workers": 2})
+    old = children(ec.proc.pid)
+    with (package / "worker.py").open("a") as f:
+        f.write("\ndef broken(:\n")
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: "abandoned" in ec.log(), timeout=40)
+    reason = ec.log().split("abandoned", 1)[1].splitlines()[0]
+    assert "could not start: SyntaxError" in reason, reason
+    assert wait_for(lambda: children(ec.proc.pid) == old, timeout=30)
+    with psycopg.connect(ec.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
 
 
 @pytest.fixture
