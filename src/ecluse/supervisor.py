@@ -40,6 +40,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,7 +172,11 @@ class Supervisor:
                 "node_settings": node_settings(self.config), "log_flags": logsetup.flags()}
         # The spec goes in the environment, so that ps shows a short command line.
         env = dict(os.environ, **{SPEC_VARIABLE: json.dumps(spec)})
-        os.execve(sys.executable, [sys.executable, "-m", "ecluse.workerstart", str(index)], env)
+        # The interpreter's own flags (-O, -X ...) as the node was started with, as
+        # multiprocessing's spawn passes them on.
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        os.execve(sys.executable,
+                  [sys.executable, *flags, "-m", "ecluse.workerstart", str(index)], env)
 
     def _await_ready(self, children: list[WorkerProcess]) -> str | None:
         """Wait until every child reported its start; None, or why one did not start."""
