@@ -16,7 +16,7 @@ other read.
 
 Rules:
 1. Pure and sans-IO: no sockets, no asyncio, no configuration. The only state
-   is the verdict cache, bounded in entries and in text length.
+   is the verdict caches, bounded in entries and in text length.
 2. Texts are parsed by libpg_query (pglast.parser.parse_sql_json) and the
    JSON tree is checked object by object as it is decoded, by its keys only:
    a key is a node type or a field name, never client text, so a string
@@ -27,11 +27,23 @@ Rules:
 4. Cost, measured on the dev box: 12-17 us for an uncached pgbench SELECT
    and 0.1 us for a cached one; pglast.parse_sql alone, which builds AST
    objects, costs 50-70 us for the same text.
+5. Texts that differ only in the values of their constants share a verdict
+   (literal_shape): the verdict rests on statement kinds, clauses and
+   function names, never on a constant's value. So the texts of clients that
+   inline their parameters (psycopg2, and Django on it; pgbench -M simple)
+   are parsed once per shape, not once per value. A shape keeps apart what
+   the grammar tells apart: strings, integers that fit in int4 (the
+   scanner's ICONST, which some rules require: interval second(3)), larger
+   integers and decimals (FCONST). A text the shape scanner could misread (a
+   backslash, a dollar sign, a comment, U& escapes, control characters that
+   stand for constants in a shape) has no shape and is parsed, as any
+   uncached text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
@@ -130,6 +142,60 @@ _WRITER_KEYS = frozenset({
 _WATCHED_KEYS = _WRITER_KEYS | {"FuncCall"}
 
 _verdicts: dict[str, bool] = {}
+_shape_verdicts: dict[str, bool] = {}
+
+# Rule 5. PostgreSQL's identifier characters: ASCII letters, digits, _, $ and
+# every non-ASCII character (its scanner's ident_cont).
+_IDENT_CHAR = "A-Za-z0-9_$\x80-\U0010ffff"
+# Kept as they are: a double-quoted identifier (so a quote inside it starts
+# nothing) and a bit or hex string (B'...', X'...': no doubled quotes inside,
+# and the prefix counts only where no identifier goes on before it). Replaced:
+# a string constant, or a decimal number standing alone (not part of an
+# identifier; 1.5e3, 0x1F or 1_000 stay as they are, which only makes the
+# shape more particular). Matched left to right, so each quote is seen in the
+# token it belongs to; without backslashes, comments and dollar quotes, these
+# are the scanner's only quoted tokens. Each look-behind comes after a
+# branch's first character, so that every branch starts with a character
+# class, which lets the regex engine skip ahead.
+_SHAPE_TOKEN = re.compile(
+    rf'("(?:[^"]|"")*"|[bBxX](?<![{_IDENT_CHAR}][bBxX])\'[^\']*\')'
+    r"|'(?:[^']|'')*'"
+    rf"|[0-9](?<![{_IDENT_CHAR}.][0-9])(?>[0-9]*)(?:\.(?>[0-9]+))?(?![{_IDENT_CHAR}.'\"])")
+# What the scanner above could misread: backslash escapes (E'', or any string
+# under standard_conforming_strings = off), dollar quotes and $n, comments,
+# U&'...' and U&"..." (their escapes are decoded, and may fail, in the parse);
+# and the control characters that stand for constants in a shape.
+_SHAPE_UNSAFE = ("\\", "$", "--", "/*", "&", "\0", "\1", "\2", "\3")
+_STRING, _INT4, _BIGGER_INT, _DECIMAL = "\0", "\1", "\2", "\3"
+
+
+def _shape_token(match: re.Match[str]) -> str:
+    ident = match.group(1)
+    if ident is not None:
+        return ident
+    text = match.group()
+    if text[0] == "'":
+        return _STRING
+    if "." in text:
+        return _DECIMAL
+    # Compared as text: int() refuses very long digit strings.
+    digits = text.lstrip("0")
+    if len(digits) < 10 or (len(digits) == 10 and digits <= "2147483647"):
+        return _INT4
+    return _BIGGER_INT
+
+
+def literal_shape(sql: str) -> str | None:
+    """``sql`` with each string and number constant replaced by a control
+    character naming its kind, or None.
+
+    Two texts of the same shape differ at most in the values of such
+    constants (rule 5). None for a text the scanner could misread.
+    """
+    for unsafe in _SHAPE_UNSAFE:
+        if unsafe in sql:
+            return None
+    return _SHAPE_TOKEN.sub(_shape_token, sql)
 
 
 class _Refused(Exception):
@@ -168,18 +234,28 @@ def sql_is_read_only(sql: str) -> bool:
     CACHE_MAX_LENGTH characters are answered from a bounded cache.
     """
     cacheable = len(sql) <= CACHE_MAX_LENGTH
-    if cacheable:
-        verdict = _verdicts.get(sql)
-        if verdict is not None:
-            return verdict
-    verdict = sql_is_read_only_uncached(sql)
-    if cacheable:
-        # Clearing beats evicting one by one: O(1) amortized, and hot texts
-        # come back after one parse each.
-        if len(_verdicts) >= CACHE_MAX_ENTRIES:
-            _verdicts.clear()
-        _verdicts[sql] = verdict
+    if not cacheable:
+        return sql_is_read_only_uncached(sql)
+    verdict = _verdicts.get(sql)
+    if verdict is not None:
+        return verdict
+    shape = literal_shape(sql)
+    if shape is not None:
+        verdict = _shape_verdicts.get(shape)
+    if verdict is None:
+        verdict = sql_is_read_only_uncached(sql)
+        if shape is not None:
+            _remember(_shape_verdicts, shape, verdict)
+    _remember(_verdicts, sql, verdict)
     return verdict
+
+
+def _remember(cache: dict[str, bool], key: str, verdict: bool) -> None:
+    # Clearing beats evicting one by one: O(1) amortized, and hot texts come
+    # back after one parse each.
+    if len(cache) >= CACHE_MAX_ENTRIES:
+        cache.clear()
+    cache[key] = verdict
 
 
 def sql_is_read_only_uncached(sql: str) -> bool:

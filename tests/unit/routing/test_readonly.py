@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ecluse.routing import readonly
@@ -24,6 +24,7 @@ from ecluse.routing.readonly import (
     PARSE_MAX_COMMENTS,
     PARSE_MAX_LENGTH,
     PRIMARY_FUNCTIONS,
+    literal_shape,
     sql_is_read_only,
     sql_is_read_only_uncached,
 )
@@ -526,16 +527,112 @@ def test_cache_stays_bounded() -> None:
     assert readonly._verdicts == before
 
 
-def test_uncached_cost_is_small() -> None:
-    # A loose bound (about 15 us on the dev box), there to catch a switch back
-    # to building AST objects (50-70 us) or a quadratic walk, not to benchmark.
-    import time
+# -- one verdict per shape (rule 5) ----------------------------------------------
 
-    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(200):
-            sql_is_read_only_uncached(sql)
-        best = min(best, (time.perf_counter() - start) / 200)
-    assert best < 200e-6
+_KINDS = "\0\1\2\3"  # string, int4, larger integer, decimal: literal_shape's marks
+_SHAPE_SAFE_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\\$&\0\1\2\3"),
+    max_size=6).filter(lambda t: "--" not in t and "/*" not in t)
+
+
+def any_constant() -> st.SearchStrategy[str]:
+    """A string or number constant of any kind, boundaries of int4 included."""
+    return st.one_of(
+        _SHAPE_SAFE_TEXT.map(quote_literal),
+        st.integers(0, 2**31 - 1).map(str),
+        st.sampled_from(["2147483647", "2147483648", "0002147483647", "00", "9" * 40]),
+        st.integers(2**31, 10**25).map(str),
+        st.tuples(st.integers(0, 10**6), st.integers(0, 999)).map(lambda t: f"{t[0]}.{t[1]}"),
+    )
+
+
+def constant_like(kind: str) -> st.SearchStrategy[str]:
+    """A constant literal_shape itself classes as ``kind``: a shape that merged two
+    kinds would let both in, and the verdicts would tell them apart."""
+    return any_constant().filter(lambda c: literal_shape(f"SELECT {c}") == f"SELECT {kind}")
+
+
+@st.composite
+def constant_sites(draw: st.DrawFn) -> str:
+    """SQL with constants of any kind in places where the grammar cares about a kind:
+    ICONST only (interval precision), numbers only (FETCH FIRST +n), anything."""
+    template = draw(st.sampled_from([
+        "SELECT INTERVAL {s} SECOND({c})",
+        "SELECT c1 FROM a FETCH FIRST +{c} ROWS ONLY",
+        "SELECT c1 FROM a ORDER BY c1 LIMIT {c} OFFSET {c}",
+        "SELECT {c}::numeric({c}, {c})",
+        "SELECT {c}, \"q'1\" FROM a WHERE c1 = {c} OR c2 = {c}",
+        "SELECT {c}\n{c}",
+        "SELECT {c} {c}",
+        "SELECT B{s}, X{s}, E{s}, N{s}",
+        "SELECT {c}; INSERT INTO a VALUES ({c}, {c})",
+        "SELECT nextval({c})",
+        "SELECT c1 FROM a FOR UPDATE OF a LIMIT {c}",
+        "SELECT * FROM a WHERE c2 IN ({c}, {c}) UNION ALL SELECT {c}, {c}",
+        "SELECT 1.{c}, {c}.1, t{c}, {c}e3, {c}x",
+    ]))
+    while "{c}" in template or "{s}" in template:
+        slot = "{c}" if "{c}" in template else "{s}"
+        constant = draw(any_constant() if slot == "{c}" else _SHAPE_SAFE_TEXT.map(quote_literal))
+        template = template.replace(slot, constant, 1)
+    return template
+
+
+def assert_shape_shares_verdict(sql: str, data: st.DataObject) -> None:
+    """The second text is made from the first's shape with other constants, each of
+    the kind the shape names; both are judged from scratch."""
+    shape = literal_shape(sql)
+    assume(shape is not None)
+    other = "".join(data.draw(constant_like(ch)) if ch in _KINDS else ch for ch in shape)
+    assert literal_shape(other) == shape
+    assert sql_is_read_only_uncached(other) == sql_is_read_only_uncached(sql), (sql, other)
+
+
+@settings(max_examples=600, deadline=None)
+@given(constant_sites(), st.data())
+def test_constants_where_the_grammar_wants_a_kind_share_a_verdict_by_shape(
+        sql: str, data: st.DataObject) -> None:
+    assert_shape_shares_verdict(sql, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(readers(), writers()), st.data())
+def test_generated_readers_and_writers_share_a_verdict_by_shape(
+        sql: str, data: st.DataObject) -> None:
+    assert_shape_shares_verdict(sql, data)
+
+
+@pytest.mark.parametrize(("sql", "shaped"), [
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 42;", True),
+    ("SELECT 'it''s', \"a'b\", 1.5, 2147483648", True),
+    ("SELECT $1", False),
+    ("SELECT E'\\n'", False),
+    ("SELECT 1 -- comment", False),
+    ("SELECT 1 /* comment */", False),
+    ("SELECT $$x$$", False),
+    ("SELECT U&'d!0061t' UESCAPE '!'", False),
+])
+def test_texts_the_shape_scanner_could_misread_have_no_shape(sql: str, shaped: bool) -> None:
+    assert (literal_shape(sql) is not None) is shaped
+
+
+def test_a_shape_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    judge = readonly.sql_is_read_only_uncached
+
+    def counting(sql: str) -> bool:
+        parsed.append(sql)
+        return judge(sql)
+
+    monkeypatch.setattr(readonly, "sql_is_read_only_uncached", counting)
+    monkeypatch.setattr(readonly, "_verdicts", {})
+    monkeypatch.setattr(readonly, "_shape_verdicts", {})
+    for aid in range(1, 200):
+        assert sql_is_read_only(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};")
+    assert len(parsed) == 1
+    # Another kind of constant is another shape; so is a text without a shape.
+    assert sql_is_read_only("SELECT abalance FROM pgbench_accounts WHERE aid = 99999999999;")
+    assert not sql_is_read_only("SELECT abalance FROM pgbench_accounts WHERE aid = 1 FOR UPDATE")
+    assert not sql_is_read_only("SELECT abalance FROM pgbench_accounts WHERE aid = 2 FOR UPDATE")
+    assert sql_is_read_only("SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+    assert len(parsed) == 4
