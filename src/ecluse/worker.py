@@ -26,6 +26,7 @@ from ecluse.config.model import Settings, peer_pool_size
 from ecluse.config.tls import client_tls_context
 from ecluse.errors import ConfigError, EcluseError
 from ecluse.frontend.context import ClientContext
+from ecluse.frontend.handover import HandoverReceiver, HandoverSender, handover_path
 from ecluse.frontend.noquery import NoSimpleQuerySession
 from ecluse.frontend.session import FrontendSession
 from ecluse.frontend.tls import TlsListener
@@ -173,6 +174,10 @@ class Worker:
         self._servers: list[asyncio.AbstractServer | TlsListener] = []
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None  # other workers' cancels
+        # A roll-over's hand-overs (frontend/handover.py): clients this worker's
+        # predecessor passes on, and the link to its successor while it drains.
+        self._handover_in: HandoverReceiver | None = None
+        self._handover_out: HandoverSender | None = None
         self.draining = False
         self._http: HttpServer | None = None  # metrics_listen (admin/http.py)
         self.ctx.begin_shutdown = self.begin_shutdown
@@ -208,10 +213,13 @@ class Worker:
         if self.rundir is not None:
             # Other workers pass on the CancelRequests the kernel gave them for our
             # clients through this socket, as plain CancelRequests.
-            path = os.path.join(self.rundir, f".s.PGSQL.{self.ctx.worker_index}")
+            path = self._control_path(self.ctx.worker_index)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by this worker's predecessor
             self._control = await loop.create_unix_server(self._new_control_session, path)
+            self._handover_in = HandoverReceiver(
+                handover_path(self.rundir, self.ctx.worker_index), self.ctx, self._new_session)
+            self._handover_in.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -239,6 +247,10 @@ class Worker:
         if self.rundir is None or worker >= self.workers:
             done()  # not a key of this node: dropped, as PostgreSQL drops unknown keys
             return
+        if not os.path.exists(self._control_path(worker)):
+            # That worker is gone; after a roll-over its clients live on in the
+            # slot's successor (frontend/handover.py rule 4).
+            worker = self._successor(worker)
         log.debug("cancel request for worker %d passed on", worker)
         self.ctx.spawn(pass_cancel_on(self.rundir, worker, BackendKeyData(process_id, secret),
                                       self.ctx.config.settings.cancel_wait_timeout, done))
@@ -265,6 +277,14 @@ class Worker:
 
         assert self.ctx.peer_cancels is not None
         self.ctx.peer_cancels.submit(peer, peer_pool_size(target, settings), start)
+
+    def _control_path(self, slot: int) -> str:
+        assert self.rundir is not None
+        return os.path.join(self.rundir, f".s.PGSQL.{slot}")
+
+    def _successor(self, slot: int) -> int:
+        """The slot of the same index in the other generation (supervisor.py)."""
+        return (slot + self.workers // 2) % self.workers
 
     def _new_session(self) -> FrontendSession:
         return self._session_class(self.ctx)
@@ -352,11 +372,14 @@ class Worker:
         """Hand over to a new generation (SIGUSR1 from the supervisor's roll-over).
 
         Stop accepting: the listening sockets stay open in the supervisor and
-        the new workers, so no connection is lost. Transactions finish; idle
-        clients are closed between transactions at drain_rate per second (so
-        that they do not all reconnect at once), with PostgreSQL's own
-        "terminating connection due to administrator command" (57P01); the
-        worker stops once every client has left, or after shutdown_timeout.
+        the new workers, so no connection is lost. Transactions finish; a
+        client between transactions is handed over to the successor of this
+        worker's slot (frontend/handover.py), which serves it on unnoticed;
+        one that cannot be (TLS, pinned, session mode...) is closed between
+        transactions at drain_rate per second (so that such clients do not all
+        reconnect at once), with PostgreSQL's own "terminating connection due
+        to administrator command" (57P01). The worker stops once every client
+        has left, or after shutdown_timeout.
         """
         if self.draining:
             return
@@ -375,17 +398,45 @@ class Worker:
         settings = self.ctx.config.settings
         deadline = loop.time() + settings.shutdown_timeout
         pause = 1.0 / settings.drain_rate
+        successor = None
+        if self.rundir is not None:
+            successor = self._successor(self.ctx.worker_index)
+            self._handover_out = HandoverSender(handover_path(self.rundir, successor))
+        handed = 0
         while self.ctx.clients and loop.time() < deadline and not self._stop.is_set():
+            if successor is not None:
+                handed += self._hand_over_idle(successor)
             now = time.monotonic()
-            victim = next((c for c in self.ctx.clients if _between_transactions(c, now)), None)
+            victim = next((c for c in self.ctx.clients if _between_transactions(c, now)
+                           and not self._may_hand_over(c)), None)
             if victim is None:
                 await asyncio.sleep(0.05)
                 continue
             victim.fatal(EcluseError("terminating connection due to administrator command",
                                      sqlstate="57P01"))
             await asyncio.sleep(pause)
-        log.info("drained: %d clients left", len(self.ctx.clients))
+        if self._handover_out is not None:
+            self._handover_out.close()
+        log.info("drained: %d clients handed over, %d left", handed, len(self.ctx.clients))
         self.request_stop()
+
+    def _may_hand_over(self, client: FrontendSession) -> bool:
+        sender = self._handover_out
+        return sender is not None and not sender.broken and client.can_hand_over()
+
+    def _hand_over_idle(self, successor: int) -> int:
+        """Hand every client that can be over to the successor now; how many went."""
+        sender = self._handover_out
+        assert sender is not None
+        handed = 0
+        for client in [c for c in self.ctx.clients if self._may_hand_over(c)]:
+            sent = sender.send(client)
+            if sent is None:
+                break  # the successor's queue is full: the rest on the next turn
+            if sent:
+                client.handed_over(successor)
+                handed += 1
+        return handed
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -431,6 +482,13 @@ class Worker:
             srv.close()
         if self._control is not None:
             self._control.close()
+            if self.draining:
+                # Cancels for this slot's keys go to its successor from now on
+                # (_forward_cancel); no other worker has this slot while we live.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._control_path(self.ctx.worker_index))
+        if self._handover_in is not None:
+            self._handover_in.close()
         for client in list(self.ctx.clients):
             server = client.server
             if server is None or server.tracker.can_release():

@@ -9,8 +9,10 @@ node-wide server limit holds across the two generations while the old drains.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 
 import ecluse
 from integration.test_admin_console import wait_for
+from integration.test_pgbench import processed_without_failures
 from integration.test_workers import children
 
 DB = "ecluse_rollover"
@@ -182,3 +185,76 @@ def test_pool_limit_holds_across_the_two_generations(ecluse_factory, rollover_db
         thread.join(20)
         for conn in holders:
             conn.close()
+
+
+def test_idle_clients_are_handed_over_with_their_session(ecluse_factory):
+    """Clients between transactions are passed to the new generation, socket and all:
+    the same connections go on working after the old workers have exited, with their
+    SET settings, their prepared statements and their cancel keys."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    old = children(ec.proc.pid)
+    conns = [psycopg.connect(ec.dsn(), autocommit=True) for _ in range(8)]
+    for n, conn in enumerate(conns):
+        conn.execute(f"SET application_name = 'client{n}'")
+        conn.execute(f"SET work_mem = '{2001 + n}kB'")
+        conn.execute("select %s::int + 1", (n,), prepare=True)  # a named statement
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    new = children(ec.proc.pid)
+    assert len(new) == 2 and not new & old
+    log = ec.log()
+    handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", log))
+    assert handed == len(conns), log
+    assert "terminating connection" not in log
+    for n, conn in enumerate(conns):
+        assert conn.execute("show application_name").fetchone() == (f"client{n}",)
+        assert conn.execute("show work_mem").fetchone() == (f"{2001 + n}kB",)
+        assert conn.execute("select %s::int + 1", (n,), prepare=True).fetchone() == (n + 1,)
+    # A cancel with the key the client got from the old generation still works.
+    victim = conns[0]
+    timer = threading.Timer(0.5, victim.cancel_safe)
+    timer.start()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        victim.execute("select pg_sleep(20)")
+    timer.join()
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["simple", "prepared"])
+def test_roll_over_under_pgbench_with_persistent_connections(ecluse_factory, protocol):
+    """pgbench keeps its connections (no -C) across the roll-over: each one is handed
+    over between two of its transactions, and none fails or is dropped."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000, "shutdown_timeout": 20})
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
+                   capture_output=True, env=env, timeout=120)
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    result: dict[str, subprocess.CompletedProcess] = {}
+
+    def run_pgbench() -> None:
+        result["run"] = subprocess.run(
+            ["pgbench", "-n", "-M", protocol, "-c", "8", "-j", "2", "-T", "12", *target],
+            capture_output=True, text=True, env=env, timeout=120)
+
+    bench = threading.Thread(target=run_pgbench)
+    bench.start()
+    try:
+        time.sleep(2.5)
+        os.kill(ec.proc.pid, signal.SIGUSR2)
+        assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+        # The old workers left while pgbench still ran: its clients had moved, not
+        # waited for it to end (a drain that only closes clients between
+        # transactions never finds these busy ones quiet).
+        assert bench.is_alive()
+    finally:
+        bench.join()
+    out = result["run"]
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert processed_without_failures(out) > 50
+    log = ec.log()
+    handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", log))
+    assert handed == 8, log
+    assert "terminating connection" not in log

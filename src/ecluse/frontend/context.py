@@ -35,6 +35,11 @@ class ClientContext:
     # janitor looks at the front only (no timer per connection).
     logging_in: dict[FrontendSession, None] = field(default_factory=dict)
     cancel_keys: dict[int, FrontendSession] = field(default_factory=dict)
+    # A roll-over's hand-overs (frontend/handover.py rule 4), by whole cancel key
+    # (process id << 32 | secret): the clients this worker adopted, whose keys name
+    # another worker, and the slots it handed its own clients over to.
+    adopted_keys: dict[int, FrontendSession] = field(default_factory=dict)
+    moved_keys: dict[int, int] = field(default_factory=dict)
     shutting_down: bool = False
     login_failures: int = 0
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -118,6 +123,11 @@ class ClientContext:
         ``done`` runs once the cancel has been delivered, given up
         (cancel_wait_timeout), or found nothing to cancel.
         """
+        whole = process_id << 32 | int.from_bytes(secret)
+        adopted = self.adopted_keys.get(whole)
+        if adopted is not None and len(secret) == 4:
+            adopted.cancel(done)
+            return
         peer, worker = owner(process_id, secret)
         if peer != self.peer_id:
             if self.forward_to_peer is not None:
@@ -134,5 +144,8 @@ class ClientContext:
         target = self.cancel_keys.get(process_id)
         if target is not None and hmac.compare_digest(target.cancel_secret, secret):
             target.cancel(done)
+        elif whole in self.moved_keys and self.forward_to_worker is not None \
+                and len(secret) == 4:
+            self.forward_to_worker(self.moved_keys[whole], process_id, secret, done)
         else:
             done()

@@ -271,6 +271,19 @@ class LoginPhase:
         """Send ``auth_ok`` and the server's parameters; fetch them with one server
         first if needed."""
         assert self.pool is not None
+        self._set_up_session()
+        if self.pool.default_params is not None:
+            self._finish_welcome(auth_ok)
+            return
+        self.transport.write(auth_ok)
+        server = self.pool.acquire(self)
+        if server is not None:
+            self.on_server_assigned(server)
+
+    def _set_up_session(self) -> None:
+        """What a logged-in client of its pool's mode reads with: the framer's rules,
+        and in transaction and statement mode the statement rewriter and the router."""
+        assert self.pool is not None
         if self.pool.settings.mode != "session":
             enabled = self.ctx.config.settings.max_prepared_statements > 0
             self._rewriter = StatementRewriter(self.pool.known_statements, enabled)
@@ -286,13 +299,6 @@ class LoginPhase:
         else:
             self._framer.switch(valid=codes.FRONTEND_SESSION_TYPES, inspect=_RELAY_INSPECT,
                                 inspect_max=1 << 20)
-        if self.pool.default_params is not None:
-            self._finish_welcome(auth_ok)
-            return
-        self.transport.write(auth_ok)
-        server = self.pool.acquire(self)
-        if server is not None:
-            self.on_server_assigned(server)
 
     def _finish_welcome(self, auth_ok: bytes = b"") -> None:
         assert self.pool is not None and self.pool.default_params is not None

@@ -57,6 +57,7 @@ from ecluse.frontend.cancelling import Cancelling
 from ecluse.frontend.consolelink import ConsoleLink
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.express import ExpressPath
+from ecluse.frontend.handover import HandedOver
 from ecluse.frontend.login import LoginPhase, _Login
 from ecluse.frontend.prepared import StatementRewriter
 from ecluse.frontend.relay import Relaying
@@ -97,7 +98,7 @@ _WAIT_NOTICE = be.encode_notice_response(
 
 
 class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
-                      ShardedRequests, Cancelling, Relaying, asyncio.Protocol):
+                      ShardedRequests, Cancelling, Relaying, HandedOver, asyncio.Protocol):
     """The asyncio Protocol of one client connection."""
 
     # One per client, idle ones included (100,000 of them on a node): slots instead
@@ -227,7 +228,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         else:
             self._peer = f"{peer[0]}:{peer[1]}"
         self.ctx.clients.add(self)
-        self.ctx.logging_in[self] = None  # until the welcome (client_login_timeout)
+        if self.state is _LOGIN:  # not one handed over logged in (frontend/handover.py)
+            self.ctx.logging_in[self] = None  # until the welcome (client_login_timeout)
         if transport.get_extra_info("ssl_object") is not None:
             self._on_direct_tls(transport)
 
@@ -550,6 +552,8 @@ class FrontendSession(LoginPhase, ConsoleLink, SessionStateKeeping, ExpressPath,
         pid = self.cancel_pid
         if pid and self.ctx.cancel_keys.get(pid) is self:
             del self.ctx.cancel_keys[pid]
+        if self.ctx.adopted_keys.get(self.cancel_key) is self:
+            del self.ctx.adopted_keys[self.cancel_key]
         self.ctx.logging_in.pop(self, None)
         self._login = None
         if self._rewriter is not None:
