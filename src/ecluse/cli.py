@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="path to the ini config (PgBouncer format)")
     p.add_argument("-d", "--daemon", action="store_true", help="run in the background")
     p.add_argument("-R", "--reboot", action="store_true",
-                   help="online restart (not supported: use a rolling restart)")
+                   help="online restart (not supported: use a rolling restart, SIGUSR2)")
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("-u", "--user", help="switch to this system user after binding")
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecluse {__version__}")
         return 0
     if args.reboot:
-        print("ecluse: -R/--reboot (online restart by socket hand-over) is not supported; "
-              "stop and start ecluse instead", file=sys.stderr)
+        print("ecluse: -R/--reboot (PgBouncer's takeover by a second process) is not "
+              "supported; with workers > 1, a rolling restart (kill -USR2 on the running "
+              "ecluse, or RESTART on its console) restarts it without dropping clients",
+              file=sys.stderr)
         return 1
     if args.dev:
         return run_dev(args)

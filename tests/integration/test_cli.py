@@ -27,7 +27,7 @@ def test_version_and_help():
 def test_reboot_is_refused_clearly():
     out = run_cli("-R", "whatever.ini")
     assert out.returncode != 0
-    assert "not supported" in out.stderr
+    assert "not supported" in out.stderr and "kill -USR2" in out.stderr
 
 
 def test_bad_value_names_file_line_and_expectation(tmp_path):

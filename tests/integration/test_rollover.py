@@ -23,6 +23,8 @@ import pytest
 import ecluse
 from integration.test_admin_console import wait_for
 from integration.test_pgbench import processed_without_failures
+from integration.test_sharding import DBS as SHARD_DBS
+from integration.test_sharding import shard_dbs  # noqa: F401 - a fixture
 from integration.test_workers import children
 
 DB = "ecluse_rollover"
@@ -258,3 +260,43 @@ def test_roll_over_under_pgbench_with_persistent_connections(ecluse_factory, pro
     handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", log))
     assert handed == 8, log
     assert "terminating connection" not in log
+
+
+def test_a_client_the_new_generation_cannot_serve_is_closed_as_before(ecluse_factory):
+    """The config of the new generation no longer has the client's database: that
+    client gets the drain's 57P01; a client of another database moves on unharmed."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    kept = psycopg.connect(ec.dsn(), autocommit=True)
+    dropped = psycopg.connect(ec.dsn(dbname="postgres"), autocommit=True)
+    for conn in (kept, dropped):
+        conn.execute("select 1")
+    lines = ec.config_path.read_text().splitlines()
+    ec.config_path.write_text("\n".join(line for line in lines
+                                        if not line.startswith("postgres =")) + "\n")
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    assert 'client handed over refused: database "postgres" is gone' in ec.log()
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        dropped.execute("select 1")
+    assert kept.execute("select 2").fetchone() == (2,)
+    kept.close()
+    dropped.close()
+
+
+@pytest.mark.usefixtures("shard_dbs")
+def test_a_sharded_client_keeps_its_shard(ecluse_factory, pg):
+    backend = f"host={pg.host} port={pg.port}"
+    databases = {f"app_{n}": f"{backend} dbname={db}" for n, db in enumerate(SHARD_DBS)}
+    databases["app"] = ("shards=" + ",".join(f"app_{n}" for n in range(len(SHARD_DBS)))
+                        + " sharding_key=user_id")
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000}, databases)
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    conn = psycopg.connect(ec.dsn(dbname="app"), autocommit=True)
+    conn.execute("SET SHARD TO '2'")
+    assert conn.execute("select current_database()").fetchone() == (SHARD_DBS[2],)
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    assert "drained: 1 clients handed over" in ec.log()
+    assert conn.execute("select current_database()").fetchone() == (SHARD_DBS[2],)
+    conn.close()

@@ -83,7 +83,8 @@ EMPTY_RESULTS: dict[str, str] = {
     # to the new process with SCM_RIGHTS). ecluse restarts differently (the
     # supervisor keeps the listening sockets); listing client and server fds
     # with their cancel keys would hand secrets out for no use.
-    "SHOW FDS": "ecluse does no socket hand-over restart",
+    "SHOW FDS": "PgBouncer lists what its -R takeover passes; ecluse has no -R "
+                "(a roll-over hands clients over between its own workers instead)",
     # PgBouncer's slab allocator caches; ecluse allocates Python objects.
     "SHOW MEM": "ecluse has no slab caches",
     # PgBouncer's zone serial checks (dns_zone_check_period) need SOA queries the

@@ -90,7 +90,7 @@ class HandedOver:
         if (self.state is not _IDLE or self.console is not None or self.tls
                 or self.server is not None or pool is None or rewriter is None
                 or self.pinned or self._listening or self._hub_waits or self._pending
-                or self._probing or self._suspended or self._reading_paused
+                or self._probing or self._suspect or self._suspended or self._reading_paused
                 or self._write_paused or self._notify_backlog or self._console_backlog
                 or self.transport is None or not self._framer.at_boundary
                 or rewriter.replies is not None):
@@ -330,6 +330,8 @@ class HandoverReceiver:
         session = self._new_session()
         try:
             state = json.loads(payload)
+            if not isinstance(state, dict):
+                raise EcluseError("hand-over state is not an object")
             session.adopt(state)
         except (EcluseError, ValueError, KeyError, TypeError) as exc:
             reason = exc.message if isinstance(exc, EcluseError) else repr(exc)
