@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2 tests
 LINT_PATHS := src tests bench
 BENCH_ARGS ?=
 
-.PHONY: help venv run test lint bench bench-quick bench-routing soak clean
+.PHONY: help venv run test lint bench bench-quick bench-routing bench-rollover soak clean
 
 help:
 	@echo "ecluse - make targets:"
@@ -24,6 +24,7 @@ help:
 	@echo "                (~30 min on 2 cores; BENCH_ARGS='--no-tls --clients 10,100' etc.)"
 	@echo "  make bench-quick  the same in a few minutes, to check it works (not to measure)"
 	@echo "  make bench-routing  what the read/write split and sharding cost per transaction"
+	@echo "  make bench-rollover  a rolling restart under 10,000 idle clients: time, survivors"
 	@echo "  make soak     ~8 min of pgbench through ecluse, then consistency checks"
 	@echo "  make clean    remove .venv, .ecluse-dev and caches"
 
@@ -54,6 +55,10 @@ bench-quick:
 bench-routing:
 	@bash $(BOOTSTRAP) bench
 	$(VENV)/bin/python bench/routing_cost.py $(BENCH_ARGS)
+
+bench-rollover:
+	@bash $(BOOTSTRAP) bench
+	$(VENV)/bin/python bench/rollover.py $(BENCH_ARGS)
 
 soak:
 	@bash $(BOOTSTRAP) bench
