@@ -178,6 +178,7 @@ class Worker:
         # predecessor passes on, and the link to its successor while it drains.
         self._handover_in: HandoverReceiver | None = None
         self._handover_out: HandoverSender | None = None
+        self._unmovable: set[FrontendSession] = set()  # sending it failed: closed instead
         self.draining = False
         self._http: HttpServer | None = None  # metrics_listen (admin/http.py)
         self.ctx.begin_shutdown = self.begin_shutdown
@@ -422,7 +423,8 @@ class Worker:
 
     def _may_hand_over(self, client: FrontendSession) -> bool:
         sender = self._handover_out
-        return sender is not None and not sender.broken and client.can_hand_over()
+        return sender is not None and not sender.broken and client not in self._unmovable \
+            and client.can_hand_over()
 
     def _hand_over_idle(self, successor: int) -> int:
         """Hand every client that can be over to the successor now; how many went."""
@@ -436,6 +438,8 @@ class Worker:
             if sent:
                 client.handed_over(successor)
                 handed += 1
+            else:
+                self._unmovable.add(client)
         return handed
 
     def request_stop(self) -> None:

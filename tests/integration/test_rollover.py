@@ -300,3 +300,28 @@ def test_a_sharded_client_keeps_its_shard(ecluse_factory, pg):
     assert "drained: 1 clients handed over" in ec.log()
     assert conn.execute("select current_database()").fetchone() == (SHARD_DBS[2],)
     conn.close()
+
+
+def test_a_client_too_big_to_hand_over_is_closed_and_the_others_move(ecluse_factory):
+    """A client whose state does not fit one hand-over message (a 400 KB prepared
+    statement) is closed as before; the hand-over goes on for the others."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    big = psycopg.connect(ec.dsn(), autocommit=True)
+    small = [psycopg.connect(ec.dsn(), autocommit=True) for _ in range(6)]
+    padding = "x" * 400_000
+    assert big.execute(f"select %s::int /* {padding} */", (1,), prepare=True).fetchone() \
+        == (1,)
+    for conn in small:
+        conn.execute("select %s::int", (2,), prepare=True)
+    os.kill(ec.proc.pid, signal.SIGUSR2)
+    assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+    log = ec.log()
+    handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", log))
+    assert handed == len(small), log
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        big.execute("select 1")
+    for conn in small:
+        assert conn.execute("select %s::int", (3,), prepare=True).fetchone() == (3,)
+        conn.close()
+    big.close()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -237,6 +238,8 @@ class HandoverSender:
         except BlockingIOError:
             return None
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:  # this client's state alone is too big
+                return False
             log.warning("hand-over to %s failed: %s", self.path, exc)
             self.close()
             self.broken = True
@@ -333,7 +336,8 @@ class HandoverReceiver:
             if not isinstance(state, dict):
                 raise EcluseError("hand-over state is not an object")
             session.adopt(state)
-        except (EcluseError, ValueError, KeyError, TypeError) as exc:
+        except (EcluseError, ValueError, KeyError, TypeError, AttributeError,
+                IndexError) as exc:
             reason = exc.message if isinstance(exc, EcluseError) else repr(exc)
             log.warning("client handed over refused: %s", reason)
             session.refuse_handover(sock)
