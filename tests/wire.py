@@ -149,6 +149,7 @@ class FakeTransport(asyncio.Transport):
         self.written: list[bytes] = []
         self.closed = False
         self.reading = True
+        self.buffered = 0  # what get_write_buffer_size reports: bytes not yet sent
         self._extra = {"peername": peername, "sockname": ("127.0.0.1", 40000)}
 
     @property
@@ -168,6 +169,9 @@ class FakeTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def pause_reading(self) -> None:
         self.reading = False

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from wire import msg, read_until_ready, split_messages, startup_packet
 
 import ecluse
 from integration.test_admin_console import wait_for
@@ -325,3 +327,34 @@ def test_a_client_too_big_to_hand_over_is_closed_and_the_others_move(ecluse_fact
         assert conn.execute("select %s::int", (3,), prepare=True).fetchone() == (3,)
         conn.close()
     big.close()
+
+
+def test_a_client_still_receiving_its_last_reply_moves_only_once_it_has_it(ecluse_factory):
+    """A client that reads slowly is between transactions for ecluse while the end of
+    its result still waits in ecluse's send buffer: handed over then, that end would be
+    lost. It moves once it has read everything, and its next query works."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000, "shutdown_timeout": 30})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    size = 16_000_000  # more than the kernel's buffers on both sides hold
+    with socket.create_connection((ec.host, ec.port)) as sock:
+        sock.sendall(startup_packet())
+        read_until_ready(sock)
+        sock.sendall(msg(b"Q", f"select repeat('x', {size})\0".encode()))
+        time.sleep(1)
+        os.kill(ec.proc.pid, signal.SIGUSR2)
+        assert wait_for(lambda: ec.log().count("draining for a rolling restart") == 2,
+                        timeout=30)
+        sock.settimeout(20)
+        reply = bytearray()
+        while not reply.endswith(b"Z\x00\x00\x00\x05I"):
+            chunk = sock.recv(1 << 16)  # slowly: the tail stays buffered in ecluse
+            assert chunk, "closed before ReadyForQuery"
+            reply += chunk
+            time.sleep(0.002)
+        rows = [body for kind, body in split_messages(bytes(reply)) if kind == b"D"]
+        assert len(rows) == 1 and len(rows[0]) == size + 6
+        assert wait_for(lambda: ec.log().count("drained and exited") == 2, timeout=30)
+        sock.sendall(msg(b"Q", b"select 42\0"))
+        assert (b"D", b"\x00\x01\x00\x00\x00\x0242") in read_until_ready(sock)
+    handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", ec.log()))
+    assert handed == 1

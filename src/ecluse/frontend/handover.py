@@ -12,7 +12,8 @@ Rules:
    can_hand_over): logged in to a pool in transaction or statement mode,
    idle between transactions, no TLS (the cipher state lives in this
    process's OpenSSL), no server, not pinned, not listening through the hub,
-   nothing buffered or half-received. Any other client drains as before.
+   nothing buffered or half-received, nothing of its last reply still
+   waiting to be written to it. Any other client drains as before.
 2. The state is what such a session keeps between transactions: database,
    user, tracked parameters, cancel key, the settings it SET (replayed on
    each server), what the state probe knows, its prepared statements, its
@@ -95,6 +96,10 @@ class HandedOver:
                 or self._write_paused or self._notify_backlog or self._console_backlog
                 or self.transport is None or not self._framer.at_boundary
                 or rewriter.replies is not None):
+            return False
+        if self.transport.get_write_buffer_size():
+            # Bytes not yet sent to the client (the end of its last reply) would be
+            # lost with this process's descriptor.
             return False
         if isinstance(router, ShardRouter):
             return router.begin is None and not router.open_request

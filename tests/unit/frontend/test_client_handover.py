@@ -18,11 +18,16 @@ import socket
 
 import pytest
 import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
+from unit.frontend.test_noquery import logged_in
+from wire import FakeTransport
 
 from ecluse.config import config_from_string
 from ecluse.frontend.context import ClientContext
 from ecluse.frontend.handover import VERSION, HandedOver, HandoverReceiver, HandoverSender
-from ecluse.frontend.session import FrontendSession
+from ecluse.frontend.prepared import ClientStatement
+from ecluse.frontend.session import ClientState, FrontendSession
 from ecluse.pool.registry import PoolRegistry
 
 CARRIED = {"user", "database", "params", "cancel_key", "connected_at", "session_settings",
@@ -102,3 +107,77 @@ def test_a_state_the_receiver_cannot_rebuild_closes_the_client_with_57P01(
         client.close()
     assert data[:1] == b"E" and b"57P01" in data
     assert not ctx.clients and not ctx.adopted_keys
+
+
+# -- in process: which sessions may go, and what arrives --------------------------
+
+def idle_session() -> tuple[FrontendSession, FakeTransport]:
+    session, transport, _acquired = logged_in(FrontendSession, "transaction")
+    return session, transport
+
+
+def test_an_idle_client_may_go_and_a_busy_one_may_not():
+    async def run() -> None:
+        session, transport = idle_session()
+        assert session.can_hand_over()
+        transport.buffered = 1  # the end of its last reply not yet sent
+        assert not session.can_hand_over()
+        transport.buffered = 0
+        busy = {"pinned": ["advisory lock"], "_listening": True, "_hub_waits": 1,
+                "_pending": [(81, b"Q", True, True)], "_probing": True, "_suspect": True,
+                "_suspended": True, "_reading_paused": True, "_write_paused": True,
+                "_notify_backlog": [b"A"], "tls": True}
+        for name, value in busy.items():
+            before = getattr(session, name)
+            setattr(session, name, value)
+            assert not session.can_hand_over(), name
+            setattr(session, name, before)
+        assert session.can_hand_over()
+        session.data_received(b"Q\x00\x00")  # half a message received
+        assert not session.can_hand_over()
+
+    asyncio.run(run())
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
+values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@given(params=st.dictionaries(names, values, max_size=4),
+       settings_=st.dictionaries(names, values, max_size=4),
+       statements=st.dictionaries(st.binary(min_size=1, max_size=6),
+                                  st.tuples(st.text("abcdef0123_", min_size=1, max_size=10),
+                                            st.binary(max_size=40)), max_size=4),
+       custom=st.one_of(st.none(), st.sets(names, min_size=1, max_size=3)),
+       flags=st.tuples(st.booleans(), st.booleans()), key=st.integers(1, 2**63 - 1))
+def test_what_a_session_carries_arrives_whole(params, settings_, statements, custom, flags,
+                                              key):
+    """Round trip through the JSON a hand-over sends: the adopting worker's session
+    has the same login, parameters, settings, probe knowledge, statements (any bytes)
+    and cancel key, is idle, and answers cancels for that key."""
+    async def run() -> None:
+        session, _transport = idle_session()
+        session.params = params
+        session.session_settings = settings_
+        session._custom_names = custom
+        session._custom_unknown, session._always_probe = flags
+        session.cancel_key = key
+        session._rewriter.statements = {
+            name: ClientStatement(server, tail) for name, (server, tail) in statements.items()}
+        state = json.loads(json.dumps(session.handover_state()))
+
+        config = session.ctx.config
+        ctx = ClientContext(config, PoolRegistry(config))
+        adopted = FrontendSession(ctx)
+        adopted.adopt(state)
+        assert adopted.state is ClientState.IDLE
+        assert (adopted.user, adopted.database) == (session.user, session.database)
+        assert adopted.params == params and adopted.session_settings == settings_
+        assert adopted._custom_names == custom
+        assert (adopted._custom_unknown, adopted._always_probe) == flags
+        assert adopted.cancel_key == key and ctx.adopted_keys[key] is adopted
+        assert {name: (stmt.server_name, stmt.parse_tail)
+                for name, stmt in adopted._rewriter.statements.items()} == statements
+        assert ctx.db_clients == {"app": 1}  # counted under the database's limits
+
+    asyncio.run(run())
