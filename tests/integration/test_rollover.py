@@ -27,7 +27,7 @@ from integration.test_admin_console import wait_for
 from integration.test_pgbench import processed_without_failures
 from integration.test_sharding import DBS as SHARD_DBS
 from integration.test_sharding import shard_dbs  # noqa: F401 - a fixture
-from integration.test_workers import children
+from integration.test_workers import children, pgbench_node
 
 DB = "ecluse_rollover"
 
@@ -230,12 +230,7 @@ def test_idle_clients_are_handed_over_with_their_session(ecluse_factory):
 def test_roll_over_under_pgbench_with_persistent_connections(ecluse_factory, protocol):
     """pgbench keeps its connections (no -C) across the roll-over: each one is handed
     over between two of its transactions, and none fails or is dropped."""
-    ec = ecluse_factory({"workers": 2, "drain_rate": 1000, "shutdown_timeout": 20})
-    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
-    target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
-    subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
-                   capture_output=True, env=env, timeout=120)
-    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    ec, env, target = pgbench_node(ecluse_factory, {"drain_rate": 1000})
     result: dict[str, subprocess.CompletedProcess] = {}
 
     def run_pgbench() -> None:

@@ -45,6 +45,18 @@ def backends(pg, dbname: str = "ecluse_test") -> int:
             "backend_type = 'client backend'", (dbname,)).fetchone()[0]
 
 
+def pgbench_node(ecluse_factory, settings: dict[str, object]):
+    """Two workers with pgbench's tables loaded, both workers up; and the environment
+    and connection arguments for pgbench."""
+    ec = ecluse_factory({"workers": 2, "shutdown_timeout": 20, **settings})
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
+                   capture_output=True, env=env, timeout=120)
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    return ec, env, target
+
+
 def test_cancel_reaches_the_query_whatever_worker_gets_it(ecluse_factory):
     """Cancel connections land on either worker (SO_REUSEPORT hashing): repeat until
     one had to be passed on to the other worker; every cancel must stop its query."""
@@ -160,12 +172,7 @@ def test_rolling_restart_under_pgbench_loses_no_transaction(ecluse_factory):
     """SIGUSR2: a new generation of workers takes the same sockets, the old one drains.
     pgbench with a new connection per transaction (-C) sees zero failures, and a
     client in the middle of a transaction finishes it before its worker leaves."""
-    ec = ecluse_factory({"workers": 2, "drain_rate": 50, "shutdown_timeout": 20})
-    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
-    target = ["-h", ec.host, "-p", str(ec.port), "-U", "postgres", "ecluse_test"]
-    subprocess.run(["pgbench", "-i", "-q", "-s", "1", *target], check=True,
-                   capture_output=True, env=env, timeout=120)
-    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    ec, env, target = pgbench_node(ecluse_factory, {"drain_rate": 50})
     old_workers = children(ec.proc.pid)
     result: dict[str, subprocess.CompletedProcess] = {}
 

@@ -163,7 +163,10 @@ class HandedOver:
             self._set_state(step)
         self._login = None
         self._set_up_session()
-        self.params = state["params"]
+        params = state["params"]
+        if pool.default_params is not None:
+            _block, params = pool.welcome(params)  # shared with its pool's like clients
+        self.params = params
         self.cancel_key = state["cancel_key"]
         self.connected_at -= state["age"]
         self.session_settings = state["session_settings"]
