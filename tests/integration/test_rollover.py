@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fuzz.test_live_fuzz import GoodClient
 from wire import msg, read_until_ready, split_messages, startup_packet
 
 import ecluse
@@ -354,3 +355,48 @@ def test_a_client_still_receiving_its_last_reply_moves_only_once_it_has_it(eclus
         assert (b"D", b"\x00\x01\x00\x00\x00\x0242") in read_until_ready(sock)
     handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", ec.log()))
     assert handed == 1
+
+
+def test_repeated_roll_overs_under_busy_and_half_sent_clients(ecluse_factory):
+    """Three roll-overs in a row while clients query in a loop (in and out of
+    transactions) and others hold a half-sent message or an open COPY: the querying
+    clients never see an error, each is handed over every time, and the others are
+    closed without harm to anyone."""
+    ec = ecluse_factory({"workers": 2, "drain_rate": 1000, "shutdown_timeout": 3,
+                         "default_pool_size": 3})
+    assert wait_for(lambda: len(children(ec.proc.pid)) == 2, timeout=30)
+    good = [GoodClient(ec.dsn()) for _ in range(6)]
+    for client in good:
+        client.start()
+    odd = []
+    for opening in (b"Q\x00\x00\x00\x40select", b"P\x00",
+                    b"Q\x00\x00\x00\x1ecopy t from stdin\0"):
+        sock = socket.create_connection((ec.host, ec.port))
+        sock.sendall(startup_packet())
+        read_until_ready(sock)
+        sock.sendall(opening)
+        odd.append(sock)
+    try:
+        for round_ in range(1, 4):
+            assert wait_for(lambda: all(c.queries > 0 for c in good) or
+                            any(c.errors for c in good), timeout=20)
+            os.kill(ec.proc.pid, signal.SIGUSR2)
+            assert wait_for(lambda n=round_: ec.log().count("drained and exited") == 2 * n,
+                            timeout=40)
+            progress = [c.queries for c in good]
+            assert wait_for(lambda p=progress: all(
+                c.queries > q for c, q in zip(good, p, strict=True))
+                or any(c.errors for c in good), timeout=20)
+            assert not any(c.errors for c in good), [c.errors for c in good]
+    finally:
+        for client in good:
+            client.stop.set()
+        for client in good:
+            client.join(10)
+        for sock in odd:
+            sock.close()
+    assert not any(c.errors for c in good), [c.errors for c in good]
+    log = ec.log()
+    handed = sum(int(n) for n in re.findall(r"drained: (\d+) clients handed over", log))
+    assert handed == 3 * len(good), log
+    assert ec.proc.poll() is None
