@@ -518,8 +518,12 @@ class Worker:
 def _between_transactions(client: FrontendSession, now: float) -> bool:
     """True when closing ``client`` now loses nothing: logged in, no request open, and
     quiet for _DRAIN_GRACE (a client that just logged in is about to send its query;
-    one connecting per transaction, as pgbench -C, leaves by itself)."""
+    one connecting per transaction, as pgbench -C, leaves by itself), and no longer
+    receiving its last reply (a slow reader may still be handed over once it has it)."""
     if now - client.last_activity < _DRAIN_GRACE:
+        return False
+    transport = client.transport
+    if transport is not None and transport.get_write_buffer_size():
         return False
     if client.console is not None:
         return True
