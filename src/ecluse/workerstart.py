@@ -12,7 +12,8 @@ short command line), is a JSON object: the config path, the worker's index,
 slot and worker count, the node's control directory, the inherited
 descriptors (listening sockets, the shared server counts and their lock, the
 ready pipe), the settings the node keeps from its start (they shaped the
-sockets and the process: NODE_SETTINGS), and the -v/-q/-d flags.
+sockets and the process: config/diff.py's NODE_SETTINGS), and the -v/-q/-d
+flags.
 
 Either way the worker reports on the ready pipe: ``R`` once it accepts
 clients, or ``E`` and the reason when it cannot start (a config that does not
@@ -44,22 +45,16 @@ log = logging.getLogger("ecluse")
 # and nothing is restarted (admin/node.py passes SHUTDOWN on to every worker).
 EXIT_NODE_SHUTDOWN = 3
 
-# Settings a worker takes from the node, not from the config file: they shaped the
-# listening sockets the supervisor holds, or the process itself, or (peer_id) the
-# cancel keys clients of every generation hold. Changing one takes a full restart.
-NODE_SETTINGS: tuple[str, ...] = (
-    "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "unix_socket_group",
-    "listen_backlog", "so_reuseport", "tcp_socket_buffer", "workers", "user", "pidfile",
-    "peer_id")
-
 SPEC_VARIABLE = "ECLUSE_WORKER_SPEC"
 READY = b"R"
 FAILED = b"E"
 
 
 def node_settings(config: Config) -> dict[str, Any]:
-    """The values of NODE_SETTINGS a node started with (all JSON scalars)."""
-    return {name: getattr(config.settings, name) for name in NODE_SETTINGS}
+    """The values of config/diff.py's NODE_SETTINGS a node started with (JSON scalars)."""
+    from ecluse.config.diff import NODE_SETTINGS
+
+    return {name: getattr(config.settings, name) for name in sorted(NODE_SETTINGS)}
 
 
 def with_node_settings(config: Config, node: dict[str, Any]) -> tuple[Config, list[str]]:

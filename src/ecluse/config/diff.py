@@ -69,10 +69,16 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
 # disable_pqexec: PgBouncer does not reload them either) what every session
 # assumes from its login on. A reload keeps their running value and says so; a restart applies them.
 # SHOW CONFIG marks them changeable = no.
-RESTART_ONLY: frozenset[str] = frozenset({
+# NODE_SETTINGS are the ones a multi-worker node keeps for its whole life, a
+# roll-over's new workers included (workerstart.py): they shaped the listening
+# sockets the supervisor holds, the process, or (peer_id) the cancel keys its
+# clients hold. The others a roll-over takes from the file.
+NODE_SETTINGS: frozenset[str] = frozenset({
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "workers", "user",
-    "pidfile", "peer_id", "metrics_listen", "listen_backlog", "so_reuseport",
-    "tcp_socket_buffer", "unix_socket_group", "track_extra_parameters", "disable_pqexec"})
+    "pidfile", "peer_id", "listen_backlog", "so_reuseport", "tcp_socket_buffer",
+    "unix_socket_group"})
+RESTART_ONLY: frozenset[str] = NODE_SETTINGS | {
+    "metrics_listen", "track_extra_parameters", "disable_pqexec"}
 
 # Settings whose value is a secret: SHOW CONFIG and the logs print a mask instead.
 SECRET_SETTINGS: frozenset[str] = frozenset({"api_token"})

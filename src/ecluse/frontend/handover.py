@@ -189,13 +189,12 @@ class HandedOver:
             shard = state["shard"]
             if spec is None or not 0 <= shard < len(spec.names):
                 raise EcluseError("its shard is gone")
-            router.shard = shard
-            router.home = router.pool_for(spec, shard, self.user)
+            router.move_to(spec, shard, self.user)
             for key, left in state.get("shard_primary_for", {}).items():
                 number = int(key)
                 if 0 <= number < len(spec.names):
-                    reader = router._reader(spec, number, router.pool_for(spec, number,
-                                                                          self.user))
+                    reader = router.reader(spec, number,
+                                           router.pool_for(spec, number, self.user))
                     if reader is not None:
                         reader.primary_until = now + left
         ctx.adopted_keys[self.cancel_key] = self

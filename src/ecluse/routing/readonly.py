@@ -245,17 +245,20 @@ def sql_is_read_only(sql: str) -> bool:
     if verdict is None:
         verdict = sql_is_read_only_uncached(sql)
         if shape is not None:
-            _remember(_shape_verdicts, shape, verdict)
-    _remember(_verdicts, sql, verdict)
+            remember(_shape_verdicts, shape, verdict, CACHE_MAX_ENTRIES)
+    remember(_verdicts, sql, verdict, CACHE_MAX_ENTRIES)
     return verdict
 
 
-def _remember(cache: dict[str, bool], key: str, verdict: bool) -> None:
-    # Clearing beats evicting one by one: O(1) amortized, and hot texts come
-    # back after one parse each.
-    if len(cache) >= CACHE_MAX_ENTRIES:
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Put ``key`` in a cache of at most ``limit`` entries (routing/shardkeys.py's too).
+
+    Clearing beats evicting one by one: O(1) amortized, and hot texts come back
+    after one parse each.
+    """
+    if len(cache) >= limit:
         cache.clear()
-    cache[key] = verdict
+    cache[key] = value
 
 
 def sql_is_read_only_uncached(sql: str) -> bool:

@@ -67,7 +67,7 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from ecluse.routing.readonly import PARSE_MAX_COMMENTS, PARSE_MAX_LENGTH
+from ecluse.routing.readonly import PARSE_MAX_COMMENTS, PARSE_MAX_LENGTH, remember
 from ecluse.routing.shardhash import parse_int8
 
 # What PostgreSQL's scanner (and int8 input, isspace() in the C locale) skips.
@@ -160,10 +160,7 @@ def find_keys(sql: str, key: KeyColumn) -> Keys | None:
             return found  # type: ignore[return-value]
     found = find_keys_uncached(sql, key)
     if cacheable:
-        # Clearing beats evicting one by one, as in readonly.py.
-        if len(_results) >= CACHE_MAX_ENTRIES:
-            _results.clear()
-        _results[(sql, key)] = found
+        remember(_results, (sql, key), found, CACHE_MAX_ENTRIES)
     return found
 
 

@@ -395,8 +395,12 @@ class ShardRouter:
 
     def _take_shard(self, spec: ShardSpec, choice: tuple[str, str], user: str) -> None:
         """Make the shard ``choice`` names the client's (rule 2)."""
-        self.shard = spec.shard_of_hint(choice)
-        self.home = self.pool_for(spec, self.shard, user)
+        self.move_to(spec, spec.shard_of_hint(choice), user)
+
+    def move_to(self, spec: ShardSpec, shard: int, user: str) -> None:
+        """Make ``shard`` the client's (rule 2; also a client handed over with it)."""
+        self.shard = shard
+        self.home = self.pool_for(spec, shard, user)
 
     def answers_idle(self, sql: str) -> bool:
         """Whether answer_idle may answer ``sql`` (without acting on it)."""
@@ -423,12 +427,12 @@ class ShardRouter:
         if shard >= len(spec.names):
             return self.home
         primary = self.pool_for(spec, shard, user)
-        reader = self._reader(spec, shard, primary)
+        reader = self.reader(spec, shard, primary)
         if reader is None or self.begin is not None:
             return primary  # a transaction runs on the primary from its BEGIN
         return reader.choose(pieces[first:last], statements, user)
 
-    def _reader(self, spec: ShardSpec, shard: int, primary: Pool) -> ReadRouter | None:
+    def reader(self, spec: ShardSpec, shard: int, primary: Pool) -> ReadRouter | None:
         """The read/write split of ``shard``, when its entry has a read_db (rule 7)."""
         if self.registry.config.databases[spec.names[shard]].read_db is None:
             return None
